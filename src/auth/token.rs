@@ -1,0 +1,341 @@
+//! Push tokens: the signed parameters of the push URL.
+//!
+//! - `ks_md5` is KLS "simple authentication" (doc 1062): `t` is a 10-digit
+//!   expiry in Unix seconds, `k` is characters `[8..24)` of the lowercase hex
+//!   `md5(key + stream + t)`.
+//! - `hmac_sha256`: `sign` is the lowercase hex of
+//!   HMAC-SHA256(key, `app + "\n" + stream + "\n" + t`); an optional `kid`
+//!   picks the key.
+//!
+//! Signatures must be lowercase hex, as both schemes define them; uppercase is
+//! refused with its own message rather than silently folded.
+//!
+//! Expiry is checked on start events only: a push that began with a valid
+//! token may end hours after `t`, and its end must still get through.
+
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use subtle::ConstantTimeEq;
+
+use super::AuthError;
+use crate::callback::{Callback, Event};
+use crate::config::{PushAuth, PushKey, Scheme};
+
+type HmacSha256 = Hmac<Sha256>;
+use sha2::Sha256;
+
+/// Verifies the push token of `cb` and returns the id of the key that matched.
+pub fn verify(auth: &PushAuth, cb: &Callback, now_s: u64) -> Result<String, AuthError> {
+    let t = cb.params.get("t").ok_or(AuthError::MissingParam("t"))?;
+    let expiry = parse_expiry(t)?;
+    let (param, hex_len) = match auth.scheme {
+        Scheme::KsMd5 => ("k", 16),
+        Scheme::HmacSha256 => ("sign", 64),
+    };
+    let presented_hex = cb.params.get(param).ok_or(AuthError::MissingParam(param))?;
+    let presented = decode_lower_hex(presented_hex, param, hex_len)?;
+
+    if cb.event == Event::Start && now_s > expiry.saturating_add(auth.clock_skew_s) {
+        return Err(AuthError::Expired);
+    }
+
+    let domain = cb.domain.as_deref();
+    let kid = match auth.scheme {
+        Scheme::HmacSha256 => cb.params.get("kid"),
+        Scheme::KsMd5 => None,
+    };
+    let mut candidates = auth
+        .keys
+        .iter()
+        .filter(|k| k.applies_to(&cb.app, domain))
+        .filter(|k| kid.is_none_or(|id| k.id == id))
+        .peekable();
+    if candidates.peek().is_none() {
+        return Err(if kid.is_some() {
+            AuthError::UnknownKid
+        } else {
+            AuthError::NoKeyInScope
+        });
+    }
+    // Try every candidate so the time taken does not say which key matched.
+    let mut matched: Option<&PushKey> = None;
+    for key in candidates {
+        let ok = match auth.scheme {
+            Scheme::KsMd5 => ks_md5_matches(key, &cb.stream, t, &presented),
+            Scheme::HmacSha256 => hmac_matches(key, &cb.app, &cb.stream, t, &presented),
+        };
+        if ok && matched.is_none() {
+            matched = Some(key);
+        }
+    }
+    matched
+        .map(|k| k.id.clone())
+        .ok_or(AuthError::BadSignature)
+}
+
+fn parse_expiry(t: &str) -> Result<u64, AuthError> {
+    if t.len() != 10 || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AuthError::BadExpiry);
+    }
+    t.parse().map_err(|_| AuthError::BadExpiry)
+}
+
+/// Decodes a signature that must be exactly `len` lowercase hex characters.
+fn decode_lower_hex(s: &str, param: &'static str, len: usize) -> Result<Vec<u8>, AuthError> {
+    if s.len() != len {
+        return Err(AuthError::SignLength { param, len });
+    }
+    if !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(AuthError::SignNotHex(param));
+    }
+    hex::decode(s).map_err(|_| AuthError::SignNotHex(param))
+}
+
+/// `md5(key + stream + t)`; `k` is hex chars `[8..24)`, i.e. digest bytes `[4..12)`.
+fn ks_md5_matches(key: &PushKey, stream: &str, t: &str, presented: &[u8]) -> bool {
+    let digest = ks_md5_digest(key.secret.expose(), stream, t);
+    digest[4..12].ct_eq(presented).into()
+}
+
+fn ks_md5_digest(key: &[u8], stream: &str, t: &str) -> [u8; 16] {
+    let mut h = Md5::new();
+    h.update(key);
+    h.update(stream.as_bytes());
+    h.update(t.as_bytes());
+    h.finalize().into()
+}
+
+fn hmac_matches(key: &PushKey, app: &str, stream: &str, t: &str, presented: &[u8]) -> bool {
+    match HmacSha256::new_from_slice(key.secret.expose()) {
+        Ok(mut mac) => {
+            hmac_input(&mut mac, app, stream, t);
+            mac.verify_slice(presented).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+fn hmac_input(mac: &mut HmacSha256, app: &str, stream: &str, t: &str) {
+    mac.update(app.as_bytes());
+    mac.update(b"\n");
+    mac.update(stream.as_bytes());
+    mac.update(b"\n");
+    mac.update(t.as_bytes());
+}
+
+/// Mints a token's query string (`t=…&k=…` or `t=…&sign=…`), for `callback-guard sign`.
+pub fn sign(scheme: Scheme, key: &[u8], app: &str, stream: &str, expires_at: u64) -> String {
+    let t = expires_at.to_string();
+    match scheme {
+        Scheme::KsMd5 => {
+            let digest = hex::encode(ks_md5_digest(key, stream, &t));
+            format!("t={t}&k={}", &digest[8..24])
+        }
+        Scheme::HmacSha256 => {
+            let sig = match HmacSha256::new_from_slice(key) {
+                Ok(mut mac) => {
+                    hmac_input(&mut mac, app, stream, &t);
+                    hex::encode(mac.finalize().into_bytes())
+                }
+                // HMAC accepts keys of any length; this arm is unreachable in practice.
+                Err(_) => String::new(),
+            };
+            format!("t={t}&sign={sig}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callback::{Callback, Format, Params};
+    use crate::secret::Secret;
+
+    fn key(id: &str, secret: &str) -> PushKey {
+        PushKey {
+            id: id.into(),
+            secret: Secret::new(secret),
+            apps: None,
+            domains: None,
+        }
+    }
+
+    fn auth(scheme: Scheme, keys: Vec<PushKey>) -> PushAuth {
+        PushAuth {
+            scheme,
+            keys,
+            clock_skew_s: 0,
+        }
+    }
+
+    fn cb(event: Event, query: &str) -> Callback {
+        let mut params = Params::default();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            params.insert(k.into(), v.into()).unwrap();
+        }
+        Callback {
+            format: Format::KlsV2,
+            event,
+            app: "live".into(),
+            stream: "stream".into(),
+            domain: Some("push.example.com".into()),
+            event_time_ms: None,
+            session: None,
+            params,
+            client_ip: None,
+            client_port: None,
+            node: None,
+            close_mode: None,
+        }
+    }
+
+    const NOW: u64 = 1560096000;
+
+    #[test]
+    fn kls_doc_worked_example() {
+        assert_eq!(
+            hex::encode(ks_md5_digest(b"123456", "stream", "1560096712")),
+            "c628321f4f88e741140240e2e5c5bd90"
+        );
+        assert_eq!(
+            sign(Scheme::KsMd5, b"123456", "live", "stream", 1560096712),
+            "t=1560096712&k=4f88e741140240e2"
+        );
+        let a = auth(Scheme::KsMd5, vec![key("doc", "123456")]);
+        let c = cb(Event::Start, "t=1560096712&k=4f88e741140240e2");
+        assert_eq!(verify(&a, &c, NOW).unwrap(), "doc");
+    }
+
+    #[test]
+    fn ks_md5_wrong_key_or_stream_fails() {
+        let a = auth(Scheme::KsMd5, vec![key("doc", "1234567")]);
+        let c = cb(Event::Start, "t=1560096712&k=4f88e741140240e2");
+        assert_eq!(verify(&a, &c, NOW), Err(AuthError::BadSignature));
+        let a = auth(Scheme::KsMd5, vec![key("doc", "123456")]);
+        let mut c = cb(Event::Start, "t=1560096712&k=4f88e741140240e2");
+        c.stream = "stream2".into();
+        assert_eq!(verify(&a, &c, NOW), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn hmac_round_trip_and_tamper() {
+        let secret = "0123456789abcdef0123";
+        let q = sign(Scheme::HmacSha256, secret.as_bytes(), "live", "stream", NOW + 60);
+        let a = auth(Scheme::HmacSha256, vec![key("h1", secret)]);
+        assert_eq!(verify(&a, &cb(Event::Start, &q), NOW).unwrap(), "h1");
+        // the app is signed too
+        let mut c = cb(Event::Start, &q);
+        c.app = "other".into();
+        assert_eq!(verify(&a, &c, NOW), Err(AuthError::BadSignature));
+        // a changed t breaks the signature
+        let t2 = q.replace(&format!("t={}", NOW + 60), &format!("t={}", NOW + 61));
+        assert_eq!(verify(&a, &cb(Event::Start, &t2), NOW), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn hmac_known_vector() {
+        // HMAC-SHA256("0123456789abcdef", "live\nstream\n1700000000"), computed independently.
+        let q = sign(Scheme::HmacSha256, b"0123456789abcdef", "live", "stream", 1700000000);
+        let mut mac = HmacSha256::new_from_slice(b"0123456789abcdef").unwrap();
+        mac.update(b"live\nstream\n1700000000");
+        let want = hex::encode(mac.finalize().into_bytes());
+        assert_eq!(q, format!("t=1700000000&sign={want}"));
+        assert_eq!(want.len(), 64);
+    }
+
+    #[test]
+    fn kid_picks_the_key() {
+        let s1 = "aaaaaaaaaaaaaaaaaaaa";
+        let s2 = "bbbbbbbbbbbbbbbbbbbb";
+        let a = auth(Scheme::HmacSha256, vec![key("old", s1), key("new", s2)]);
+        let q = sign(Scheme::HmacSha256, s2.as_bytes(), "live", "stream", NOW + 60);
+        assert_eq!(verify(&a, &cb(Event::Start, &format!("{q}&kid=new")), NOW).unwrap(), "new");
+        assert_eq!(
+            verify(&a, &cb(Event::Start, &format!("{q}&kid=old")), NOW),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            verify(&a, &cb(Event::Start, &format!("{q}&kid=gone")), NOW),
+            Err(AuthError::UnknownKid)
+        );
+    }
+
+    #[test]
+    fn rotation_old_new_and_retired_keys() {
+        let old = "oldkey1";
+        let new = "newkey2";
+        let retired = "retired3";
+        let a = auth(Scheme::KsMd5, vec![key("new", new), key("old", old)]);
+        for (secret, want) in [(old, Ok("old")), (new, Ok("new")), (retired, Err(AuthError::BadSignature))] {
+            let q = sign(Scheme::KsMd5, secret.as_bytes(), "live", "stream", NOW + 60);
+            assert_eq!(verify(&a, &cb(Event::Start, &q), NOW).as_deref().map_err(Clone::clone), want, "{secret}");
+        }
+    }
+
+    #[test]
+    fn key_scoping_by_app_and_domain() {
+        let mut scoped = key("scoped", "scopedkey");
+        scoped.apps = Some(vec!["live".into()]);
+        scoped.domains = Some(vec!["push.example.com".into()]);
+        let a = auth(Scheme::KsMd5, vec![scoped]);
+        let q = sign(Scheme::KsMd5, b"scopedkey", "live", "stream", NOW + 60);
+        assert_eq!(verify(&a, &cb(Event::Start, &q), NOW).unwrap(), "scoped");
+        let mut c = cb(Event::Start, &q);
+        c.app = "vod".into();
+        assert_eq!(verify(&a, &c, NOW), Err(AuthError::NoKeyInScope));
+        let mut c = cb(Event::Start, &q);
+        c.domain = Some("other.example.com".into());
+        assert_eq!(verify(&a, &c, NOW), Err(AuthError::NoKeyInScope));
+    }
+
+    #[test]
+    fn expiry_applies_to_starts_only_with_skew() {
+        let mut a = auth(Scheme::KsMd5, vec![key("k", "abc")]);
+        let q = sign(Scheme::KsMd5, b"abc", "live", "stream", NOW);
+        assert!(verify(&a, &cb(Event::Start, &q), NOW).is_ok(), "now == t is valid");
+        assert_eq!(verify(&a, &cb(Event::Start, &q), NOW + 1), Err(AuthError::Expired));
+        a.clock_skew_s = 30;
+        assert!(verify(&a, &cb(Event::Start, &q), NOW + 30).is_ok());
+        assert_eq!(verify(&a, &cb(Event::Start, &q), NOW + 31), Err(AuthError::Expired));
+        // an end hours later still verifies its signature
+        assert!(verify(&a, &cb(Event::End, &q), NOW + 5 * 3600).is_ok());
+        let forged = q.replace("&k=", "&k=0").chars().take(q.len()).collect::<String>();
+        assert!(verify(&a, &cb(Event::End, &forged), NOW + 5 * 3600).is_err());
+    }
+
+    #[test]
+    fn malformed_tokens_each_have_their_message() {
+        let a = auth(Scheme::KsMd5, vec![key("k", "abc")]);
+        let cases = [
+            ("k=4f88e741140240e2", AuthError::MissingParam("t")),
+            ("t=1560096712", AuthError::MissingParam("k")),
+            ("t=156009671&k=4f88e741140240e2", AuthError::BadExpiry),
+            ("t=15600967120&k=4f88e741140240e2", AuthError::BadExpiry),
+            ("t=1560o96712&k=4f88e741140240e2", AuthError::BadExpiry),
+            ("t=1560096712&k=4f88e741140240e", AuthError::SignLength { param: "k", len: 16 }),
+            ("t=1560096712&k=4f88e741140240e2a", AuthError::SignLength { param: "k", len: 16 }),
+            ("t=1560096712&k=4f88e741140240g2", AuthError::SignNotHex("k")),
+            ("t=1560096712&k=4F88E741140240E2", AuthError::SignNotHex("k")),
+        ];
+        for (q, want) in cases {
+            assert_eq!(verify(&a, &cb(Event::Start, q), NOW), Err(want), "{q}");
+        }
+        let h = auth(Scheme::HmacSha256, vec![key("h", "0123456789abcdef")]);
+        assert_eq!(verify(&h, &cb(Event::Start, "t=1560096712"), NOW), Err(AuthError::MissingParam("sign")));
+        assert_eq!(
+            verify(&h, &cb(Event::Start, "t=1560096712&sign=abc"), NOW),
+            Err(AuthError::SignLength { param: "sign", len: 64 })
+        );
+    }
+
+    #[test]
+    fn messages_show_no_values() {
+        let a = auth(Scheme::KsMd5, vec![key("k", "123456")]);
+        for q in ["t=1560096712&k=4f88e741140240e3", "t=1560096712&k=4F88E741140240E2", "t=1560096712&k=4f88"] {
+            let msg = verify(&a, &cb(Event::Start, q), NOW).unwrap_err().to_string();
+            for secret in ["123456", "4f88", "4F88", "c628321f", "1560096712"] {
+                assert!(!msg.contains(secret), "{msg} shows {secret}");
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The typed callback model shared by every wire format.
+//!
+//! KLS new-version JSON (`json`), KLS old-version forms and nginx-rtmp's
+//! `on_publish` forms (`form`) all become one [`Callback`], so every later rule
+//! (apps, tokens, the stream registry) is written once.
+
+mod form;
+mod json;
+mod media;
+
+pub use form::parse_form;
+pub use json::parse_json;
+pub use media::{media_type, MediaType};
+
+/// Longest app, stream or domain name accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// The wire dialect a callback arrived in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// KLS new version: JSON with `NotifyType` `PubStart` / `PubEnd`.
+    KlsV2,
+    /// KLS old version: form with `call` `user_publish` / `user_publish_done`.
+    KlsV1,
+    /// nginx-rtmp `on_publish`: form with `call` `publish` / `publish_done`.
+    NginxRtmp,
+}
+
+impl Format {
+    /// Stable name, used in configuration (`formats`) and the forwarded headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::KlsV2 => "kls_v2",
+            Format::KlsV1 => "kls_v1",
+            Format::NginxRtmp => "nginx_rtmp",
+        }
+    }
+}
+
+/// Whether the push started or ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// `PubStart`, `user_publish`, `publish`.
+    Start,
+    /// `PubEnd`, `user_publish_done`, `publish_done`.
+    End,
+}
+
+impl Event {
+    /// Stable name for the forwarded headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Start => "start",
+            Event::End => "end",
+        }
+    }
+}
+
+/// The push URL's query parameters, as strings, with no name given twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// The value of a parameter.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Adds a parameter. The same name again with the same value is kept once;
+    /// with a different value it is an error, since two readers could pick
+    /// different ones.
+    pub fn insert(&mut self, name: String, value: String) -> Result<(), CallbackError> {
+        match self.0.iter().find(|(k, _)| *k == name) {
+            Some((_, v)) if *v == value => Ok(()),
+            Some(_) => Err(CallbackError::invalid(
+                format!("push param `{}`", printable(&name)),
+                "is given more than once with different values",
+            )),
+            None => {
+                self.0.push((name, value));
+                Ok(())
+            }
+        }
+    }
+
+    /// Number of parameters.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// All parameters in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// One push start or end notification, whatever its wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callback {
+    /// Wire format it arrived in.
+    pub format: Format,
+    /// Start or end of the push.
+    pub event: Event,
+    /// App name (`App`, `app`).
+    pub app: String,
+    /// Stream name (`Stream`, `name` without any `?query`).
+    pub stream: String,
+    /// Ingest domain, lowercase: `Pubdomain`, or the host of `tcurl`.
+    pub domain: Option<String>,
+    /// Event time in Unix milliseconds (v2 only; forms carry none).
+    pub event_time_ms: Option<u64>,
+    /// Session identity given by the sender: `Sequence`, else `UniqueName` (v2),
+    /// `vdoid` (KLS v1), `clientid` with `addr` and the ingest host (nginx-rtmp).
+    pub session: Option<String>,
+    /// Push URL parameters (where tokens live).
+    pub params: Params,
+    /// Address of the pushing client, when the sender gives one.
+    pub client_ip: Option<String>,
+    /// Port of the pushing client, when the sender gives one.
+    pub client_port: Option<u16>,
+    /// CDN node that took the push (v2).
+    pub node: Option<String>,
+    /// `close_mode` of a KLS v1 end: 1 normal, 2 abnormal.
+    pub close_mode: Option<u8>,
+}
+
+/// Why a body could not become a [`Callback`]. Messages name the field and
+/// never echo a value that could be a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackError {
+    /// A required field is absent (or `nil`/blank where that means absent).
+    #[error("missing required field `{0}`")]
+    Missing(String),
+    /// A field has the wrong type or form, or is given twice.
+    #[error("{field} {problem}")]
+    Invalid {
+        /// The field, e.g. "field `Stream`".
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The body as a whole cannot be read.
+    #[error("body {0}")]
+    Body(String),
+}
+
+impl CallbackError {
+    pub(crate) fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        CallbackError::Invalid {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    pub(crate) fn field(name: &str, problem: impl Into<String>) -> Self {
+        CallbackError::invalid(format!("field `{name}`"), problem)
+    }
+}
+
+/// Checks an app, stream or domain name: non-empty, at most [`MAX_NAME_BYTES`],
+/// no control characters. Returns the problem in words.
+pub fn check_name(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() {
+        Err("must not be empty")
+    } else if s.len() > MAX_NAME_BYTES {
+        Err("is longer than 256 bytes")
+    } else if s.chars().any(char::is_control) {
+        Err("contains a control character")
+    } else {
+        Ok(())
+    }
+}
+
+/// Validates a name-like field and wraps the problem with the field's name.
+pub(crate) fn named(field: &str, value: String) -> Result<String, CallbackError> {
+    check_name(&value).map_err(|p| CallbackError::field(field, p))?;
+    Ok(value)
+}
+
+/// A field name safe to show in a message: bounded and without control characters.
+pub(crate) fn printable(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+/// Checks a 13-digit millisecond timestamp given as text.
+pub(crate) fn timestamp_ms(field: &str, digits: &str) -> Result<u64, CallbackError> {
+    if digits.len() != 13 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(CallbackError::field(
+            field,
+            "must be a 13-digit Unix timestamp in milliseconds",
+        ));
+    }
+    digits
+        .parse()
+        .map_err(|_| CallbackError::field(field, "must be a 13-digit Unix timestamp in milliseconds"))
+}
+
+/// Parses a client port given as digits; blank means absent.
+pub(crate) fn port(field: &str, s: &str) -> Result<Option<u16>, CallbackError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 5 {
+        return Err(CallbackError::field(field, "must be a port number 0-65535"));
+    }
+    s.parse::<u16>()
+        .map(Some)
+        .map_err(|_| CallbackError::field(field, "must be a port number 0-65535"))
+}
+
+/// Parses a client address; blank means absent, anything else must be an IP.
+pub(crate) fn client_ip(field: &str, s: &str) -> Result<Option<String>, CallbackError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| Some(ip.to_string()))
+        .map_err(|_| CallbackError::field(field, "must be an IP address"))
+}
+
+/// Stores a domain lowercase after checking it like a name.
+pub(crate) fn domain(field: &str, s: &str) -> Result<String, CallbackError> {
+    check_name(s).map_err(|p| CallbackError::field(field, p))?;
+    Ok(s.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_bounded_and_printable() {
+        assert!(check_name("live").is_ok());
+        assert!(check_name("直播-1").is_ok());
+        assert_eq!(check_name(""), Err("must not be empty"));
+        assert_eq!(check_name(&"a".repeat(257)), Err("is longer than 256 bytes"));
+        assert!(check_name(&"a".repeat(256)).is_ok());
+        assert_eq!(check_name("a\nb"), Err("contains a control character"));
+        assert_eq!(check_name("a\0"), Err("contains a control character"));
+    }
+
+    #[test]
+    fn params_refuse_conflicting_repeats_and_fold_identical_ones() {
+        let mut p = Params::default();
+        p.insert("t".into(), "1".into()).unwrap();
+        p.insert("t".into(), "1".into()).unwrap();
+        assert_eq!(p.len(), 1);
+        let e = p.insert("t".into(), "2".into()).unwrap_err();
+        assert!(e.to_string().contains("`t`"), "{e}");
+        assert!(!e.to_string().contains('2'), "{e}");
+    }
+
+    #[test]
+    fn timestamps_need_13_digits() {
+        assert_eq!(timestamp_ms("T", "1456800010000").unwrap(), 1456800010000);
+        assert!(timestamp_ms("T", "145680001000").is_err());
+        assert!(timestamp_ms("T", "14568000100000").is_err());
+        assert!(timestamp_ms("T", "-456800010000").is_err());
+        assert!(timestamp_ms("T", "1456800010.00").is_err());
+    }
+
+    #[test]
+    fn ports_and_ips_accept_blank() {
+        assert_eq!(port("P", " ").unwrap(), None);
+        assert_eq!(port("P", "17102").unwrap(), Some(17102));
+        assert!(port("P", "70000").is_err());
+        assert!(port("P", "-1").is_err());
+        assert_eq!(client_ip("I", " ").unwrap(), None);
+        assert_eq!(client_ip("I", "::1").unwrap().as_deref(), Some("::1"));
+        assert!(client_ip("I", "not-an-ip").is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! callback-guard: verifies live-streaming push callbacks at the Envoy edge.
+//!
+//! Module map (every rule is plain Rust that `cargo test` runs natively):
+//! - [`callback`]: the typed model and the JSON / form parsers;
+//! - [`config`]: the plugin configuration and its validation;
+//! - [`auth`]: push tokens and sender checks;
+//! - [`registry`]: the live-stream registry behind `ExistStreamName`;
+//! - [`verdict`]: the one decision, `decide()`;
+//! - [`reply`]: codes, statuses and reply bodies;
+//! - `filter` (wasm only): the thin proxy-wasm glue.
+
+pub mod auth;
+pub mod callback;
+pub mod config;
+pub mod registry;
+pub mod reply;
+pub mod secret;
+pub mod verdict;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+
+pub use config::Config;
+pub use verdict::{decide, Forward, Rejection, Request, Verdict};
+
+/// The crate version, logged once when the VM starts.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,547 @@
+//! The live-stream registry behind `ExistStreamName`: one live push per
+//! (ingest domain, app, stream) across every worker of one Envoy.
+//!
+//! State lives in a [`SharedStore`]: key/value bytes with compare-and-swap
+//! versions, which is exactly what proxy-wasm shared data offers (the filter
+//! implements the trait with those hostcalls; tests use [`MemoryStore`]). The
+//! rules are written once, here, against the trait.
+//!
+//! Layout: a fixed number of buckets (shared-data keys) chosen by a hash of the
+//! stream. Each bucket holds fixed-size entries: SHA-256 prefixes of the stream
+//! and of the session identity, the peer (client address:port) hash, and the
+//! expiry. Nothing the sender controls is stored verbatim, entries are
+//! [`ENTRY_BYTES`] each, and every bucket has a cap, so memory is bounded by
+//! `buckets × cap × ENTRY_BYTES` whatever the traffic. Expired entries are
+//! dropped whenever their bucket is written.
+
+use sha2::{Digest, Sha256};
+
+use crate::callback::{Callback, Event};
+use crate::config::DuplicateStreams;
+
+/// Bytes per stored entry.
+pub const ENTRY_BYTES: usize = 16 + 16 + 16 + 8 + 1;
+/// Most buckets used; fewer when `max_streams` is small.
+pub const MAX_BUCKETS: usize = 1024;
+/// Compare-and-swap attempts before giving up on a contended bucket.
+pub const CAS_RETRIES: usize = 16;
+/// Prefix of the shared-data keys.
+const KEY_PREFIX: &str = "callback_guard.registry.";
+
+/// Key/value store with compare-and-swap, shaped after proxy-wasm shared data.
+pub trait SharedStore {
+    /// The value and its version (`None` when the key was never written).
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError>;
+    /// Writes `value` if the key's version is still `cas` (`None`: unconditionally).
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+}
+
+/// A store failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else wrote the key since it was read.
+    #[error("compare-and-swap mismatch")]
+    CasMismatch,
+    /// The host refused the call.
+    #[error("shared data unavailable: {0}")]
+    Host(String),
+}
+
+/// Why the registry could not answer. The decision fails closed on these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// Other workers kept winning the compare-and-swap.
+    #[error("stream registry is contended, try again")]
+    Contended,
+    /// The stream's bucket holds its cap of live streams.
+    #[error("stream registry is full (duplicate_streams.max_streams)")]
+    Full,
+    /// The store failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// What a start did to the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    /// The stream was free (or its entry had expired) and is now this session's.
+    Reserved,
+    /// The same session already held it (a CDN retry); the expiry was renewed.
+    Renewed,
+    /// Another live session holds the stream.
+    Busy,
+}
+
+/// What an end (or a failed start) did to the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The session's entry was removed.
+    Released,
+    /// No entry for this stream and session; nothing changed.
+    NotHeld,
+}
+
+/// The registry's view of one callback: which stream, which session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    stream: [u8; 16],
+    session: [u8; 16],
+    peer: [u8; 16],
+    /// True when the sender named the session (`Sequence`, `UniqueName`,
+    /// `vdoid`, nginx-rtmp `clientid`); false when it was derived.
+    explicit: bool,
+}
+
+fn hash16(parts: &[&[u8]]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let d = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}
+
+impl Claim {
+    /// The stream is (ingest domain, app, stream). The session is the sender's
+    /// identity when it gives one; otherwise it is derived from the event time
+    /// with the client address and port, and an end without identity matches
+    /// a derived start by client address and port.
+    pub fn of(cb: &Callback) -> Claim {
+        let domain = cb.domain.as_deref().unwrap_or_default();
+        let stream = hash16(&[domain.as_bytes(), cb.app.as_bytes(), cb.stream.as_bytes()]);
+        let ip = cb.client_ip.as_deref().unwrap_or_default();
+        let port = cb.client_port.map(|p| p.to_string()).unwrap_or_default();
+        let peer = hash16(&[b"peer", ip.as_bytes(), port.as_bytes()]);
+        match &cb.session {
+            Some(id) => Claim {
+                stream,
+                session: hash16(&[b"id", id.as_bytes()]),
+                peer,
+                explicit: true,
+            },
+            None => {
+                let ts = match cb.event {
+                    Event::Start => cb.event_time_ms.map(|t| t.to_string()).unwrap_or_default(),
+                    Event::End => String::new(),
+                };
+                Claim {
+                    stream,
+                    session: hash16(&[b"derived", ts.as_bytes(), ip.as_bytes(), port.as_bytes()]),
+                    peer,
+                    explicit: false,
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    stream: [u8; 16],
+    session: [u8; 16],
+    peer: [u8; 16],
+    expires_at: u64,
+    explicit: bool,
+}
+
+impl Entry {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.stream);
+        out.extend_from_slice(&self.session);
+        out.extend_from_slice(&self.peer);
+        out.extend_from_slice(&self.expires_at.to_le_bytes());
+        out.push(u8::from(self.explicit));
+    }
+
+    fn read(b: &[u8]) -> Option<Entry> {
+        if b.len() != ENTRY_BYTES {
+            return None;
+        }
+        let mut stream = [0u8; 16];
+        let mut session = [0u8; 16];
+        let mut peer = [0u8; 16];
+        let mut exp = [0u8; 8];
+        stream.copy_from_slice(&b[0..16]);
+        session.copy_from_slice(&b[16..32]);
+        peer.copy_from_slice(&b[32..48]);
+        exp.copy_from_slice(&b[48..56]);
+        Some(Entry {
+            stream,
+            session,
+            peer,
+            expires_at: u64::from_le_bytes(exp),
+            explicit: b[56] == 1,
+        })
+    }
+}
+
+/// Sizing derived from `max_streams`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Number of buckets (shared-data keys).
+    pub buckets: usize,
+    /// Most entries in one bucket.
+    pub per_bucket: usize,
+}
+
+impl Layout {
+    /// Buckets and per-bucket cap for a configuration. The cap is twice the
+    /// even share, so hashing imbalance does not refuse streams early.
+    pub fn for_config(cfg: &DuplicateStreams) -> Layout {
+        let buckets = cfg.max_streams.clamp(1, MAX_BUCKETS);
+        let share = cfg.max_streams.div_ceil(buckets);
+        Layout {
+            buckets,
+            per_bucket: share.saturating_mul(2).max(4),
+        }
+    }
+
+    /// Upper bound on the registry's bytes in shared data (values only).
+    pub fn max_bytes(&self) -> usize {
+        self.buckets * self.per_bucket * ENTRY_BYTES
+    }
+
+    fn bucket_key(&self, stream: &[u8; 16]) -> String {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&stream[..8]);
+        let idx = u64::from_le_bytes(n) % self.buckets as u64;
+        format!("{KEY_PREFIX}{idx}")
+    }
+
+    /// Every bucket key, for initialising shared data at VM start.
+    pub fn bucket_keys(&self) -> impl Iterator<Item = String> {
+        (0..self.buckets).map(|i| format!("{KEY_PREFIX}{i}"))
+    }
+}
+
+fn decode(bytes: Option<Vec<u8>>) -> Vec<Entry> {
+    bytes
+        .unwrap_or_default()
+        .chunks_exact(ENTRY_BYTES)
+        .filter_map(Entry::read)
+        .collect()
+}
+
+fn encode(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * ENTRY_BYTES);
+    for e in entries {
+        e.write(&mut out);
+    }
+    out
+}
+
+/// Runs `f` on a bucket's live entries and writes the result back with
+/// compare-and-swap, retrying a bounded number of times.
+fn update<T>(
+    store: &dyn SharedStore,
+    key: &str,
+    now: u64,
+    mut f: impl FnMut(&mut Vec<Entry>) -> Result<(T, bool), RegistryError>,
+) -> Result<T, RegistryError> {
+    for _ in 0..CAS_RETRIES {
+        let (bytes, cas) = store.get(key)?;
+        let stored = decode(bytes);
+        let before = stored.len();
+        let mut entries: Vec<Entry> = stored.into_iter().filter(|e| e.expires_at > now).collect();
+        let expired = entries.len() != before;
+        let (out, changed) = f(&mut entries)?;
+        if !changed && !expired {
+            return Ok(out);
+        }
+        match store.set(key, &encode(&entries), cas) {
+            Ok(()) => return Ok(out),
+            Err(StoreError::CasMismatch) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(RegistryError::Contended)
+}
+
+/// Reserves the stream for the claim's session until `now + ttl_s`.
+pub fn reserve(
+    store: &dyn SharedStore,
+    cfg: &DuplicateStreams,
+    claim: &Claim,
+    now: u64,
+) -> Result<Reserve, RegistryError> {
+    let layout = Layout::for_config(cfg);
+    let key = layout.bucket_key(&claim.stream);
+    let expires_at = now.saturating_add(cfg.ttl_s);
+    update(store, &key, now, |entries| {
+        if let Some(e) = entries.iter_mut().find(|e| e.stream == claim.stream) {
+            if e.session == claim.session {
+                e.expires_at = expires_at;
+                return Ok((Reserve::Renewed, true));
+            }
+            return Ok((Reserve::Busy, false));
+        }
+        if entries.len() >= layout.per_bucket {
+            return Err(RegistryError::Full);
+        }
+        entries.push(Entry {
+            stream: claim.stream,
+            session: claim.session,
+            peer: claim.peer,
+            expires_at,
+            explicit: claim.explicit,
+        });
+        Ok((Reserve::Reserved, true))
+    })
+}
+
+/// Frees the stream if this claim's session holds it. An end without its own
+/// identity frees a reservation whose identity was derived, when the client
+/// address and port agree. Nothing held by another session is touched.
+pub fn release(
+    store: &dyn SharedStore,
+    cfg: &DuplicateStreams,
+    claim: &Claim,
+    now: u64,
+) -> Result<Release, RegistryError> {
+    let layout = Layout::for_config(cfg);
+    let key = layout.bucket_key(&claim.stream);
+    update(store, &key, now, |entries| {
+        let owned = |e: &Entry| {
+            e.stream == claim.stream
+                && (e.session == claim.session
+                    || (!claim.explicit && !e.explicit && e.peer == claim.peer))
+        };
+        let before = entries.len();
+        entries.retain(|e| !owned(e));
+        if entries.len() == before {
+            Ok((Release::NotHeld, false))
+        } else {
+            Ok((Release::Released, true))
+        }
+    })
+}
+
+/// A [`SharedStore`] in process memory, with the same compare-and-swap
+/// semantics as Envoy's shared data. Used by tests and the `check` command.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: std::sync::Mutex<(std::collections::HashMap<String, (Vec<u8>, u32)>, u32)>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Total bytes of all values (for the memory-bound tests).
+    pub fn value_bytes(&self) -> usize {
+        self.inner
+            .lock()
+            .map(|g| g.0.values().map(|(v, _)| v.len()).sum())
+            .unwrap_or(0)
+    }
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        let g = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError::Host("lock poisoned".into()))?;
+        Ok(match g.0.get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        })
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        let mut g = self
+            .inner
+            .lock()
+            .map_err(|_| StoreError::Host("lock poisoned".into()))?;
+        let (map, counter) = &mut *g;
+        *counter = counter.wrapping_add(1).max(1);
+        let next = *counter;
+        match map.get_mut(key) {
+            Some(slot) => {
+                if cas.is_some_and(|c| c != slot.1) {
+                    return Err(StoreError::CasMismatch);
+                }
+                *slot = (value.to_vec(), next);
+            }
+            None => {
+                map.insert(key.to_string(), (value.to_vec(), next));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callback::{Format, Params};
+
+    fn cfg() -> DuplicateStreams {
+        DuplicateStreams {
+            reject: true,
+            ttl_s: 100,
+            max_streams: 1000,
+        }
+    }
+
+    fn cb(event: Event, stream: &str, session: Option<&str>) -> Callback {
+        Callback {
+            format: Format::KlsV2,
+            event,
+            app: "live".into(),
+            stream: stream.into(),
+            domain: Some("d".into()),
+            event_time_ms: Some(1_700_000_000_000),
+            session: session.map(Into::into),
+            params: Params::default(),
+            client_ip: Some("1.2.3.4".into()),
+            client_port: Some(5000),
+            node: None,
+            close_mode: None,
+        }
+    }
+
+    fn start(s: &MemoryStore, stream: &str, session: Option<&str>, now: u64) -> Reserve {
+        reserve(s, &cfg(), &Claim::of(&cb(Event::Start, stream, session)), now).unwrap()
+    }
+
+    fn end(s: &MemoryStore, stream: &str, session: Option<&str>, now: u64) -> Release {
+        release(s, &cfg(), &Claim::of(&cb(Event::End, stream, session)), now).unwrap()
+    }
+
+    #[test]
+    fn other_session_is_busy_same_session_renews() {
+        let s = MemoryStore::new();
+        assert_eq!(start(&s, "a", Some("s1"), 10), Reserve::Reserved);
+        assert_eq!(start(&s, "a", Some("s2"), 11), Reserve::Busy);
+        assert_eq!(start(&s, "a", Some("s1"), 12), Reserve::Renewed);
+        assert_eq!(start(&s, "b", Some("s2"), 12), Reserve::Reserved, "other streams are independent");
+    }
+
+    #[test]
+    fn end_frees_only_the_owner() {
+        let s = MemoryStore::new();
+        assert_eq!(start(&s, "a", Some("s1"), 10), Reserve::Reserved);
+        assert_eq!(end(&s, "a", Some("s2"), 11), Release::NotHeld);
+        assert_eq!(start(&s, "a", Some("s2"), 12), Reserve::Busy, "a stranger's end freed nothing");
+        assert_eq!(end(&s, "a", Some("s1"), 13), Release::Released);
+        assert_eq!(start(&s, "a", Some("s2"), 14), Reserve::Reserved);
+        assert_eq!(end(&s, "zzz", Some("s1"), 15), Release::NotHeld);
+    }
+
+    #[test]
+    fn expired_entry_can_be_taken_over() {
+        let s = MemoryStore::new();
+        assert_eq!(start(&s, "a", Some("s1"), 10), Reserve::Reserved);
+        assert_eq!(start(&s, "a", Some("s2"), 109), Reserve::Busy);
+        assert_eq!(start(&s, "a", Some("s2"), 110), Reserve::Reserved);
+    }
+
+    #[test]
+    fn renewal_extends_the_expiry() {
+        let s = MemoryStore::new();
+        start(&s, "a", Some("s1"), 10);
+        start(&s, "a", Some("s1"), 90);
+        assert_eq!(start(&s, "a", Some("s2"), 150), Reserve::Busy);
+        assert_eq!(start(&s, "a", Some("s2"), 190), Reserve::Reserved);
+    }
+
+    #[test]
+    fn derived_sessions_use_time_and_peer_and_end_matches_by_peer() {
+        let s = MemoryStore::new();
+        assert_eq!(start(&s, "a", None, 10), Reserve::Reserved);
+        assert_eq!(start(&s, "a", None, 11), Reserve::Renewed, "same time and peer is a retry");
+        let mut other = cb(Event::Start, "a", None);
+        other.event_time_ms = Some(1_700_000_000_999);
+        assert_eq!(reserve(&s, &cfg(), &Claim::of(&other), 12).unwrap(), Reserve::Busy);
+        let mut stranger_end = cb(Event::End, "a", None);
+        stranger_end.client_port = Some(6000);
+        assert_eq!(release(&s, &cfg(), &Claim::of(&stranger_end), 13).unwrap(), Release::NotHeld);
+        assert_eq!(end(&s, "a", None, 14), Release::Released);
+    }
+
+    #[test]
+    fn an_anonymous_end_cannot_free_a_named_session() {
+        let s = MemoryStore::new();
+        start(&s, "a", Some("s1"), 10);
+        assert_eq!(end(&s, "a", None, 11), Release::NotHeld);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_expired_entries_are_cleaned() {
+        let small = DuplicateStreams { reject: true, ttl_s: 100, max_streams: 8 };
+        let layout = Layout::for_config(&small);
+        let s = MemoryStore::new();
+        let mut full = 0;
+        for i in 0..200 {
+            let c = cb(Event::Start, &format!("s{i}"), Some("x"));
+            match reserve(&s, &small, &Claim::of(&c), 10) {
+                Ok(Reserve::Reserved) => {}
+                Err(RegistryError::Full) => full += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(full > 0, "the cap refuses new streams once reached");
+        assert!(s.value_bytes() <= layout.max_bytes(), "{} > {}", s.value_bytes(), layout.max_bytes());
+        // once the entries expire, touching a bucket cleans it and admits new streams
+        for i in 0..200 {
+            let c = cb(Event::Start, &format!("t{i}"), Some("x"));
+            let _ = reserve(&s, &small, &Claim::of(&c), 500);
+        }
+        assert!(s.value_bytes() <= layout.max_bytes());
+        let c = cb(Event::Start, "s0", Some("y"));
+        assert_eq!(reserve(&s, &small, &Claim::of(&c), 1000).unwrap(), Reserve::Reserved);
+    }
+
+    #[test]
+    fn layout_for_default_config() {
+        let l = Layout::for_config(&DuplicateStreams { reject: true, ttl_s: 1, max_streams: 100_000 });
+        assert_eq!(l.buckets, 1024);
+        assert_eq!(l.per_bucket, 196);
+        assert_eq!(l.max_bytes(), 1024 * 196 * ENTRY_BYTES);
+    }
+
+    /// A store whose writes always lose the race.
+    struct Contended;
+    impl SharedStore for Contended {
+        fn get(&self, _: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+            Ok((None, Some(1)))
+        }
+        fn set(&self, _: &str, _: &[u8], _: Option<u32>) -> Result<(), StoreError> {
+            Err(StoreError::CasMismatch)
+        }
+    }
+
+    #[test]
+    fn cas_retries_are_bounded() {
+        let c = Claim::of(&cb(Event::Start, "a", Some("s")));
+        assert_eq!(reserve(&Contended, &cfg(), &c, 1), Err(RegistryError::Contended));
+    }
+
+    #[test]
+    fn concurrent_reservations_admit_exactly_one() {
+        let s = std::sync::Arc::new(MemoryStore::new());
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let mut won = 0;
+                    for i in 0..25 {
+                        let c = cb(Event::Start, "one", Some(&format!("t{t}-{i}")));
+                        if let Ok(Reserve::Reserved) = reserve(&*s, &cfg(), &Claim::of(&c), 1) {
+                            won += 1;
+                        }
+                    }
+                    won
+                })
+            })
+            .collect();
+        let total: i32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(total, 1);
+    }
+}

@@ -1,0 +1,119 @@
+//! The edge's own answers: error code → HTTP status and the KLS-style JSON body.
+
+/// Every code the filter answers with. Spellings are the contract's
+/// (`AuthencationFailed` is the KLS spec's own spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// Not a POST.
+    MethodNotAllowed,
+    /// Neither JSON nor a form (or that dialect is switched off).
+    UnsupportedMediaType,
+    /// Body over `max_body_bytes`.
+    PayloadTooLarge,
+    /// A required field is absent.
+    MissingParameter,
+    /// A field has the wrong type or form; the body cannot be parsed.
+    InvalidParameterValue,
+    /// A sender check or the push token failed.
+    AuthencationFailed,
+    /// The app is not in `apps`.
+    NonExistApplication,
+    /// Another session is pushing this stream.
+    ExistStreamName,
+}
+
+impl Code {
+    /// All codes, for metrics set-up.
+    pub const ALL: [Code; 8] = [
+        Code::MethodNotAllowed,
+        Code::UnsupportedMediaType,
+        Code::PayloadTooLarge,
+        Code::MissingParameter,
+        Code::InvalidParameterValue,
+        Code::AuthencationFailed,
+        Code::NonExistApplication,
+        Code::ExistStreamName,
+    ];
+
+    /// The code as written in replies and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::MethodNotAllowed => "MethodNotAllowed",
+            Code::UnsupportedMediaType => "UnsupportedMediaType",
+            Code::PayloadTooLarge => "PayloadTooLarge",
+            Code::MissingParameter => "MissingParameter",
+            Code::InvalidParameterValue => "InvalidParameterValue",
+            Code::AuthencationFailed => "AuthencationFailed",
+            Code::NonExistApplication => "NonExistApplication",
+            Code::ExistStreamName => "ExistStreamName",
+        }
+    }
+
+    /// The HTTP status of the reply.
+    pub fn status(self) -> u16 {
+        match self {
+            Code::MethodNotAllowed => 405,
+            Code::UnsupportedMediaType => 415,
+            Code::PayloadTooLarge => 413,
+            Code::MissingParameter | Code::InvalidParameterValue => 400,
+            Code::AuthencationFailed => 403,
+            Code::NonExistApplication => 404,
+            Code::ExistStreamName => 409,
+        }
+    }
+}
+
+/// The reply body: `{"RequestId","Error":{"Type":"Sender","Code","Message"}}`.
+/// `request_id` is the request's `x-request-id` (empty when absent).
+pub fn body(code: Code, message: &str, request_id: &str) -> String {
+    serde_json::json!({
+        "RequestId": request_id,
+        "Error": {
+            "Type": "Sender",
+            "Code": code.as_str(),
+            "Message": message,
+        }
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_table() {
+        let want = [
+            (Code::MethodNotAllowed, 405),
+            (Code::UnsupportedMediaType, 415),
+            (Code::PayloadTooLarge, 413),
+            (Code::MissingParameter, 400),
+            (Code::InvalidParameterValue, 400),
+            (Code::AuthencationFailed, 403),
+            (Code::NonExistApplication, 404),
+            (Code::ExistStreamName, 409),
+        ];
+        for (code, status) in want {
+            assert_eq!(code.status(), status, "{code:?}");
+        }
+        assert_eq!(Code::AuthencationFailed.as_str(), "AuthencationFailed");
+    }
+
+    #[test]
+    fn body_shape() {
+        let b = body(Code::NonExistApplication, "app is not configured", "req-1");
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["RequestId"], "req-1");
+        assert_eq!(v["Error"]["Type"], "Sender");
+        assert_eq!(v["Error"]["Code"], "NonExistApplication");
+        assert_eq!(v["Error"]["Message"], "app is not configured");
+        assert_eq!(v.as_object().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn request_id_is_escaped() {
+        let b = body(Code::MissingParameter, "m", "a\"b\\c");
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["RequestId"], "a\"b\\c");
+    }
+}

@@ -1,0 +1,306 @@
+//! The one decision: given the configuration, a request, the time and the
+//! stream registry, forward the callback or reject it with a spec code.
+//!
+//! Order of the rules (the first failure answers):
+//! method → size → sender checks (`callback_auth`) → media type → parsing and
+//! validation → dialect switched on → `apps` → event age → push token →
+//! stream registry. Sender checks come before the body is read so that an
+//! unauthenticated sender learns nothing about what a valid body looks like.
+
+use std::net::IpAddr;
+
+use crate::auth::{self, webhook::WebhookHeaders, AuthError};
+use crate::callback::{self, printable, Callback, CallbackError, Event, Format, MediaType};
+use crate::config::Config;
+use crate::registry::{self, Claim, RegistryError, Reserve, SharedStore};
+use crate::reply::Code;
+
+/// What the decision sees of an HTTP request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// Request path with query (where a shared key may be).
+    pub path: &'a str,
+    /// The `content-type` header.
+    pub content_type: Option<&'a str>,
+    /// Other headers the configuration needs (see [`Config::needed_headers`]);
+    /// names compared case-insensitively.
+    pub headers: &'a [(String, String)],
+    /// The whole body.
+    pub body: &'a [u8],
+    /// Downstream peer address.
+    pub source: Option<IpAddr>,
+}
+
+impl Request<'_> {
+    /// First value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Forward or reject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass the callback upstream, with these facts.
+    Forward(Forward),
+    /// Answer at the edge.
+    Reject(Rejection),
+}
+
+/// An accepted callback and what was verified about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Wire format.
+    pub format: Format,
+    /// Start or end.
+    pub event: Event,
+    /// App name.
+    pub app: String,
+    /// Stream name.
+    pub stream: String,
+    /// Id of the push key that matched, when tokens are checked.
+    pub key_id: Option<String>,
+    /// Names of the checks that ran and passed.
+    pub verified: Vec<&'static str>,
+    /// For a start that reserved its stream: the claim to release if the
+    /// upstream refuses the publish or never answers.
+    pub reservation: Option<Claim>,
+}
+
+impl Forward {
+    /// The `x-callback-guard-*` headers added to the forwarded request.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![
+            ("x-callback-guard-format", self.format.as_str().to_string()),
+            ("x-callback-guard-event", self.event.as_str().to_string()),
+            ("x-callback-guard-verified", self.verified.join(",")),
+        ];
+        if let Some(id) = &self.key_id {
+            h.push(("x-callback-guard-key-id", id.clone()));
+        }
+        h
+    }
+}
+
+/// A refused callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Spec code (decides the status).
+    pub code: Code,
+    /// Why, naming the field or check; never a secret or token.
+    pub message: String,
+    /// App, when the body got that far (for the log line).
+    pub app: Option<String>,
+    /// Stream, when the body got that far (for the log line).
+    pub stream: Option<String>,
+}
+
+impl Rejection {
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            message: message.into(),
+            app: None,
+            stream: None,
+        }
+    }
+
+    fn about(mut self, cb: &Callback) -> Self {
+        self.app = Some(printable(&cb.app));
+        self.stream = Some(printable(&cb.stream));
+        self
+    }
+}
+
+fn callback_rejection(e: &CallbackError) -> Rejection {
+    let code = match e {
+        CallbackError::Missing(_) => Code::MissingParameter,
+        _ => Code::InvalidParameterValue,
+    };
+    Rejection::new(code, e.to_string())
+}
+
+fn auth_rejection(e: AuthError) -> Rejection {
+    Rejection::new(Code::AuthencationFailed, e.to_string())
+}
+
+/// Decides one request. Pure apart from the registry store; never panics.
+pub fn decide(config: &Config, req: &Request<'_>, now_s: u64, store: &dyn SharedStore) -> Verdict {
+    match decide_inner(config, req, now_s, store) {
+        Ok(f) => Verdict::Forward(f),
+        Err(r) => Verdict::Reject(r),
+    }
+}
+
+fn decide_inner(
+    config: &Config,
+    req: &Request<'_>,
+    now_s: u64,
+    store: &dyn SharedStore,
+) -> Result<Forward, Rejection> {
+    if req.method != "POST" {
+        return Err(Rejection::new(Code::MethodNotAllowed, "callbacks must be POST"));
+    }
+    if req.body.len() > config.max_body_bytes {
+        return Err(too_large(config.max_body_bytes));
+    }
+    let mut verified = Vec::new();
+    check_sender(config, req, now_s, &mut verified)?;
+
+    let media = callback::media_type(req.content_type).ok_or_else(|| {
+        Rejection::new(
+            Code::UnsupportedMediaType,
+            "content-type must be application/json or application/x-www-form-urlencoded",
+        )
+    })?;
+    let cb = match media {
+        MediaType::Json => {
+            if !config.formats.kls_v2 {
+                return Err(Rejection::new(
+                    Code::UnsupportedMediaType,
+                    "JSON callbacks (kls_v2) are not enabled in `formats`",
+                ));
+            }
+            callback::parse_json(req.body)
+        }
+        MediaType::Form => callback::parse_form(req.body),
+    }
+    .map_err(|e| callback_rejection(&e))?;
+    if !config.formats.allows(cb.format) {
+        return Err(dialect_off(config).about(&cb));
+    }
+    verified.push("format");
+
+    if let Some(apps) = &config.apps {
+        if !apps.contains(&cb.app) {
+            return Err(Rejection::new(
+                Code::NonExistApplication,
+                "app is not configured in `apps`",
+            )
+            .about(&cb));
+        }
+        verified.push("app");
+    }
+
+    if config.max_event_age_s > 0 {
+        if let Some(t_ms) = cb.event_time_ms {
+            let window_ms = config.max_event_age_s.saturating_mul(1000);
+            if t_ms.abs_diff(now_s.saturating_mul(1000)) > window_ms {
+                return Err(auth_rejection(AuthError::EventTooOld).about(&cb));
+            }
+            verified.push("event_age");
+        }
+    }
+
+    let key_id = match &config.push_auth {
+        Some(pa) => {
+            let id = auth::token::verify(pa, &cb, now_s).map_err(|e| auth_rejection(e).about(&cb))?;
+            verified.push("push_token");
+            Some(id)
+        }
+        None => None,
+    };
+
+    let mut reservation = None;
+    if config.duplicate_streams.reject {
+        let claim = Claim::of(&cb);
+        let ds = &config.duplicate_streams;
+        let result = match cb.event {
+            Event::Start => registry::reserve(store, ds, &claim, now_s).map(|r| match r {
+                Reserve::Busy => Err(Rejection::new(
+                    Code::ExistStreamName,
+                    "a push of this stream by another session is live",
+                )),
+                Reserve::Reserved | Reserve::Renewed => {
+                    reservation = Some(claim);
+                    Ok(())
+                }
+            }),
+            Event::End => registry::release(store, ds, &claim, now_s).map(|_| Ok(())),
+        };
+        match result {
+            Ok(Ok(())) => verified.push("stream_registry"),
+            Ok(Err(r)) => return Err(r.about(&cb)),
+            Err(e) => return Err(registry_rejection(&e).about(&cb)),
+        }
+    }
+
+    Ok(Forward {
+        format: cb.format,
+        event: cb.event,
+        app: cb.app,
+        stream: cb.stream,
+        key_id,
+        verified,
+        reservation,
+    })
+}
+
+/// The rejection for a body over the limit (also used by the filter before buffering).
+pub fn too_large(limit: usize) -> Rejection {
+    Rejection::new(
+        Code::PayloadTooLarge,
+        format!("body is larger than max_body_bytes ({limit})"),
+    )
+}
+
+fn dialect_off(config: &Config) -> Rejection {
+    let allowed: Vec<&str> = [
+        (config.formats.kls_v1, "user_publish or user_publish_done"),
+        (config.formats.nginx_rtmp, "publish or publish_done"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, v)| *v)
+    .collect();
+    if allowed.is_empty() {
+        return Rejection::new(
+            Code::UnsupportedMediaType,
+            "form callbacks are not enabled in `formats`",
+        );
+    }
+    Rejection::new(
+        Code::InvalidParameterValue,
+        format!("field `call` must be {}", allowed.join(", or ")),
+    )
+}
+
+/// The registry could not answer: fail closed, and say why.
+fn registry_rejection(e: &RegistryError) -> Rejection {
+    Rejection::new(Code::ExistStreamName, e.to_string())
+}
+
+fn check_sender(
+    config: &Config,
+    req: &Request<'_>,
+    now_s: u64,
+    verified: &mut Vec<&'static str>,
+) -> Result<(), Rejection> {
+    let ca = &config.callback_auth;
+    if let Some(cidrs) = &ca.allow_cidrs {
+        let addr = auth::sender::sender_addr(ca, req.source, req.header("x-forwarded-for"))
+            .map_err(auth_rejection)?;
+        auth::sender::check_cidrs(cidrs, addr).map_err(auth_rejection)?;
+        verified.push("sender_cidr");
+    }
+    if let Some(sk) = &ca.shared_key {
+        let header = sk.header.as_deref().and_then(|h| req.header(h));
+        auth::sender::check_shared_key(sk, req.path, header).map_err(auth_rejection)?;
+        verified.push("shared_key");
+    }
+    if let Some(ws) = &ca.webhook_signature {
+        let h = WebhookHeaders {
+            id: req.header("webhook-id"),
+            timestamp: req.header("webhook-timestamp"),
+            signature: req.header("webhook-signature"),
+        };
+        auth::webhook::verify(ws, h, req.body, now_s).map_err(auth_rejection)?;
+        verified.push("webhook_signature");
+    }
+    Ok(())
+}
