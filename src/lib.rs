@@ -7,7 +7,8 @@
 //! - [`registry`]: the live-stream registry behind `ExistStreamName`;
 //! - [`verdict`]: the one decision, `decide()`;
 //! - [`reply`]: codes, statuses and reply bodies;
-//! - `filter` (wasm only): the thin proxy-wasm glue.
+//! - [`wire`]: the Proxy-Wasm ABI's byte formats;
+//! - `filter` (wasm only): the thin proxy-wasm glue, exporting only what it uses.
 
 pub mod auth;
 pub mod callback;
@@ -16,6 +17,7 @@ pub mod registry;
 pub mod reply;
 pub mod secret;
 pub mod verdict;
+pub mod wire;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -73,17 +73,15 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// The `x-callback-guard-*` headers added to the forwarded request.
+    /// The `x-callback-guard-*` headers for the forwarded request (always all four).
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let mut h = vec![
+        vec![
             ("x-callback-guard-format", self.format.as_str().to_string()),
             ("x-callback-guard-event", self.event.as_str().to_string()),
             ("x-callback-guard-verified", self.verified.join(",")),
-        ];
-        if let Some(id) = &self.key_id {
-            h.push(("x-callback-guard-key-id", id.clone()));
-        }
-        h
+            // Empty when push tokens are not checked (Envoy then drops the header).
+            ("x-callback-guard-key-id", self.key_id.clone().unwrap_or_default()),
+        ]
     }
 }
 

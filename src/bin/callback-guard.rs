@@ -1,1 +1,298 @@
-fn main() {}
+//! `callback-guard`: the native companion of the filter.
+//!
+//! - `check` runs the very `decide()` the filter runs, on a body from stdin;
+//! - `check-config` lists every problem of a configuration file;
+//! - `sign` mints push tokens and push URLs for operators.
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use callback_guard::auth::token;
+use callback_guard::config::{ProcessEnv, Scheme};
+use callback_guard::registry::MemoryStore;
+use callback_guard::{decide, Config, Request, Verdict};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "callback-guard", version, about = "Verify live-push callbacks the way the Envoy filter does")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Decide one callback read from stdin; prints one JSON line.
+    /// Exit 0 = forward, 1 = reject, 2 = usage or configuration error.
+    Check {
+        /// Plugin configuration (JSON, as in the Envoy filter's `configuration`).
+        #[arg(long)]
+        config: String,
+        /// The request's content-type.
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+        /// The request's method.
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// The request's path, with query (where a shared key may sit).
+        #[arg(long, default_value = "/callback")]
+        path: String,
+        /// An extra request header, `Name: value`; repeatable.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// The sender's address (downstream peer).
+        #[arg(long)]
+        source_addr: Option<IpAddr>,
+        /// Current time in Unix seconds (default: now).
+        #[arg(long)]
+        now: Option<u64>,
+    },
+    /// Print every problem of a configuration file, or `ok`. Exit 0 = ok, 2 = problems.
+    CheckConfig {
+        /// Configuration file (JSON).
+        file: String,
+    },
+    /// Mint a push token: prints `t=…&k=…` / `t=…&sign=…`, or the push URL with `--url`.
+    Sign {
+        /// Token scheme.
+        #[arg(long, value_enum)]
+        scheme: SchemeArg,
+        /// The key (prefer --key-env to keep it out of the process list).
+        #[arg(long, required_unless_present = "key_env", conflicts_with = "key_env")]
+        key: Option<String>,
+        /// Environment variable holding the key.
+        #[arg(long)]
+        key_env: Option<String>,
+        /// App name (signed by hmac_sha256).
+        #[arg(long)]
+        app: String,
+        /// Stream name.
+        #[arg(long)]
+        stream: String,
+        /// Lifetime from now, in seconds.
+        #[arg(long, required_unless_present = "expires_at", conflicts_with = "expires_at")]
+        expires_in: Option<u64>,
+        /// Expiry as Unix seconds.
+        #[arg(long)]
+        expires_at: Option<u64>,
+        /// Key id to add as `kid` (hmac_sha256 only).
+        #[arg(long)]
+        kid: Option<String>,
+        /// Push URL base, e.g. rtmp://push.example.com/live; prints the whole URL.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SchemeArg {
+    #[value(name = "ks_md5")]
+    KsMd5,
+    #[value(name = "hmac_sha256")]
+    HmacSha256,
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn load_config(path: &str) -> Result<Config, Vec<String>> {
+    let bytes = std::fs::read(path).map_err(|e| vec![format!("{path}: {e}")])?;
+    Config::from_json(&bytes, &ProcessEnv).map_err(|errs| errs.iter().map(ToString::to_string).collect())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.cmd {
+        Cmd::CheckConfig { file } => match load_config(&file) {
+            Ok(_) => {
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                for p in problems {
+                    println!("{p}");
+                }
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Check {
+            config,
+            content_type,
+            method,
+            path,
+            headers,
+            source_addr,
+            now,
+        } => check(&config, &content_type, &method, &path, &headers, source_addr, now),
+        Cmd::Sign {
+            scheme,
+            key,
+            key_env,
+            app,
+            stream,
+            expires_in,
+            expires_at,
+            kid,
+            url,
+        } => {
+            let key = match (key, key_env) {
+                (Some(k), _) => k,
+                (None, Some(var)) => match std::env::var(&var) {
+                    Ok(k) if !k.is_empty() => k,
+                    _ => {
+                        eprintln!("callback-guard sign: environment variable `{var}` is not set or empty");
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, None) => {
+                    eprintln!("callback-guard sign: give --key or --key-env");
+                    return ExitCode::from(2);
+                }
+            };
+            let scheme = match scheme {
+                SchemeArg::KsMd5 => Scheme::KsMd5,
+                SchemeArg::HmacSha256 => Scheme::HmacSha256,
+            };
+            let expires = expires_at.unwrap_or_else(|| now_s().saturating_add(expires_in.unwrap_or(0)));
+            match sign(scheme, &key, &app, &stream, expires, kid.as_deref(), url.as_deref()) {
+                Ok(out) => {
+                    println!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(msg) => {
+                    eprintln!("callback-guard sign: {msg}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn sign(
+    scheme: Scheme,
+    key: &str,
+    app: &str,
+    stream: &str,
+    expires: u64,
+    kid: Option<&str>,
+    url: Option<&str>,
+) -> Result<String, String> {
+    match scheme {
+        Scheme::KsMd5 => {
+            if key.len() > 32 || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err("a ks_md5 key is at most 32 letters or digits (KLS rule)".into());
+            }
+            if kid.is_some() {
+                return Err("--kid applies to hmac_sha256 only".into());
+            }
+        }
+        Scheme::HmacSha256 => {
+            if key.len() < 16 {
+                return Err("an hmac_sha256 key is at least 16 bytes".into());
+            }
+        }
+    }
+    if !(1_000_000_000..=9_999_999_999).contains(&expires) {
+        return Err("the expiry must be a 10-digit Unix time".into());
+    }
+    let mut query = token::sign(scheme, key.as_bytes(), app, stream, expires);
+    if let Some(k) = kid {
+        query.push_str("&kid=");
+        query.extend(form_urlencoded::byte_serialize(k.as_bytes()));
+    }
+    Ok(match url {
+        None => query,
+        Some(base) => {
+            let segment: String =
+                percent_encoding::utf8_percent_encode(stream, percent_encoding::NON_ALPHANUMERIC).collect();
+            format!("{}/{segment}?{query}", base.trim_end_matches('/'))
+        }
+    })
+}
+
+fn check(
+    config: &str,
+    content_type: &str,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    source: Option<IpAddr>,
+    now: Option<u64>,
+) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("{p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let mut pairs = Vec::new();
+    for h in headers {
+        match h.split_once(':') {
+            Some((k, v)) => pairs.push((k.trim().to_ascii_lowercase(), v.trim().to_string())),
+            None => {
+                eprintln!("--header must look like 'Name: value'");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut body) {
+        eprintln!("cannot read the body from stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let req = Request {
+        method,
+        path,
+        content_type: Some(content_type),
+        headers: &pairs,
+        body: &body,
+        source,
+    };
+    let store = MemoryStore::new();
+    match decide(&config, &req, now.unwrap_or_else(now_s), &store) {
+        Verdict::Forward(f) => {
+            let headers: serde_json::Map<String, serde_json::Value> = f
+                .headers()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v)))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "action": "forward",
+                    "status": 200,
+                    "code": "",
+                    "message": format!("verified: {}", f.verified.join(",")),
+                    "headers": headers,
+                })
+            );
+            ExitCode::SUCCESS
+        }
+        Verdict::Reject(r) => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "action": "reject",
+                    "status": r.code.status(),
+                    "code": r.code.as_str(),
+                    "message": r.message,
+                })
+            );
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The Envoy side of the Proxy-Wasm ABI 0.2.1: the hostcalls the filter
+//! imports, wrapped so that every status comes back as a `Result`.
+//!
+//! The proxy-wasm SDK panics on statuses it does not expect (and on header
+//! values that are not UTF-8); a panic aborts the VM for every later request,
+//! so the filter talks to the host through these wrappers instead.
+
+use std::ptr::{null, null_mut};
+
+use crate::wire;
+
+/// A non-OK status from the host (ABI numbering: 1 NotFound, 2 BadArgument, 8 CasMismatch …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status(pub u32);
+
+/// Compare-and-swap mismatch on shared data.
+pub const CAS_MISMATCH: Status = Status(8);
+/// The key or value does not exist.
+pub const NOT_FOUND: Status = Status(1);
+
+/// Log levels of the ABI.
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+#[allow(dead_code)]
+pub enum Level {
+    Trace = 0,
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+    Critical = 5,
+}
+
+/// Buffers the filter reads.
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub enum Buffer {
+    HttpRequestBody = 0,
+    PluginConfiguration = 7,
+}
+
+/// Header maps the filter reads or changes.
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub enum Map {
+    HttpRequestHeaders = 0,
+    HttpResponseHeaders = 2,
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+}
+
+fn ok(status: u32) -> Result<(), Status> {
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(Status(status))
+    }
+}
+
+/// Takes ownership of bytes the host wrote into memory it got from
+/// `proxy_on_memory_allocate` (see `super::proxy_on_memory_allocate`).
+///
+/// # Safety
+/// `data` must be null or come from `proxy_on_memory_allocate(size)`.
+unsafe fn owned(data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    if data.is_null() {
+        None
+    } else {
+        Some(Vec::from_raw_parts(data, size, size))
+    }
+}
+
+/// Writes a line to Envoy's log.
+pub fn log(level: Level, msg: &str) {
+    // SAFETY: pointer and length describe a live &str.
+    let _ = unsafe { proxy_log(level as u32, msg.as_ptr(), msg.len()) };
+}
+
+/// Host wall clock, Unix seconds (0 if the host refuses).
+pub fn now_s() -> u64 {
+    let mut ns = 0u64;
+    // SAFETY: the host writes one u64 through the pointer.
+    match ok(unsafe { proxy_get_current_time_nanoseconds(&mut ns) }) {
+        Ok(()) => ns / 1_000_000_000,
+        Err(_) => 0,
+    }
+}
+
+/// Reads up to `max` bytes of a buffer.
+pub fn buffer(kind: Buffer, start: usize, max: usize) -> Result<Vec<u8>, Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: the host fills data/size with memory from proxy_on_memory_allocate.
+    unsafe {
+        match ok(proxy_get_buffer_bytes(kind as u32, start, max, &mut data, &mut size)) {
+            Ok(()) => Ok(owned(data, size).unwrap_or_default()),
+            Err(NOT_FOUND) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// All pairs of a header map.
+pub fn headers(map: Map) -> Result<Vec<(String, String)>, Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: as in `buffer`.
+    unsafe {
+        ok(proxy_get_header_map_pairs(map as u32, &mut data, &mut size))?;
+        Ok(owned(data, size).map(|b| wire::decode_map(&b)).unwrap_or_default())
+    }
+}
+
+/// One header's value.
+pub fn header(map: Map, name: &str) -> Result<Option<Vec<u8>>, Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: as in `buffer`.
+    unsafe {
+        match ok(proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)) {
+            Ok(()) => Ok(owned(data, size)),
+            Err(NOT_FOUND) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Removes a header (only while the headers are still held by this filter).
+pub fn remove_header(map: Map, name: &str) -> Result<(), Status> {
+    // SAFETY: pointer and length describe a live &str.
+    ok(unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
+}
+
+/// Reads a property such as `source.address`.
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+    let p = wire::property_path(path);
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: as in `buffer`.
+    unsafe {
+        match ok(proxy_get_property(p.as_ptr(), p.len(), &mut data, &mut size)) {
+            Ok(()) => Ok(owned(data, size)),
+            Err(NOT_FOUND) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Sets a property; Envoy keeps it as filter state `wasm.<name>`.
+pub fn set_property(name: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: pointers and lengths describe live slices.
+    ok(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+}
+
+/// Reads shared data: the value and its CAS version.
+pub fn shared_get(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    let mut cas = 0u32;
+    // SAFETY: as in `buffer`, plus one u32 written through `cas`.
+    unsafe {
+        match ok(proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)) {
+            Ok(()) => Ok((owned(data, size).or(Some(Vec::new())), (cas != 0).then_some(cas))),
+            Err(NOT_FOUND) => Ok((None, None)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Writes shared data if the version is still `cas` (`None`: unconditionally).
+pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
+    // SAFETY: pointers and lengths describe live slices.
+    ok(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0)) })
+}
+
+/// Answers the request from the filter.
+pub fn send_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), Status> {
+    let h = wire::encode_map(headers);
+    // SAFETY: pointers and lengths describe live slices.
+    ok(unsafe {
+        proxy_send_local_response(u32::from(status), null(), 0, body.as_ptr(), body.len(), h.as_ptr(), h.len(), -1)
+    })
+}
+
+/// Defines a counter; `None` if the host refuses (metrics are then skipped).
+pub fn counter(name: &str) -> Option<u32> {
+    let mut id = 0;
+    // SAFETY: the host writes one u32 through the pointer.
+    ok(unsafe { proxy_define_metric(0, name.as_ptr(), name.len(), &mut id) }).ok()?;
+    Some(id)
+}
+
+/// Adds one to a counter.
+pub fn bump(id: Option<u32>) {
+    if let Some(id) = id {
+        // SAFETY: plain values.
+        let _ = unsafe { proxy_increment_metric(id, 1) };
+    }
+}

@@ -1,0 +1,459 @@
+//! Thin proxy-wasm glue: moves bytes between Envoy and [`crate::decide`].
+//!
+//! The module implements the Proxy-Wasm ABI 0.2.1 itself and exports only the
+//! callbacks it uses. Envoy skips a callback the module does not export, so a
+//! request costs no VM calls for response bodies, trailers and the like; and
+//! every hostcall returns a `Result` (see [`host`]), so nothing here can panic.
+//!
+//! Per request: the headers are read in one hostcall while the filter still
+//! holds them, spoofed `x-callback-guard-*` headers are removed, and the
+//! headers continue (pausing there would keep the body from this filter too:
+//! proxy-wasm turns `StopIteration` into `StopAllIteration`). The body is
+//! buffered (`Pause` until the end of the stream, or until trailers, which end
+//! an HTTP/2 body without `end_of_stream`), then `decide()` runs:
+//! - reject: a local reply with the spec code, and `Pause`;
+//! - forward: the verification facts are set as filter state
+//!   (`wasm.x-callback-guard-*`) and the body continues unchanged.
+//!
+//! Two stock Envoy filters must follow this one (see `envoy/envoy.yaml`):
+//! `envoy.filters.http.buffer` holds the headers back from the router until
+//! the body is decided, so the upstream sees nothing of a rejected callback;
+//! `envoy.filters.http.header_mutation` turns the filter state into the
+//! forwarded `x-callback-guard-*` headers (request headers cannot be changed
+//! by a wasm filter once they have continued).
+
+mod host;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+
+use host::{Buffer, Level, Map};
+
+use crate::config::{Config, ProcessEnv};
+use crate::registry::{self, Claim, Layout, SharedStore, StoreError};
+use crate::reply::{self, Code};
+use crate::verdict::{self, Rejection, Request, Verdict};
+
+const CONTINUE: u32 = 0;
+const PAUSE: u32 = 1;
+
+/// Proxy-wasm shared data: one map per `vm_id`, shared by all workers.
+struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        host::shared_get(key).map_err(|s| StoreError::Host(format!("status {}", s.0)))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        match host::shared_set(key, value, cas) {
+            Ok(()) => Ok(()),
+            Err(host::CAS_MISMATCH) => Err(StoreError::CasMismatch),
+            Err(s) => Err(StoreError::Host(format!("status {}", s.0))),
+        }
+    }
+}
+
+/// Counter ids, defined once per plugin configuration.
+struct Metrics {
+    received: Option<u32>,
+    forwarded: Option<u32>,
+    rejected: [Option<u32>; Code::ALL.len()],
+    released: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        Metrics {
+            received: host::counter("callback_guard.requests_received"),
+            forwarded: host::counter("callback_guard.requests_forwarded"),
+            rejected: Code::ALL.map(|c| host::counter(&format!("callback_guard.requests_rejected.{}", c.as_str()))),
+            released: host::counter("callback_guard.reservations_released"),
+        }
+    }
+
+    fn reject(&self, code: Code) {
+        if let Some(i) = Code::ALL.iter().position(|c| *c == code) {
+            host::bump(self.rejected[i]);
+        }
+    }
+}
+
+/// What every request of one plugin configuration shares.
+struct Plugin {
+    config: Config,
+    metrics: Metrics,
+}
+
+/// One request.
+struct Stream {
+    plugin: Rc<Plugin>,
+    /// All request headers, read once.
+    headers: Vec<(String, String)>,
+    /// Body bytes buffered so far (Envoy reports the running total).
+    body_size: usize,
+    /// True once `decide()` ran (or the request was refused early).
+    decided: bool,
+    /// A start's stream reservation, released if the publish does not go through.
+    reservation: Option<Claim>,
+    /// True once response headers arrived.
+    responded: bool,
+}
+
+#[derive(Default)]
+struct State {
+    /// Root contexts, with their plugin once configured.
+    roots: HashMap<u32, Option<Rc<Plugin>>>,
+    /// Live requests.
+    streams: HashMap<u32, Rc<RefCell<Stream>>>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+/// Runs `f` on a request's state. Envoy may call back into the VM while a
+/// hostcall of this very request is running (a local reply passes through the
+/// response callbacks); such a nested call finds the request busy and gets
+/// `default`.
+fn with_stream<T>(id: u32, default: T, f: impl FnOnce(&mut Stream) -> T) -> T {
+    let stream = STATE.with(|s| s.try_borrow().ok().and_then(|s| s.streams.get(&id).cloned()));
+    match stream {
+        Some(rc) => match rc.try_borrow_mut() {
+            Ok(mut st) => f(&mut st),
+            Err(_) => default,
+        },
+        None => default,
+    }
+}
+
+// ---- exports ------------------------------------------------------------------
+
+#[cfg(target_os = "wasi")]
+extern "C" {
+    fn __wasm_call_ctors();
+}
+
+/// Reactor initialisation, as the wasi target expects.
+#[no_mangle]
+pub extern "C" fn _initialize() {
+    #[cfg(target_os = "wasi")]
+    // SAFETY: the linker-provided constructor runner, called once at start.
+    unsafe {
+        __wasm_call_ctors();
+    }
+}
+
+/// Marks the ABI version this module speaks.
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+/// Memory the host fills and hands back (see `host::owned`).
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let mut v: Vec<u8> = Vec::with_capacity(size);
+    let p = v.as_mut_ptr();
+    std::mem::forget(v);
+    p
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32) {
+    STATE.with(|s| {
+        let Ok(mut s) = s.try_borrow_mut() else { return };
+        if root_context_id == 0 {
+            s.roots.insert(context_id, None);
+            return;
+        }
+        // A request for a root that never configured cannot be checked; it
+        // keeps no plugin and is refused in its first callback.
+        if let Some(Some(plugin)) = s.roots.get(&root_context_id) {
+            let stream = Stream {
+                plugin: plugin.clone(),
+                headers: Vec::new(),
+                body_size: 0,
+                decided: false,
+                reservation: None,
+                responded: false,
+            };
+            s.streams.insert(context_id, Rc::new(RefCell::new(stream)));
+        }
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_size: usize) -> u32 {
+    host::log(Level::Info, &format!("callback-guard {} starting", crate::VERSION));
+    1
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: usize) -> u32 {
+    let bytes = match host::buffer(Buffer::PluginConfiguration, 0, usize::MAX) {
+        Ok(b) => b,
+        Err(s) => {
+            host::log(Level::Critical, &format!("callback-guard: cannot read the plugin configuration (status {})", s.0));
+            return 0;
+        }
+    };
+    match Config::from_json(&bytes, &ProcessEnv) {
+        Ok(config) => {
+            if config.duplicate_streams.reject {
+                init_registry(&Layout::for_config(&config.duplicate_streams));
+            }
+            let plugin = Rc::new(Plugin {
+                config,
+                metrics: Metrics::define(),
+            });
+            STATE.with(|s| {
+                if let Ok(mut s) = s.try_borrow_mut() {
+                    s.roots.insert(root_context_id, Some(plugin));
+                }
+            });
+            1
+        }
+        Err(errs) => {
+            let list: Vec<String> = errs.iter().map(ToString::to_string).collect();
+            host::log(
+                Level::Critical,
+                &format!("callback-guard: invalid configuration: {}", list.join("; ")),
+            );
+            0
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(context_id: u32, _num_headers: usize, end_of_stream: u32) -> u32 {
+    if !known(context_id) {
+        return refuse_unconfigured();
+    }
+    with_stream(context_id, CONTINUE, |st| st.on_headers(end_of_stream != 0))
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_body(context_id: u32, body_size: usize, end_of_stream: u32) -> u32 {
+    with_stream(context_id, CONTINUE, |st| st.on_body(body_size, end_of_stream != 0))
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_trailers(context_id: u32, _num_trailers: usize) -> u32 {
+    with_stream(context_id, CONTINUE, |st| st.on_trailers())
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(context_id: u32, _num_headers: usize, _end_of_stream: u32) -> u32 {
+    with_stream(context_id, (), Stream::on_response_headers);
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_log(context_id: u32) {
+    with_stream(context_id, (), Stream::on_end);
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_done(_context_id: u32) -> u32 {
+    1
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_delete(context_id: u32) {
+    STATE.with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            s.streams.remove(&context_id);
+            s.roots.remove(&context_id);
+        }
+    });
+}
+
+fn known(context_id: u32) -> bool {
+    STATE.with(|s| s.try_borrow().is_ok_and(|s| s.streams.contains_key(&context_id)))
+}
+
+/// Fail closed when a request arrives for a plugin that is not configured.
+fn refuse_unconfigured() -> u32 {
+    let body = reply::body(Code::InvalidParameterValue, "callback-guard is not configured", "");
+    let _ = host::send_response(503, &[("content-type", "application/json")], body.as_bytes());
+    PAUSE
+}
+
+/// Creates empty buckets that do not exist yet, so that every later write goes
+/// through compare-and-swap (Envoy's CAS cannot guard a key's first write).
+fn init_registry(layout: &Layout) {
+    for key in layout.bucket_keys() {
+        if let Ok((None, _)) = host::shared_get(&key) {
+            let _ = host::shared_set(&key, &[], None);
+        }
+    }
+}
+
+// ---- one request --------------------------------------------------------------
+
+impl Stream {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn on_headers(&mut self, end_of_stream: bool) -> u32 {
+        host::bump(self.plugin.metrics.received);
+        self.headers = host::headers(Map::HttpRequestHeaders).unwrap_or_default();
+        // Strip spoofed verification headers while this filter still holds the headers.
+        for (name, _) in &self.headers {
+            if name.starts_with("x-callback-guard") {
+                let _ = host::remove_header(Map::HttpRequestHeaders, name);
+            }
+        }
+        let limit = self.plugin.config.max_body_bytes;
+        let declared = self.header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return self.reject(&verdict::too_large(limit));
+        }
+        if end_of_stream {
+            return self.decide();
+        }
+        CONTINUE
+    }
+
+    fn on_body(&mut self, body_size: usize, end_of_stream: bool) -> u32 {
+        if self.decided {
+            return CONTINUE;
+        }
+        self.body_size = body_size;
+        let limit = self.plugin.config.max_body_bytes;
+        if body_size > limit {
+            return self.reject(&verdict::too_large(limit));
+        }
+        if end_of_stream {
+            self.decide()
+        } else {
+            PAUSE
+        }
+    }
+
+    fn on_trailers(&mut self) -> u32 {
+        if self.decided {
+            CONTINUE
+        } else {
+            self.decide()
+        }
+    }
+
+    fn on_response_headers(&mut self) {
+        self.responded = true;
+        if self.reservation.is_none() {
+            return;
+        }
+        let status = host::header(Map::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok());
+        if status.is_some_and(|s| (200..300).contains(&s)) {
+            self.reservation = None;
+        } else {
+            self.release();
+        }
+    }
+
+    /// The request is over. Without a response (reset, timeout) the publish was
+    /// never accepted, so its stream must not stay reserved.
+    fn on_end(&mut self) {
+        if !self.responded {
+            self.release();
+        }
+    }
+
+    fn source(&self) -> Option<IpAddr> {
+        let raw = host::property(&["source", "address"]).ok()??;
+        let text = std::str::from_utf8(&raw).ok()?;
+        text.parse::<SocketAddr>().map(|s| s.ip()).or_else(|_| text.parse::<IpAddr>()).ok()
+    }
+
+    fn reject(&mut self, r: &Rejection) -> u32 {
+        self.decided = true;
+        self.plugin.metrics.reject(r.code);
+        host::log(
+            Level::Info,
+            &format!(
+                "callback-guard rejected: code={} status={} app={} stream={} reason={}",
+                r.code.as_str(),
+                r.code.status(),
+                r.app.as_deref().unwrap_or("-"),
+                r.stream.as_deref().unwrap_or("-"),
+                r.message
+            ),
+        );
+        let body = reply::body(r.code, &r.message, self.header("x-request-id").unwrap_or(""));
+        let headers = [("content-type", "application/json")];
+        if let Err(s) = host::send_response(r.code.status(), &headers, body.as_bytes()) {
+            host::log(Level::Error, &format!("callback-guard: local reply failed (status {})", s.0));
+        }
+        PAUSE
+    }
+
+    fn decide(&mut self) -> u32 {
+        let body = if self.body_size == 0 {
+            Vec::new()
+        } else {
+            match host::buffer(Buffer::HttpRequestBody, 0, self.body_size) {
+                Ok(b) => b,
+                Err(s) => {
+                    host::log(Level::Error, &format!("callback-guard: cannot read the body (status {})", s.0));
+                    let r = Rejection {
+                        code: Code::InvalidParameterValue,
+                        message: "body could not be read".into(),
+                        app: None,
+                        stream: None,
+                    };
+                    return self.reject(&r);
+                }
+            }
+        };
+        let config = &self.plugin.config;
+        let source = if config.callback_auth.allow_cidrs.is_some() { self.source() } else { None };
+        let req = Request {
+            method: self.header(":method").unwrap_or(""),
+            path: self.header(":path").unwrap_or(""),
+            content_type: self.header("content-type"),
+            headers: &self.headers,
+            body: &body,
+            source,
+        };
+        match verdict::decide(config, &req, host::now_s(), &HostStore) {
+            Verdict::Reject(r) => self.reject(&r),
+            Verdict::Forward(f) => {
+                self.decided = true;
+                host::bump(self.plugin.metrics.forwarded);
+                for (name, value) in f.headers() {
+                    if let Err(s) = host::set_property(name, value.as_bytes()) {
+                        host::log(Level::Error, &format!("callback-guard: cannot record {name} (status {})", s.0));
+                    }
+                }
+                self.reservation = f.reservation;
+                host::log(
+                    Level::Debug,
+                    &format!(
+                        "callback-guard forwarded: format={} event={} app={} stream={}",
+                        f.format.as_str(),
+                        f.event.as_str(),
+                        crate::callback::printable(&f.app),
+                        crate::callback::printable(&f.stream)
+                    ),
+                );
+                CONTINUE
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(claim) = self.reservation.take() {
+            let ds = &self.plugin.config.duplicate_streams;
+            match registry::release(&HostStore, ds, &claim, host::now_s()) {
+                Ok(_) => host::bump(self.plugin.metrics.released),
+                Err(e) => host::log(Level::Warn, &format!("callback-guard: release failed: {e}")),
+            }
+        }
+    }
+}
