@@ -1,0 +1,475 @@
+//! `decide()` end to end in plain Rust: one passing and one failing case per
+//! rule, the seed samples, and property tests that arbitrary input never
+//! panics and always gets a verdict.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use callback_guard::auth::{token, webhook};
+use callback_guard::config::Scheme;
+use callback_guard::registry::MemoryStore;
+use callback_guard::reply::{self, Code};
+use callback_guard::{decide, Config, Request, Verdict};
+use proptest::prelude::*;
+
+const JSON: &str = "application/json";
+const FORM: &str = "application/x-www-form-urlencoded";
+const NOW: u64 = 1_700_000_000;
+const KS_KEY: &str = "123456";
+const HMAC_KEY: &str = "0123456789abcdef0123456789abcdef";
+const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn config(json: &str) -> Config {
+    Config::from_json(json.as_bytes(), &|_: &str| None).unwrap()
+}
+
+struct Req<'a> {
+    method: &'a str,
+    path: &'a str,
+    content_type: Option<&'a str>,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    source: Option<std::net::IpAddr>,
+}
+
+impl<'a> Req<'a> {
+    fn post(content_type: &'a str, body: impl Into<Vec<u8>>) -> Self {
+        Req {
+            method: "POST",
+            path: "/callback",
+            content_type: Some(content_type),
+            headers: Vec::new(),
+            body: body.into(),
+            source: Some("127.0.0.1".parse().unwrap()),
+        }
+    }
+
+    fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    fn run_with(&self, c: &Config, now: u64, store: &MemoryStore) -> Verdict {
+        let r = Request {
+            method: self.method,
+            path: self.path,
+            content_type: self.content_type,
+            headers: &self.headers,
+            body: &self.body,
+            source: self.source,
+        };
+        decide(c, &r, now, store)
+    }
+
+    fn run(&self, c: &Config) -> Verdict {
+        self.run_with(c, NOW, &MemoryStore::new())
+    }
+}
+
+fn rejected(v: &Verdict) -> (Code, String) {
+    match v {
+        Verdict::Reject(r) => (r.code, r.message.clone()),
+        Verdict::Forward(f) => panic!("expected a rejection, got {f:?}"),
+    }
+}
+
+fn assert_forward(v: &Verdict) -> &callback_guard::Forward {
+    match v {
+        Verdict::Forward(f) => f,
+        Verdict::Reject(r) => panic!("expected forward, got {r:?}"),
+    }
+}
+
+fn assert_code(v: &Verdict, code: Code, needle: &str) {
+    let (c, msg) = rejected(v);
+    assert_eq!(c, code, "{msg}");
+    assert!(msg.contains(needle), "message {msg:?} should mention {needle:?}");
+}
+
+/// The seed's start sample, with the times and params made current.
+fn v2_start(stream: &str, params: &str) -> String {
+    format!(
+        r#"{{"Version":"1.0","App":"live","Pubdomain":"push.example.com","Stream":"{stream}","PubStartUnixTime":"{}000","NotifyType":"PubStart","ClientIp":" ","ClientPort":" ","Node":" ","PubParam":{params}}}"#,
+        NOW
+    )
+}
+
+fn v2_end(stream: &str, params: &str) -> String {
+    format!(
+        r#"{{"Version":"1.0","App":"live","Pubdomain":"push.example.com","Stream":"{stream}","PubEndUnixTime":{}000,"NotifyType":"PubEnd","ClientIp":" ","ClientPort":" ","Node":" ","PubEndMessage":" ","PubParam":{params}}}"#,
+        NOW + 60
+    )
+}
+
+fn ks_params(stream: &str, expires: u64) -> String {
+    let q = token::sign(Scheme::KsMd5, KS_KEY.as_bytes(), "live", stream, expires);
+    let (t, k) = q.split_once("&k=").unwrap();
+    format!(r#"{{"t":"{}","k":"{k}"}}"#, &t[2..])
+}
+
+const SEED_START: &str = r#"{
+    "Version":"1.0",
+    "App":"live",
+    "Pubdomain":"xxx.xxx.com",
+    "Stream":"test",
+    "PubStartUnixTime":"1456800010000",
+    "NotifyType":"PubStart",
+    "ClientIp":" ",
+    "ClientPort":" ",
+    "Node":" ",
+    "PubParam":{
+        "param1": "123456",
+        "param2":11
+    }
+}"#;
+const SEED_END: &str = r#"{"Version":"1.0","App":"live","Pubdomain":"xxx.xxx.com","Stream":"test","PubEndUnixTime":1456800010000,"NotifyType":"PubEnd","ClientIp":" ","ClientPort":" ","Node":" ","PubEndMessage":" ","PubParam":{"param1":"123456","param2":11}}"#;
+const SEED_V1_START: &str = "app=live&name=asdf&swfurl=nil&flashver=nil&tcurl=rtmp://test.uplive.ks-cdn.com/live&call=user_publish&vdoid=123456";
+const SEED_V1_END: &str = "app=live&name=asdf&swfurl=nil&flashver=nil&tcurl=rtmp://test.uplive.ks-cdn.com/live&call=user_publish_done&close_mode=nil&vdoid=123456";
+
+// ---- the seed samples and the defaults ------------------------------------------
+
+#[test]
+fn seed_samples_are_forwarded_with_the_default_config() {
+    let c = config("");
+    for (ct, body) in [(JSON, SEED_START), (JSON, SEED_END), (FORM, SEED_V1_START), (FORM, SEED_V1_END)] {
+        let f = assert_forward(&Req::post(ct, body).run(&c)).clone();
+        assert!(f.verified.contains(&"format"));
+    }
+}
+
+#[test]
+fn forward_headers_say_what_was_verified() {
+    let c = config(&format!(r#"{{"apps":["live"],"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KS_KEY}"}}]}}}}"#));
+    let v = Req::post(JSON, v2_start("s", &ks_params("s", NOW + 60))).run(&c);
+    let h = assert_forward(&v).headers();
+    let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone()).unwrap();
+    assert_eq!(get("x-callback-guard-format"), "kls_v2");
+    assert_eq!(get("x-callback-guard-event"), "start");
+    assert_eq!(get("x-callback-guard-key-id"), "main");
+    assert_eq!(get("x-callback-guard-verified"), "format,app,push_token,stream_registry");
+}
+
+// ---- method, size, media type ----------------------------------------------------
+
+#[test]
+fn method_must_be_post() {
+    let c = config("");
+    for m in ["GET", "HEAD", "PUT", "post"] {
+        let mut r = Req::post(JSON, SEED_START);
+        r.method = m;
+        assert_code(&r.run(&c), Code::MethodNotAllowed, "POST");
+    }
+}
+
+#[test]
+fn body_size_limit() {
+    let c = config(r#"{"max_body_bytes": 400}"#);
+    assert_forward(&Req::post(JSON, SEED_START).run(&c));
+    let big = SEED_START.replace("\"Node\":\" \"", &format!("\"Node\":\" \",\"Pad\":\"{}\"", "x".repeat(400)));
+    assert_code(&Req::post(JSON, big).run(&c), Code::PayloadTooLarge, "max_body_bytes");
+}
+
+#[test]
+fn media_type_picks_the_format() {
+    let c = config("");
+    assert_forward(&Req::post("Application/JSON; charset=utf-8", SEED_START).run(&c));
+    assert_forward(&Req::post("application/x-www-form-urlencoded;charset=UTF-8", SEED_V1_START).run(&c));
+    for ct in ["text/plain", "multipart/form-data; boundary=x", "application/xml"] {
+        assert_code(&Req::post(ct, SEED_START).run(&c), Code::UnsupportedMediaType, "content-type");
+    }
+    let mut r = Req::post(JSON, SEED_START);
+    r.content_type = None;
+    assert_code(&r.run(&c), Code::UnsupportedMediaType, "content-type");
+    // a JSON body sent as a form is not guessed at
+    assert_code(&Req::post(FORM, SEED_START).run(&c), Code::MissingParameter, "call");
+}
+
+// ---- parsing and validation ------------------------------------------------------
+
+#[test]
+fn missing_and_invalid_fields_name_the_field() {
+    let c = config("");
+    assert_code(&Req::post(JSON, SEED_START.replace("\"App\":\"live\",", "")).run(&c), Code::MissingParameter, "App");
+    assert_code(&Req::post(JSON, SEED_START.replace("PubStart\"", "Started\"")).run(&c), Code::InvalidParameterValue, "NotifyType");
+    assert_code(&Req::post(JSON, SEED_START.replace("1456800010000", "145680001000")).run(&c), Code::InvalidParameterValue, "PubStartUnixTime");
+    assert_code(&Req::post(JSON, "[1,2]").run(&c), Code::InvalidParameterValue, "JSON object");
+    assert_code(&Req::post(JSON, "{\"App\":").run(&c), Code::InvalidParameterValue, "truncated");
+    assert_code(&Req::post(FORM, SEED_V1_START.replace("call=user_publish", "call=publish")).run(&c), Code::InvalidParameterValue, "call");
+    assert_code(&Req::post(FORM, SEED_V1_END.replace("close_mode=nil", "close_mode=9")).run(&c), Code::InvalidParameterValue, "close_mode");
+    assert_code(&Req::post(FORM, format!("{SEED_V1_START}&app=vod")).run(&c), Code::InvalidParameterValue, "app");
+}
+
+#[test]
+fn formats_switch_dialects() {
+    let nginx = "app=live&flashver=FMLE/3.0%20(compatible%3B%20Lavf59.27&swfurl=&tcurl=rtmp://127.0.0.1:19350/live&pageurl=&addr=127.0.0.1&clientid=1&call=publish&name=cam1&type=live&t=123&k=good";
+    let c = config(r#"{"formats":["kls_v1","nginx_rtmp"]}"#);
+    let f = assert_forward(&Req::post(FORM, nginx).run(&c)).clone();
+    assert_eq!(f.format.as_str(), "nginx_rtmp");
+    assert_forward(&Req::post(FORM, SEED_V1_START).run(&c));
+    assert_code(&Req::post(JSON, SEED_START).run(&c), Code::UnsupportedMediaType, "kls_v2");
+    let c = config(r#"{"formats":["kls_v2"]}"#);
+    assert_code(&Req::post(FORM, SEED_V1_START).run(&c), Code::UnsupportedMediaType, "form");
+}
+
+// ---- apps ------------------------------------------------------------------------
+
+#[test]
+fn apps_refuse_unknown_apps() {
+    let c = config(r#"{"apps":["live","edu"]}"#);
+    assert_forward(&Req::post(JSON, SEED_START).run(&c));
+    let v = Req::post(JSON, SEED_START.replace("\"App\":\"live\"", "\"App\":\"vod\"")).run(&c);
+    assert_code(&v, Code::NonExistApplication, "apps");
+    assert_code(&Req::post(FORM, SEED_V1_START.replace("app=live", "app=Live")).run(&c), Code::NonExistApplication, "apps");
+}
+
+// ---- push tokens -----------------------------------------------------------------
+
+fn ks_config() -> Config {
+    config(&format!(r#"{{"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KS_KEY}"}}]}}}}"#))
+}
+
+#[test]
+fn ks_md5_token_in_pub_param_object_and_string() {
+    let c = ks_config();
+    let p = ks_params("s", NOW + 60);
+    assert_forward(&Req::post(JSON, v2_start("s", &p)).run(&c));
+    let as_string = serde_json::to_string(&p).unwrap();
+    assert_forward(&Req::post(JSON, v2_start("s", &as_string)).run(&c));
+    assert_code(&Req::post(JSON, v2_start("other", &p)).run(&c), Code::AuthencationFailed, "does not match");
+    assert_code(&Req::post(JSON, v2_start("s", "{}")).run(&c), Code::AuthencationFailed, "missing parameter `t`");
+}
+
+#[test]
+fn ks_md5_token_in_v1_form_places() {
+    let c = ks_config();
+    let q = token::sign(Scheme::KsMd5, KS_KEY.as_bytes(), "live", "asdf", NOW + 60);
+    let extra = format!("{SEED_V1_START}&{q}");
+    assert_forward(&Req::post(FORM, extra).run(&c));
+    let enc = q.replace('=', "%3D").replace('&', "%26");
+    let in_tcurl = SEED_V1_START.replace("/live&call", &format!("/live%3F{enc}&call"));
+    assert_forward(&Req::post(FORM, in_tcurl).run(&c));
+    let in_name = SEED_V1_START.replace("name=asdf", &format!("name=asdf%3F{enc}"));
+    assert_forward(&Req::post(FORM, in_name).run(&c));
+    assert_code(&Req::post(FORM, SEED_V1_START).run(&c), Code::AuthencationFailed, "missing");
+}
+
+#[test]
+fn token_expiry_on_start_but_not_on_end() {
+    let c = ks_config();
+    let p = ks_params("s", NOW - 1);
+    assert_code(&Req::post(JSON, v2_start("s", &p)).run(&c), Code::AuthencationFailed, "expired");
+    assert_forward(&Req::post(JSON, v2_end("s", &p)).run(&c));
+    let k = p.split("\"k\":\"").nth(1).unwrap()[..16].to_string();
+    let forged = p.replace(&k, "ffffffffffffffff");
+    assert_code(&Req::post(JSON, v2_end("s", &forged)).run(&c), Code::AuthencationFailed, "does not match");
+}
+
+#[test]
+fn hmac_tokens_with_kid_and_scoping() {
+    let c = config(&format!(
+        r#"{{"push_auth":{{"scheme":"hmac_sha256","keys":[
+            {{"id":"edu","secret":"{HMAC_KEY}","apps":["edu"]}},
+            {{"id":"live-a","secret":"{HMAC_KEY}-live","apps":["live"],"domains":["push.example.com"]}}]}}}}"#
+    ));
+    let q = token::sign(Scheme::HmacSha256, format!("{HMAC_KEY}-live").as_bytes(), "live", "s", NOW + 60);
+    let (t, sign) = q.split_once("&sign=").unwrap();
+    let params = format!(r#"{{"t":"{}","sign":"{sign}"}}"#, &t[2..]);
+    let f = assert_forward(&Req::post(JSON, v2_start("s", &params)).run(&c)).clone();
+    assert_eq!(f.key_id.as_deref(), Some("live-a"));
+    let with_kid = format!(r#"{{"t":"{}","sign":"{sign}","kid":"live-a"}}"#, &t[2..]);
+    assert_forward(&Req::post(JSON, v2_start("s", &with_kid)).run(&c));
+    let wrong_kid = format!(r#"{{"t":"{}","sign":"{sign}","kid":"edu"}}"#, &t[2..]);
+    assert_code(&Req::post(JSON, v2_start("s", &wrong_kid)).run(&c), Code::AuthencationFailed, "kid");
+    let other_domain = v2_start("s", &params).replace("push.example.com", "other.example.com");
+    assert_code(&Req::post(JSON, other_domain).run(&c), Code::AuthencationFailed, "no key");
+}
+
+// ---- sender checks -----------------------------------------------------------------
+
+#[test]
+fn allow_cidrs_and_forwarded_for() {
+    let c = config(r#"{"callback_auth":{"allow_cidrs":["10.0.0.0/8","::1/128"]}}"#);
+    let mut r = Req::post(JSON, SEED_START);
+    r.source = Some("10.1.1.1".parse().unwrap());
+    assert_forward(&r.run(&c));
+    r.source = Some("::1".parse().unwrap());
+    assert_forward(&r.run(&c));
+    r.source = Some("192.0.2.1".parse().unwrap());
+    assert_code(&r.run(&c), Code::AuthencationFailed, "sender address not allowed");
+    let spoofed = Req::post(JSON, SEED_START).header("x-forwarded-for", "10.0.0.1");
+    assert_code(&spoofed.run(&c), Code::AuthencationFailed, "not allowed");
+    let c = config(r#"{"callback_auth":{"allow_cidrs":["10.0.0.0/8"],"trusted_xff_hops":1}}"#);
+    assert_forward(&Req::post(JSON, SEED_START).header("x-forwarded-for", "1.1.1.1, 10.0.0.1").run(&c));
+    assert_code(&Req::post(JSON, SEED_START).run(&c), Code::AuthencationFailed, "X-Forwarded-For");
+}
+
+#[test]
+fn shared_key_in_query_or_header() {
+    let c = config(r#"{"callback_auth":{"shared_key":{"query_param":"auth_key","header":"x-cdn-key","keys":[{"id":"a","secret":"k-one"},{"id":"b","secret":"k-two"}]}}}"#);
+    let mut r = Req::post(JSON, SEED_START);
+    r.path = "/callback?auth_key=k-two";
+    assert_forward(&r.run(&c));
+    r.path = "/callback?auth_key=k-three";
+    assert_code(&r.run(&c), Code::AuthencationFailed, "shared key does not match");
+    assert_forward(&Req::post(JSON, SEED_START).header("x-cdn-key", "k-one").run(&c));
+    assert_code(&Req::post(JSON, SEED_START).run(&c), Code::AuthencationFailed, "shared key missing");
+}
+
+#[test]
+fn webhook_signature_over_the_body() {
+    let c = config(&format!(r#"{{"callback_auth":{{"webhook_signature":{{"keys":[{{"id":"w","secret":"{WHSEC}"}}],"tolerance_s":60}}}}}}"#));
+    let key = base64_decode(&WHSEC[6..]);
+    let sig = webhook::sign(&key, "msg_1", NOW, SEED_START.as_bytes());
+    let r = Req::post(JSON, SEED_START)
+        .header("webhook-id", "msg_1")
+        .header("webhook-timestamp", &NOW.to_string())
+        .header("webhook-signature", &sig);
+    assert_forward(&r.run(&c));
+    assert_code(&r.run_with(&c, NOW + 61, &MemoryStore::new()), Code::AuthencationFailed, "window");
+    let mut tampered = r;
+    tampered.body = SEED_START.replace("test", "tesT").into_bytes();
+    assert_code(&tampered.run(&c), Code::AuthencationFailed, "does not match");
+    assert_code(&Req::post(JSON, SEED_START).run(&c), Code::AuthencationFailed, "webhook-id");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+#[test]
+fn sender_checks_run_before_the_body_is_read() {
+    let c = config(r#"{"callback_auth":{"allow_cidrs":["10.0.0.0/8"]}}"#);
+    let v = Req::post("text/plain", "garbage").run(&c);
+    assert_code(&v, Code::AuthencationFailed, "sender");
+}
+
+#[test]
+fn max_event_age_both_directions() {
+    let c = config(r#"{"max_event_age_s":300}"#);
+    let body = v2_start("s", "{}");
+    assert_forward(&Req::post(JSON, body.clone()).run_with(&c, NOW + 300, &MemoryStore::new()));
+    assert_code(&Req::post(JSON, body.clone()).run_with(&c, NOW + 301, &MemoryStore::new()), Code::AuthencationFailed, "max_event_age_s");
+    assert_code(&Req::post(JSON, body).run_with(&c, NOW - 301, &MemoryStore::new()), Code::AuthencationFailed, "max_event_age_s");
+    // forms carry no event time: the rule does not apply to them
+    assert_forward(&Req::post(FORM, SEED_V1_START).run(&c));
+}
+
+// ---- the stream registry ------------------------------------------------------------
+
+#[test]
+fn exist_stream_name_and_release() {
+    let c = config("");
+    let store = MemoryStore::new();
+    let start = |session: &str| {
+        let body = SEED_START.replace("\"Node\":\" \"", &format!("\"Node\":\" \",\"Sequence\":\"{session}\""));
+        Req::post(JSON, body).run_with(&c, NOW, &store)
+    };
+    let end = |session: &str| {
+        let body = SEED_END.replace("\"Node\":\" \"", &format!("\"Node\":\" \",\"Sequence\":\"{session}\""));
+        Req::post(JSON, body).run_with(&c, NOW, &store)
+    };
+    assert!(assert_forward(&start("a")).reservation.is_some());
+    assert_code(&start("b"), Code::ExistStreamName, "another session");
+    assert_forward(&start("a"));
+    assert_forward(&end("b"));
+    assert_code(&start("b"), Code::ExistStreamName, "another session");
+    assert_forward(&end("a"));
+    assert_forward(&start("b"));
+}
+
+#[test]
+fn duplicate_check_can_be_switched_off() {
+    let c = config(r#"{"duplicate_streams":{"reject":false}}"#);
+    let store = MemoryStore::new();
+    for v in ["1", "2"] {
+        let body = SEED_V1_START.replace("vdoid=123456", &format!("vdoid={v}"));
+        let f = assert_forward(&Req::post(FORM, body).run_with(&c, NOW, &store)).clone();
+        assert!(f.reservation.is_none());
+        assert!(!f.verified.contains(&"stream_registry"));
+    }
+}
+
+// ---- nothing secret leaks -----------------------------------------------------------
+
+#[test]
+fn no_secret_or_token_in_any_reply_or_log_line() {
+    let c = config(&format!(
+        r#"{{"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KS_KEY}"}}]}},
+            "callback_auth":{{"shared_key":{{"keys":[{{"id":"s","secret":"sharedsecret77"}}]}},
+            "webhook_signature":{{"keys":[{{"id":"w","secret":"{WHSEC}"}}]}}}}}}"#
+    ));
+    let good = ks_params("s", NOW + 60);
+    let k = good.split("\"k\":\"").nth(1).unwrap()[..16].to_string();
+    let full_md5 = {
+        use md5::{Digest, Md5};
+        hex::encode(Md5::digest(format!("{KS_KEY}s{}", NOW + 60)))
+    };
+    let cases: Vec<Req> = vec![
+        Req::post(JSON, v2_start("s", &good)),
+        Req::post(JSON, v2_start("s", &good)).header("webhook-id", "x"),
+        {
+            let mut r = Req::post(JSON, v2_start("s", &good.replace(&k, "0123456789abcdef")));
+            r.path = "/callback?auth_key=wrongshared";
+            r
+        },
+        {
+            let mut r = Req::post(JSON, v2_start("s", &good));
+            r.path = "/callback?auth_key=sharedsecret77";
+            r.header("webhook-id", "m").header("webhook-timestamp", &NOW.to_string()).header("webhook-signature", "v1,AAAA")
+        },
+    ];
+    let secrets = [KS_KEY, "sharedsecret77", "wrongshared", &WHSEC[6..], &k, &full_md5[8..24], "0123456789abcdef", "v1,AAAA"];
+    for r in cases {
+        let v = r.run(&c);
+        let (code, msg) = rejected(&v);
+        let body = reply::body(code, &msg, "rid");
+        let log = format!("callback-guard rejected: code={} reason={msg}", code.as_str());
+        for s in secrets {
+            assert!(!body.contains(s), "reply {body} contains a secret");
+            assert!(!log.contains(s), "log {log} contains a secret");
+        }
+    }
+    // and the configuration's Debug form shows no secret either
+    let dbg = format!("{c:?}");
+    for s in [KS_KEY, "sharedsecret77", &WHSEC[6..]] {
+        assert!(!dbg.contains(s), "Debug of the config shows a secret");
+    }
+}
+
+// ---- property tests -----------------------------------------------------------------
+
+fn any_config() -> Config {
+    config(&format!(
+        r#"{{"apps":["live"],"formats":["kls_v1","kls_v2","nginx_rtmp"],"max_event_age_s":600,
+            "push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KS_KEY}"}}]}}}}"#
+    ))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes_always_get_a_verdict(body in proptest::collection::vec(any::<u8>(), 0..600), json in any::<bool>()) {
+        let c = any_config();
+        let v = Req::post(if json { JSON } else { FORM }, body).run(&c);
+        if let Verdict::Reject(r) = &v {
+            prop_assert!(!r.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn mutated_seed_samples_always_get_a_verdict(
+        idx in 0usize..4, pos in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<prop::sample::Index>()
+    ) {
+        let (ct, seed) = [(JSON, SEED_START), (JSON, SEED_END), (FORM, SEED_V1_START), (FORM, SEED_V1_END)][idx];
+        let mut b = seed.as_bytes().to_vec();
+        let i = pos.index(b.len());
+        b[i] = byte;
+        b.truncate(cut.index(b.len() + 1).max(1));
+        let _ = Req::post(ct, b).run(&any_config());
+    }
+
+    #[test]
+    fn arbitrary_form_text_always_gets_a_verdict(s in "[a-z_=&%+?:/0-9]{0,200}") {
+        let _ = Req::post(FORM, s).run(&any_config());
+    }
+}
