@@ -128,9 +128,10 @@ impl PushKey {
             .apps
             .as_ref()
             .is_none_or(|apps| apps.iter().any(|a| a == app));
-        let domain_ok = self.domains.as_ref().is_none_or(|ds| {
-            domain.is_some_and(|d| ds.iter().any(|x| x.eq_ignore_ascii_case(d)))
-        });
+        let domain_ok = self
+            .domains
+            .as_ref()
+            .is_none_or(|ds| domain.is_some_and(|d| ds.iter().any(|x| x.eq_ignore_ascii_case(d))));
         app_ok && domain_ok
     }
 }
@@ -288,7 +289,10 @@ impl Config {
             } else {
                 path
             };
-            vec![ConfigError::new(key, strip_position(&e.inner().to_string()))]
+            vec![ConfigError::new(
+                key,
+                strip_position(&e.inner().to_string()),
+            )]
         })?;
         de.end()
             .map_err(|e| vec![ConfigError::new("configuration", e.to_string())])?;
@@ -505,10 +509,7 @@ fn resolve_secret(
             Some(v) if v.is_empty() => {
                 errs.push(ConfigError::new(
                     format!("{path}.secret_env"),
-                    format!(
-                        "key `{}`: environment variable `{var}` is empty",
-                        key.id
-                    ),
+                    format!("key `{}`: environment variable `{var}` is empty", key.id),
                 ));
                 None
             }
@@ -564,7 +565,8 @@ fn validate_push_auth(
         };
         match pa.scheme {
             Scheme::KsMd5 => {
-                let ok = secret.len() <= 32 && secret.expose().iter().all(u8::is_ascii_alphanumeric);
+                let ok =
+                    secret.len() <= 32 && secret.expose().iter().all(u8::is_ascii_alphanumeric);
                 if !ok {
                     errs.push(ConfigError::new(
                         secret_path(k, &path),
@@ -699,7 +701,8 @@ fn validate_callback_auth(
         let header = sk.header.map(|h| h.to_ascii_lowercase());
         if let Some(h) = &header {
             let ok = !h.is_empty()
-                && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 && !h.starts_with("x-callback-guard-");
             if !ok {
                 errs.push(ConfigError::new(
@@ -761,7 +764,9 @@ fn validate_callback_auth(
 /// `whsec_<base64>` → key bytes.
 fn decode_whsec(s: &[u8]) -> Option<Vec<u8>> {
     let rest = s.strip_prefix(b"whsec_")?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(rest)
+        .ok()?;
     (!bytes.is_empty()).then_some(bytes)
 }
 
@@ -805,7 +810,9 @@ mod tests {
 
     #[test]
     fn unknown_nested_key_names_its_path() {
-        let e = errs(r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"x","sekret":1}]}}"#);
+        let e = errs(
+            r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"x","sekret":1}]}}"#,
+        );
         let s = e[0].to_string();
         assert!(s.starts_with("push_auth.keys[0]"), "{s}");
         assert!(s.contains("sekret"), "{s}");
@@ -844,7 +851,8 @@ mod tests {
 
     #[test]
     fn ks_md5_key_must_follow_the_kls_rule() {
-        let e = errs(r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"has space"}]}}"#);
+        let e =
+            errs(r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"has space"}]}}"#);
         assert_eq!(e[0].key, "push_auth.keys[0].secret");
         assert!(!e[0].to_string().contains("has space"));
         let long = "a".repeat(33);
@@ -854,8 +862,10 @@ mod tests {
         assert_eq!(e[0].key, "push_auth.keys[0].secret");
         let ok = "A".repeat(32);
         Config::from_json(
-            format!(r#"{{"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"a","secret":"{ok}"}}]}}}}"#)
-                .as_bytes(),
+            format!(
+                r#"{{"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"a","secret":"{ok}"}}]}}}}"#
+            )
+            .as_bytes(),
             &no_env,
         )
         .unwrap();
@@ -863,7 +873,8 @@ mod tests {
 
     #[test]
     fn hmac_key_must_be_16_bytes() {
-        let e = errs(r#"{"push_auth":{"scheme":"hmac_sha256","keys":[{"id":"a","secret":"short"}]}}"#);
+        let e =
+            errs(r#"{"push_auth":{"scheme":"hmac_sha256","keys":[{"id":"a","secret":"short"}]}}"#);
         assert!(e[0].problem.contains("16 bytes"), "{}", e[0]);
     }
 
@@ -875,12 +886,17 @@ mod tests {
             &env,
         )
         .unwrap();
-        assert_eq!(c.push_auth.unwrap().keys[0].secret.expose(), b"0123456789abcdef");
+        assert_eq!(
+            c.push_auth.unwrap().keys[0].secret.expose(),
+            b"0123456789abcdef"
+        );
     }
 
     #[test]
     fn missing_or_empty_env_names_the_key_id_not_the_value() {
-        let e = errs(r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"k-main","secret_env":"NOPE"}]}}"#);
+        let e = errs(
+            r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"k-main","secret_env":"NOPE"}]}}"#,
+        );
         assert_eq!(e[0].key, "push_auth.keys[0].secret_env");
         assert!(e[0].problem.contains("k-main") && e[0].problem.contains("NOPE"));
         let env = |_: &str| Some(String::new());
@@ -894,7 +910,9 @@ mod tests {
 
     #[test]
     fn both_or_neither_secret_is_an_error() {
-        let e = errs(r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"x","secret_env":"Y"}]}}"#);
+        let e = errs(
+            r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"x","secret_env":"Y"}]}}"#,
+        );
         assert!(e[0].problem.contains("both"));
         let e = errs(r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a"}]}}"#);
         assert!(e[0].problem.contains("neither"));
@@ -902,7 +920,9 @@ mod tests {
 
     #[test]
     fn duplicate_key_ids_are_refused() {
-        let e = errs(r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"x"},{"id":"a","secret":"y"}]}}"#);
+        let e = errs(
+            r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"x"},{"id":"a","secret":"y"}]}}"#,
+        );
         assert_eq!(e[0].key, "push_auth.keys[1].id");
     }
 
@@ -920,7 +940,9 @@ mod tests {
 
     #[test]
     fn webhook_secret_must_be_whsec() {
-        let e = errs(r#"{"callback_auth":{"webhook_signature":{"keys":[{"id":"w","secret":"plain"}]}}}"#);
+        let e = errs(
+            r#"{"callback_auth":{"webhook_signature":{"keys":[{"id":"w","secret":"plain"}]}}}"#,
+        );
         assert_eq!(e[0].key, "callback_auth.webhook_signature.keys[0]");
         Config::from_json(
             br#"{"callback_auth":{"webhook_signature":{"keys":[{"id":"w","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]}}}"#,

@@ -323,8 +323,11 @@ pub fn release(
 /// semantics as Envoy's shared data. Used by tests and the `check` command.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    inner: std::sync::Mutex<(std::collections::HashMap<String, (Vec<u8>, u32)>, u32)>,
+    inner: std::sync::Mutex<MemoryState>,
 }
+
+/// Values with their versions, and the last version handed out.
+type MemoryState = (std::collections::HashMap<String, (Vec<u8>, u32)>, u32);
 
 impl MemoryStore {
     /// An empty store.
@@ -407,7 +410,13 @@ mod tests {
     }
 
     fn start(s: &MemoryStore, stream: &str, session: Option<&str>, now: u64) -> Reserve {
-        reserve(s, &cfg(), &Claim::of(&cb(Event::Start, stream, session)), now).unwrap()
+        reserve(
+            s,
+            &cfg(),
+            &Claim::of(&cb(Event::Start, stream, session)),
+            now,
+        )
+        .unwrap()
     }
 
     fn end(s: &MemoryStore, stream: &str, session: Option<&str>, now: u64) -> Release {
@@ -420,7 +429,11 @@ mod tests {
         assert_eq!(start(&s, "a", Some("s1"), 10), Reserve::Reserved);
         assert_eq!(start(&s, "a", Some("s2"), 11), Reserve::Busy);
         assert_eq!(start(&s, "a", Some("s1"), 12), Reserve::Renewed);
-        assert_eq!(start(&s, "b", Some("s2"), 12), Reserve::Reserved, "other streams are independent");
+        assert_eq!(
+            start(&s, "b", Some("s2"), 12),
+            Reserve::Reserved,
+            "other streams are independent"
+        );
     }
 
     #[test]
@@ -428,7 +441,11 @@ mod tests {
         let s = MemoryStore::new();
         assert_eq!(start(&s, "a", Some("s1"), 10), Reserve::Reserved);
         assert_eq!(end(&s, "a", Some("s2"), 11), Release::NotHeld);
-        assert_eq!(start(&s, "a", Some("s2"), 12), Reserve::Busy, "a stranger's end freed nothing");
+        assert_eq!(
+            start(&s, "a", Some("s2"), 12),
+            Reserve::Busy,
+            "a stranger's end freed nothing"
+        );
         assert_eq!(end(&s, "a", Some("s1"), 13), Release::Released);
         assert_eq!(start(&s, "a", Some("s2"), 14), Reserve::Reserved);
         assert_eq!(end(&s, "zzz", Some("s1"), 15), Release::NotHeld);
@@ -455,13 +472,23 @@ mod tests {
     fn derived_sessions_use_time_and_peer_and_end_matches_by_peer() {
         let s = MemoryStore::new();
         assert_eq!(start(&s, "a", None, 10), Reserve::Reserved);
-        assert_eq!(start(&s, "a", None, 11), Reserve::Renewed, "same time and peer is a retry");
+        assert_eq!(
+            start(&s, "a", None, 11),
+            Reserve::Renewed,
+            "same time and peer is a retry"
+        );
         let mut other = cb(Event::Start, "a", None);
         other.event_time_ms = Some(1_700_000_000_999);
-        assert_eq!(reserve(&s, &cfg(), &Claim::of(&other), 12).unwrap(), Reserve::Busy);
+        assert_eq!(
+            reserve(&s, &cfg(), &Claim::of(&other), 12).unwrap(),
+            Reserve::Busy
+        );
         let mut stranger_end = cb(Event::End, "a", None);
         stranger_end.client_port = Some(6000);
-        assert_eq!(release(&s, &cfg(), &Claim::of(&stranger_end), 13).unwrap(), Release::NotHeld);
+        assert_eq!(
+            release(&s, &cfg(), &Claim::of(&stranger_end), 13).unwrap(),
+            Release::NotHeld
+        );
         assert_eq!(end(&s, "a", None, 14), Release::Released);
     }
 
@@ -474,7 +501,11 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_and_expired_entries_are_cleaned() {
-        let small = DuplicateStreams { reject: true, ttl_s: 100, max_streams: 8 };
+        let small = DuplicateStreams {
+            reject: true,
+            ttl_s: 100,
+            max_streams: 8,
+        };
         let layout = Layout::for_config(&small);
         let s = MemoryStore::new();
         let mut full = 0;
@@ -487,7 +518,12 @@ mod tests {
             }
         }
         assert!(full > 0, "the cap refuses new streams once reached");
-        assert!(s.value_bytes() <= layout.max_bytes(), "{} > {}", s.value_bytes(), layout.max_bytes());
+        assert!(
+            s.value_bytes() <= layout.max_bytes(),
+            "{} > {}",
+            s.value_bytes(),
+            layout.max_bytes()
+        );
         // once the entries expire, touching a bucket cleans it and admits new streams
         for i in 0..200 {
             let c = cb(Event::Start, &format!("t{i}"), Some("x"));
@@ -495,12 +531,19 @@ mod tests {
         }
         assert!(s.value_bytes() <= layout.max_bytes());
         let c = cb(Event::Start, "s0", Some("y"));
-        assert_eq!(reserve(&s, &small, &Claim::of(&c), 1000).unwrap(), Reserve::Reserved);
+        assert_eq!(
+            reserve(&s, &small, &Claim::of(&c), 1000).unwrap(),
+            Reserve::Reserved
+        );
     }
 
     #[test]
     fn layout_for_default_config() {
-        let l = Layout::for_config(&DuplicateStreams { reject: true, ttl_s: 1, max_streams: 100_000 });
+        let l = Layout::for_config(&DuplicateStreams {
+            reject: true,
+            ttl_s: 1,
+            max_streams: 100_000,
+        });
         assert_eq!(l.buckets, 1024);
         assert_eq!(l.per_bucket, 196);
         assert_eq!(l.max_bytes(), 1024 * 196 * ENTRY_BYTES);
@@ -520,7 +563,10 @@ mod tests {
     #[test]
     fn cas_retries_are_bounded() {
         let c = Claim::of(&cb(Event::Start, "a", Some("s")));
-        assert_eq!(reserve(&Contended, &cfg(), &c, 1), Err(RegistryError::Contended));
+        assert_eq!(
+            reserve(&Contended, &cfg(), &c, 1),
+            Err(RegistryError::Contended)
+        );
     }
 
     #[test]

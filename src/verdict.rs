@@ -80,7 +80,10 @@ impl Forward {
             ("x-callback-guard-event", self.event.as_str().to_string()),
             ("x-callback-guard-verified", self.verified.join(",")),
             // Empty when push tokens are not checked (Envoy then drops the header).
-            ("x-callback-guard-key-id", self.key_id.clone().unwrap_or_default()),
+            (
+                "x-callback-guard-key-id",
+                self.key_id.clone().unwrap_or_default(),
+            ),
         ]
     }
 }
@@ -142,7 +145,10 @@ fn decide_inner(
     store: &dyn SharedStore,
 ) -> Result<Forward, Rejection> {
     if req.method != "POST" {
-        return Err(Rejection::new(Code::MethodNotAllowed, "callbacks must be POST"));
+        return Err(Rejection::new(
+            Code::MethodNotAllowed,
+            "callbacks must be POST",
+        ));
     }
     if req.body.len() > config.max_body_bytes {
         return Err(too_large(config.max_body_bytes));
@@ -197,7 +203,8 @@ fn decide_inner(
 
     let key_id = match &config.push_auth {
         Some(pa) => {
-            let id = auth::token::verify(pa, &cb, now_s).map_err(|e| auth_rejection(e).about(&cb))?;
+            let id =
+                auth::token::verify(pa, &cb, now_s).map_err(|e| auth_rejection(e).about(&cb))?;
             verified.push("push_token");
             Some(id)
         }

@@ -20,7 +20,8 @@ pub fn decode_map(bytes: &[u8]) -> Vec<(String, String)> {
     };
     let mut out = Vec::with_capacity(count.min(256));
     for n in 0..count {
-        let (Some(klen), Some(vlen)) = (read_u32(bytes, 4 + n * 8), read_u32(bytes, 8 + n * 8)) else {
+        let (Some(klen), Some(vlen)) = (read_u32(bytes, 4 + n * 8), read_u32(bytes, 8 + n * 8))
+        else {
             break;
         };
         let Some(key) = take(bytes, &mut p, klen as usize) else {
@@ -39,7 +40,10 @@ pub fn decode_map(bytes: &[u8]) -> Vec<(String, String)> {
 
 /// Encodes a header map in the same format.
 pub fn encode_map(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let size = 4 + pairs.iter().map(|(k, v)| 10 + k.len() + v.len()).sum::<usize>();
+    let size = 4 + pairs
+        .iter()
+        .map(|(k, v)| 10 + k.len() + v.len())
+        .sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (k, v) in pairs {
@@ -80,10 +84,17 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let pairs = [(":method", "POST"), ("content-type", "application/json"), ("x-empty", "")];
+        let pairs = [
+            (":method", "POST"),
+            ("content-type", "application/json"),
+            ("x-empty", ""),
+        ];
         let enc = encode_map(&pairs);
         let dec = decode_map(&enc);
-        let want: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let want: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         assert_eq!(dec, want);
     }
 

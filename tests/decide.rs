@@ -81,7 +81,10 @@ fn assert_forward(v: &Verdict) -> &callback_guard::Forward {
 fn assert_code(v: &Verdict, code: Code, needle: &str) {
     let (c, msg) = rejected(v);
     assert_eq!(c, code, "{msg}");
-    assert!(msg.contains(needle), "message {msg:?} should mention {needle:?}");
+    assert!(
+        msg.contains(needle),
+        "message {msg:?} should mention {needle:?}"
+    );
 }
 
 /// The seed's start sample, with the times and params made current.
@@ -129,7 +132,12 @@ const SEED_V1_END: &str = "app=live&name=asdf&swfurl=nil&flashver=nil&tcurl=rtmp
 #[test]
 fn seed_samples_are_forwarded_with_the_default_config() {
     let c = config("");
-    for (ct, body) in [(JSON, SEED_START), (JSON, SEED_END), (FORM, SEED_V1_START), (FORM, SEED_V1_END)] {
+    for (ct, body) in [
+        (JSON, SEED_START),
+        (JSON, SEED_END),
+        (FORM, SEED_V1_START),
+        (FORM, SEED_V1_END),
+    ] {
         let f = assert_forward(&Req::post(ct, body).run(&c)).clone();
         assert!(f.verified.contains(&"format"));
     }
@@ -137,14 +145,24 @@ fn seed_samples_are_forwarded_with_the_default_config() {
 
 #[test]
 fn forward_headers_say_what_was_verified() {
-    let c = config(&format!(r#"{{"apps":["live"],"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KS_KEY}"}}]}}}}"#));
+    let c = config(&format!(
+        r#"{{"apps":["live"],"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KS_KEY}"}}]}}}}"#
+    ));
     let v = Req::post(JSON, v2_start("s", &ks_params("s", NOW + 60))).run(&c);
     let h = assert_forward(&v).headers();
-    let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone()).unwrap();
+    let get = |n: &str| {
+        h.iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
     assert_eq!(get("x-callback-guard-format"), "kls_v2");
     assert_eq!(get("x-callback-guard-event"), "start");
     assert_eq!(get("x-callback-guard-key-id"), "main");
-    assert_eq!(get("x-callback-guard-verified"), "format,app,push_token,stream_registry");
+    assert_eq!(
+        get("x-callback-guard-verified"),
+        "format,app,push_token,stream_registry"
+    );
 }
 
 // ---- method, size, media type ----------------------------------------------------
@@ -163,23 +181,48 @@ fn method_must_be_post() {
 fn body_size_limit() {
     let c = config(r#"{"max_body_bytes": 400}"#);
     assert_forward(&Req::post(JSON, SEED_START).run(&c));
-    let big = SEED_START.replace("\"Node\":\" \"", &format!("\"Node\":\" \",\"Pad\":\"{}\"", "x".repeat(400)));
-    assert_code(&Req::post(JSON, big).run(&c), Code::PayloadTooLarge, "max_body_bytes");
+    let big = SEED_START.replace(
+        "\"Node\":\" \"",
+        &format!("\"Node\":\" \",\"Pad\":\"{}\"", "x".repeat(400)),
+    );
+    assert_code(
+        &Req::post(JSON, big).run(&c),
+        Code::PayloadTooLarge,
+        "max_body_bytes",
+    );
 }
 
 #[test]
 fn media_type_picks_the_format() {
     let c = config("");
     assert_forward(&Req::post("Application/JSON; charset=utf-8", SEED_START).run(&c));
-    assert_forward(&Req::post("application/x-www-form-urlencoded;charset=UTF-8", SEED_V1_START).run(&c));
-    for ct in ["text/plain", "multipart/form-data; boundary=x", "application/xml"] {
-        assert_code(&Req::post(ct, SEED_START).run(&c), Code::UnsupportedMediaType, "content-type");
+    assert_forward(
+        &Req::post(
+            "application/x-www-form-urlencoded;charset=UTF-8",
+            SEED_V1_START,
+        )
+        .run(&c),
+    );
+    for ct in [
+        "text/plain",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+    ] {
+        assert_code(
+            &Req::post(ct, SEED_START).run(&c),
+            Code::UnsupportedMediaType,
+            "content-type",
+        );
     }
     let mut r = Req::post(JSON, SEED_START);
     r.content_type = None;
     assert_code(&r.run(&c), Code::UnsupportedMediaType, "content-type");
     // a JSON body sent as a form is not guessed at
-    assert_code(&Req::post(FORM, SEED_START).run(&c), Code::MissingParameter, "call");
+    assert_code(
+        &Req::post(FORM, SEED_START).run(&c),
+        Code::MissingParameter,
+        "call",
+    );
 }
 
 // ---- parsing and validation ------------------------------------------------------
@@ -187,14 +230,50 @@ fn media_type_picks_the_format() {
 #[test]
 fn missing_and_invalid_fields_name_the_field() {
     let c = config("");
-    assert_code(&Req::post(JSON, SEED_START.replace("\"App\":\"live\",", "")).run(&c), Code::MissingParameter, "App");
-    assert_code(&Req::post(JSON, SEED_START.replace("PubStart\"", "Started\"")).run(&c), Code::InvalidParameterValue, "NotifyType");
-    assert_code(&Req::post(JSON, SEED_START.replace("1456800010000", "145680001000")).run(&c), Code::InvalidParameterValue, "PubStartUnixTime");
-    assert_code(&Req::post(JSON, "[1,2]").run(&c), Code::InvalidParameterValue, "JSON object");
-    assert_code(&Req::post(JSON, "{\"App\":").run(&c), Code::InvalidParameterValue, "truncated");
-    assert_code(&Req::post(FORM, SEED_V1_START.replace("call=user_publish", "call=publish")).run(&c), Code::InvalidParameterValue, "call");
-    assert_code(&Req::post(FORM, SEED_V1_END.replace("close_mode=nil", "close_mode=9")).run(&c), Code::InvalidParameterValue, "close_mode");
-    assert_code(&Req::post(FORM, format!("{SEED_V1_START}&app=vod")).run(&c), Code::InvalidParameterValue, "app");
+    assert_code(
+        &Req::post(JSON, SEED_START.replace("\"App\":\"live\",", "")).run(&c),
+        Code::MissingParameter,
+        "App",
+    );
+    assert_code(
+        &Req::post(JSON, SEED_START.replace("PubStart\"", "Started\"")).run(&c),
+        Code::InvalidParameterValue,
+        "NotifyType",
+    );
+    assert_code(
+        &Req::post(JSON, SEED_START.replace("1456800010000", "145680001000")).run(&c),
+        Code::InvalidParameterValue,
+        "PubStartUnixTime",
+    );
+    assert_code(
+        &Req::post(JSON, "[1,2]").run(&c),
+        Code::InvalidParameterValue,
+        "JSON object",
+    );
+    assert_code(
+        &Req::post(JSON, "{\"App\":").run(&c),
+        Code::InvalidParameterValue,
+        "truncated",
+    );
+    assert_code(
+        &Req::post(
+            FORM,
+            SEED_V1_START.replace("call=user_publish", "call=publish"),
+        )
+        .run(&c),
+        Code::InvalidParameterValue,
+        "call",
+    );
+    assert_code(
+        &Req::post(FORM, SEED_V1_END.replace("close_mode=nil", "close_mode=9")).run(&c),
+        Code::InvalidParameterValue,
+        "close_mode",
+    );
+    assert_code(
+        &Req::post(FORM, format!("{SEED_V1_START}&app=vod")).run(&c),
+        Code::InvalidParameterValue,
+        "app",
+    );
 }
 
 #[test]
@@ -204,9 +283,17 @@ fn formats_switch_dialects() {
     let f = assert_forward(&Req::post(FORM, nginx).run(&c)).clone();
     assert_eq!(f.format.as_str(), "nginx_rtmp");
     assert_forward(&Req::post(FORM, SEED_V1_START).run(&c));
-    assert_code(&Req::post(JSON, SEED_START).run(&c), Code::UnsupportedMediaType, "kls_v2");
+    assert_code(
+        &Req::post(JSON, SEED_START).run(&c),
+        Code::UnsupportedMediaType,
+        "kls_v2",
+    );
     let c = config(r#"{"formats":["kls_v2"]}"#);
-    assert_code(&Req::post(FORM, SEED_V1_START).run(&c), Code::UnsupportedMediaType, "form");
+    assert_code(
+        &Req::post(FORM, SEED_V1_START).run(&c),
+        Code::UnsupportedMediaType,
+        "form",
+    );
 }
 
 // ---- apps ------------------------------------------------------------------------
@@ -215,15 +302,25 @@ fn formats_switch_dialects() {
 fn apps_refuse_unknown_apps() {
     let c = config(r#"{"apps":["live","edu"]}"#);
     assert_forward(&Req::post(JSON, SEED_START).run(&c));
-    let v = Req::post(JSON, SEED_START.replace("\"App\":\"live\"", "\"App\":\"vod\"")).run(&c);
+    let v = Req::post(
+        JSON,
+        SEED_START.replace("\"App\":\"live\"", "\"App\":\"vod\""),
+    )
+    .run(&c);
     assert_code(&v, Code::NonExistApplication, "apps");
-    assert_code(&Req::post(FORM, SEED_V1_START.replace("app=live", "app=Live")).run(&c), Code::NonExistApplication, "apps");
+    assert_code(
+        &Req::post(FORM, SEED_V1_START.replace("app=live", "app=Live")).run(&c),
+        Code::NonExistApplication,
+        "apps",
+    );
 }
 
 // ---- push tokens -----------------------------------------------------------------
 
 fn ks_config() -> Config {
-    config(&format!(r#"{{"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KS_KEY}"}}]}}}}"#))
+    config(&format!(
+        r#"{{"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KS_KEY}"}}]}}}}"#
+    ))
 }
 
 #[test]
@@ -233,8 +330,16 @@ fn ks_md5_token_in_pub_param_object_and_string() {
     assert_forward(&Req::post(JSON, v2_start("s", &p)).run(&c));
     let as_string = serde_json::to_string(&p).unwrap();
     assert_forward(&Req::post(JSON, v2_start("s", &as_string)).run(&c));
-    assert_code(&Req::post(JSON, v2_start("other", &p)).run(&c), Code::AuthencationFailed, "does not match");
-    assert_code(&Req::post(JSON, v2_start("s", "{}")).run(&c), Code::AuthencationFailed, "missing parameter `t`");
+    assert_code(
+        &Req::post(JSON, v2_start("other", &p)).run(&c),
+        Code::AuthencationFailed,
+        "does not match",
+    );
+    assert_code(
+        &Req::post(JSON, v2_start("s", "{}")).run(&c),
+        Code::AuthencationFailed,
+        "missing parameter `t`",
+    );
 }
 
 #[test]
@@ -248,18 +353,30 @@ fn ks_md5_token_in_v1_form_places() {
     assert_forward(&Req::post(FORM, in_tcurl).run(&c));
     let in_name = SEED_V1_START.replace("name=asdf", &format!("name=asdf%3F{enc}"));
     assert_forward(&Req::post(FORM, in_name).run(&c));
-    assert_code(&Req::post(FORM, SEED_V1_START).run(&c), Code::AuthencationFailed, "missing");
+    assert_code(
+        &Req::post(FORM, SEED_V1_START).run(&c),
+        Code::AuthencationFailed,
+        "missing",
+    );
 }
 
 #[test]
 fn token_expiry_on_start_but_not_on_end() {
     let c = ks_config();
     let p = ks_params("s", NOW - 1);
-    assert_code(&Req::post(JSON, v2_start("s", &p)).run(&c), Code::AuthencationFailed, "expired");
+    assert_code(
+        &Req::post(JSON, v2_start("s", &p)).run(&c),
+        Code::AuthencationFailed,
+        "expired",
+    );
     assert_forward(&Req::post(JSON, v2_end("s", &p)).run(&c));
     let k = p.split("\"k\":\"").nth(1).unwrap()[..16].to_string();
     let forged = p.replace(&k, "ffffffffffffffff");
-    assert_code(&Req::post(JSON, v2_end("s", &forged)).run(&c), Code::AuthencationFailed, "does not match");
+    assert_code(
+        &Req::post(JSON, v2_end("s", &forged)).run(&c),
+        Code::AuthencationFailed,
+        "does not match",
+    );
 }
 
 #[test]
@@ -269,7 +386,13 @@ fn hmac_tokens_with_kid_and_scoping() {
             {{"id":"edu","secret":"{HMAC_KEY}","apps":["edu"]}},
             {{"id":"live-a","secret":"{HMAC_KEY}-live","apps":["live"],"domains":["push.example.com"]}}]}}}}"#
     ));
-    let q = token::sign(Scheme::HmacSha256, format!("{HMAC_KEY}-live").as_bytes(), "live", "s", NOW + 60);
+    let q = token::sign(
+        Scheme::HmacSha256,
+        format!("{HMAC_KEY}-live").as_bytes(),
+        "live",
+        "s",
+        NOW + 60,
+    );
     let (t, sign) = q.split_once("&sign=").unwrap();
     let params = format!(r#"{{"t":"{}","sign":"{sign}"}}"#, &t[2..]);
     let f = assert_forward(&Req::post(JSON, v2_start("s", &params)).run(&c)).clone();
@@ -277,9 +400,17 @@ fn hmac_tokens_with_kid_and_scoping() {
     let with_kid = format!(r#"{{"t":"{}","sign":"{sign}","kid":"live-a"}}"#, &t[2..]);
     assert_forward(&Req::post(JSON, v2_start("s", &with_kid)).run(&c));
     let wrong_kid = format!(r#"{{"t":"{}","sign":"{sign}","kid":"edu"}}"#, &t[2..]);
-    assert_code(&Req::post(JSON, v2_start("s", &wrong_kid)).run(&c), Code::AuthencationFailed, "kid");
+    assert_code(
+        &Req::post(JSON, v2_start("s", &wrong_kid)).run(&c),
+        Code::AuthencationFailed,
+        "kid",
+    );
     let other_domain = v2_start("s", &params).replace("push.example.com", "other.example.com");
-    assert_code(&Req::post(JSON, other_domain).run(&c), Code::AuthencationFailed, "no key");
+    assert_code(
+        &Req::post(JSON, other_domain).run(&c),
+        Code::AuthencationFailed,
+        "no key",
+    );
 }
 
 // ---- sender checks -----------------------------------------------------------------
@@ -293,29 +424,57 @@ fn allow_cidrs_and_forwarded_for() {
     r.source = Some("::1".parse().unwrap());
     assert_forward(&r.run(&c));
     r.source = Some("192.0.2.1".parse().unwrap());
-    assert_code(&r.run(&c), Code::AuthencationFailed, "sender address not allowed");
+    assert_code(
+        &r.run(&c),
+        Code::AuthencationFailed,
+        "sender address not allowed",
+    );
     let spoofed = Req::post(JSON, SEED_START).header("x-forwarded-for", "10.0.0.1");
     assert_code(&spoofed.run(&c), Code::AuthencationFailed, "not allowed");
     let c = config(r#"{"callback_auth":{"allow_cidrs":["10.0.0.0/8"],"trusted_xff_hops":1}}"#);
-    assert_forward(&Req::post(JSON, SEED_START).header("x-forwarded-for", "1.1.1.1, 10.0.0.1").run(&c));
-    assert_code(&Req::post(JSON, SEED_START).run(&c), Code::AuthencationFailed, "X-Forwarded-For");
+    assert_forward(
+        &Req::post(JSON, SEED_START)
+            .header("x-forwarded-for", "1.1.1.1, 10.0.0.1")
+            .run(&c),
+    );
+    assert_code(
+        &Req::post(JSON, SEED_START).run(&c),
+        Code::AuthencationFailed,
+        "X-Forwarded-For",
+    );
 }
 
 #[test]
 fn shared_key_in_query_or_header() {
-    let c = config(r#"{"callback_auth":{"shared_key":{"query_param":"auth_key","header":"x-cdn-key","keys":[{"id":"a","secret":"k-one"},{"id":"b","secret":"k-two"}]}}}"#);
+    let c = config(
+        r#"{"callback_auth":{"shared_key":{"query_param":"auth_key","header":"x-cdn-key","keys":[{"id":"a","secret":"k-one"},{"id":"b","secret":"k-two"}]}}}"#,
+    );
     let mut r = Req::post(JSON, SEED_START);
     r.path = "/callback?auth_key=k-two";
     assert_forward(&r.run(&c));
     r.path = "/callback?auth_key=k-three";
-    assert_code(&r.run(&c), Code::AuthencationFailed, "shared key does not match");
-    assert_forward(&Req::post(JSON, SEED_START).header("x-cdn-key", "k-one").run(&c));
-    assert_code(&Req::post(JSON, SEED_START).run(&c), Code::AuthencationFailed, "shared key missing");
+    assert_code(
+        &r.run(&c),
+        Code::AuthencationFailed,
+        "shared key does not match",
+    );
+    assert_forward(
+        &Req::post(JSON, SEED_START)
+            .header("x-cdn-key", "k-one")
+            .run(&c),
+    );
+    assert_code(
+        &Req::post(JSON, SEED_START).run(&c),
+        Code::AuthencationFailed,
+        "shared key missing",
+    );
 }
 
 #[test]
 fn webhook_signature_over_the_body() {
-    let c = config(&format!(r#"{{"callback_auth":{{"webhook_signature":{{"keys":[{{"id":"w","secret":"{WHSEC}"}}],"tolerance_s":60}}}}}}"#));
+    let c = config(&format!(
+        r#"{{"callback_auth":{{"webhook_signature":{{"keys":[{{"id":"w","secret":"{WHSEC}"}}],"tolerance_s":60}}}}}}"#
+    ));
     let key = base64_decode(&WHSEC[6..]);
     let sig = webhook::sign(&key, "msg_1", NOW, SEED_START.as_bytes());
     let r = Req::post(JSON, SEED_START)
@@ -323,11 +482,23 @@ fn webhook_signature_over_the_body() {
         .header("webhook-timestamp", &NOW.to_string())
         .header("webhook-signature", &sig);
     assert_forward(&r.run(&c));
-    assert_code(&r.run_with(&c, NOW + 61, &MemoryStore::new()), Code::AuthencationFailed, "window");
+    assert_code(
+        &r.run_with(&c, NOW + 61, &MemoryStore::new()),
+        Code::AuthencationFailed,
+        "window",
+    );
     let mut tampered = r;
     tampered.body = SEED_START.replace("test", "tesT").into_bytes();
-    assert_code(&tampered.run(&c), Code::AuthencationFailed, "does not match");
-    assert_code(&Req::post(JSON, SEED_START).run(&c), Code::AuthencationFailed, "webhook-id");
+    assert_code(
+        &tampered.run(&c),
+        Code::AuthencationFailed,
+        "does not match",
+    );
+    assert_code(
+        &Req::post(JSON, SEED_START).run(&c),
+        Code::AuthencationFailed,
+        "webhook-id",
+    );
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -347,8 +518,16 @@ fn max_event_age_both_directions() {
     let c = config(r#"{"max_event_age_s":300}"#);
     let body = v2_start("s", "{}");
     assert_forward(&Req::post(JSON, body.clone()).run_with(&c, NOW + 300, &MemoryStore::new()));
-    assert_code(&Req::post(JSON, body.clone()).run_with(&c, NOW + 301, &MemoryStore::new()), Code::AuthencationFailed, "max_event_age_s");
-    assert_code(&Req::post(JSON, body).run_with(&c, NOW - 301, &MemoryStore::new()), Code::AuthencationFailed, "max_event_age_s");
+    assert_code(
+        &Req::post(JSON, body.clone()).run_with(&c, NOW + 301, &MemoryStore::new()),
+        Code::AuthencationFailed,
+        "max_event_age_s",
+    );
+    assert_code(
+        &Req::post(JSON, body).run_with(&c, NOW - 301, &MemoryStore::new()),
+        Code::AuthencationFailed,
+        "max_event_age_s",
+    );
     // forms carry no event time: the rule does not apply to them
     assert_forward(&Req::post(FORM, SEED_V1_START).run(&c));
 }
@@ -360,11 +539,17 @@ fn exist_stream_name_and_release() {
     let c = config("");
     let store = MemoryStore::new();
     let start = |session: &str| {
-        let body = SEED_START.replace("\"Node\":\" \"", &format!("\"Node\":\" \",\"Sequence\":\"{session}\""));
+        let body = SEED_START.replace(
+            "\"Node\":\" \"",
+            &format!("\"Node\":\" \",\"Sequence\":\"{session}\""),
+        );
         Req::post(JSON, body).run_with(&c, NOW, &store)
     };
     let end = |session: &str| {
-        let body = SEED_END.replace("\"Node\":\" \"", &format!("\"Node\":\" \",\"Sequence\":\"{session}\""));
+        let body = SEED_END.replace(
+            "\"Node\":\" \"",
+            &format!("\"Node\":\" \",\"Sequence\":\"{session}\""),
+        );
         Req::post(JSON, body).run_with(&c, NOW, &store)
     };
     assert!(assert_forward(&start("a")).reservation.is_some());
@@ -414,15 +599,29 @@ fn no_secret_or_token_in_any_reply_or_log_line() {
         {
             let mut r = Req::post(JSON, v2_start("s", &good));
             r.path = "/callback?auth_key=sharedsecret77";
-            r.header("webhook-id", "m").header("webhook-timestamp", &NOW.to_string()).header("webhook-signature", "v1,AAAA")
+            r.header("webhook-id", "m")
+                .header("webhook-timestamp", &NOW.to_string())
+                .header("webhook-signature", "v1,AAAA")
         },
     ];
-    let secrets = [KS_KEY, "sharedsecret77", "wrongshared", &WHSEC[6..], &k, &full_md5[8..24], "0123456789abcdef", "v1,AAAA"];
+    let secrets = [
+        KS_KEY,
+        "sharedsecret77",
+        "wrongshared",
+        &WHSEC[6..],
+        &k,
+        &full_md5[8..24],
+        "0123456789abcdef",
+        "v1,AAAA",
+    ];
     for r in cases {
         let v = r.run(&c);
         let (code, msg) = rejected(&v);
         let body = reply::body(code, &msg, "rid");
-        let log = format!("callback-guard rejected: code={} reason={msg}", code.as_str());
+        let log = format!(
+            "callback-guard rejected: code={} reason={msg}",
+            code.as_str()
+        );
         for s in secrets {
             assert!(!body.contains(s), "reply {body} contains a secret");
             assert!(!log.contains(s), "log {log} contains a secret");

@@ -110,8 +110,14 @@ mod tests {
         let n = nets(&["10.0.0.0/8", "2001:db8::/32"]);
         assert!(check_cidrs(&n, "10.1.2.3".parse().unwrap()).is_ok());
         assert!(check_cidrs(&n, "2001:db8::1".parse().unwrap()).is_ok());
-        assert_eq!(check_cidrs(&n, "11.0.0.1".parse().unwrap()), Err(AuthError::SenderNotAllowed));
-        assert_eq!(check_cidrs(&n, "2001:db9::1".parse().unwrap()), Err(AuthError::SenderNotAllowed));
+        assert_eq!(
+            check_cidrs(&n, "11.0.0.1".parse().unwrap()),
+            Err(AuthError::SenderNotAllowed)
+        );
+        assert_eq!(
+            check_cidrs(&n, "2001:db9::1".parse().unwrap()),
+            Err(AuthError::SenderNotAllowed)
+        );
         assert!(check_cidrs(&n, "::ffff:10.0.0.1".parse().unwrap()).is_ok());
     }
 
@@ -120,7 +126,10 @@ mod tests {
         let mut a = CallbackAuth::default();
         let down: IpAddr = "127.0.0.1".parse().unwrap();
         assert_eq!(sender_addr(&a, Some(down), Some("10.0.0.1")).unwrap(), down);
-        assert_eq!(sender_addr(&a, None, Some("10.0.0.1")), Err(AuthError::SenderUnknown));
+        assert_eq!(
+            sender_addr(&a, None, Some("10.0.0.1")),
+            Err(AuthError::SenderUnknown)
+        );
         a.trusted_xff_hops = 1;
         assert_eq!(
             sender_addr(&a, Some(down), Some("6.6.6.6, 10.0.0.1")).unwrap(),
@@ -128,12 +137,24 @@ mod tests {
             "the rightmost entry was written by the trusted proxy"
         );
         a.trusted_xff_hops = 2;
-        assert_eq!(sender_addr(&a, Some(down), Some("6.6.6.6, 10.0.0.1")).unwrap(), "6.6.6.6".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            sender_addr(&a, Some(down), Some("6.6.6.6, 10.0.0.1")).unwrap(),
+            "6.6.6.6".parse::<IpAddr>().unwrap()
+        );
         a.trusted_xff_hops = 3;
-        assert_eq!(sender_addr(&a, Some(down), Some("6.6.6.6, 10.0.0.1")), Err(AuthError::ForwardedForShort));
-        assert_eq!(sender_addr(&a, Some(down), None), Err(AuthError::ForwardedForShort));
+        assert_eq!(
+            sender_addr(&a, Some(down), Some("6.6.6.6, 10.0.0.1")),
+            Err(AuthError::ForwardedForShort)
+        );
+        assert_eq!(
+            sender_addr(&a, Some(down), None),
+            Err(AuthError::ForwardedForShort)
+        );
         a.trusted_xff_hops = 1;
-        assert_eq!(sender_addr(&a, Some(down), Some("garbage")), Err(AuthError::SenderUnknown));
+        assert_eq!(
+            sender_addr(&a, Some(down), Some("garbage")),
+            Err(AuthError::SenderUnknown)
+        );
     }
 
     fn sk(query: Option<&str>, header: Option<&str>) -> SharedKey {
@@ -141,8 +162,14 @@ mod tests {
             query_param: query.map(Into::into),
             header: header.map(Into::into),
             keys: vec![
-                NamedSecret { id: "cur".into(), secret: Secret::new("s3cr3t-current") },
-                NamedSecret { id: "prev".into(), secret: Secret::new("s3cr3t-previous") },
+                NamedSecret {
+                    id: "cur".into(),
+                    secret: Secret::new("s3cr3t-current"),
+                },
+                NamedSecret {
+                    id: "prev".into(),
+                    secret: Secret::new("s3cr3t-previous"),
+                },
             ],
         }
     }
@@ -150,11 +177,26 @@ mod tests {
     #[test]
     fn shared_key_in_query_with_rotation() {
         let s = sk(Some("auth_key"), None);
-        assert_eq!(check_shared_key(&s, "/callback?auth_key=s3cr3t-current", None).unwrap(), "cur");
-        assert_eq!(check_shared_key(&s, "/callback?x=1&auth_key=s3cr3t-previous", None).unwrap(), "prev");
-        assert_eq!(check_shared_key(&s, "/callback?auth_key=s3cr3t-%63urrent", None).unwrap(), "cur");
-        assert_eq!(check_shared_key(&s, "/callback?auth_key=nope", None), Err(AuthError::SharedKeyMismatch));
-        assert_eq!(check_shared_key(&s, "/callback", None), Err(AuthError::SharedKeyMissing));
+        assert_eq!(
+            check_shared_key(&s, "/callback?auth_key=s3cr3t-current", None).unwrap(),
+            "cur"
+        );
+        assert_eq!(
+            check_shared_key(&s, "/callback?x=1&auth_key=s3cr3t-previous", None).unwrap(),
+            "prev"
+        );
+        assert_eq!(
+            check_shared_key(&s, "/callback?auth_key=s3cr3t-%63urrent", None).unwrap(),
+            "cur"
+        );
+        assert_eq!(
+            check_shared_key(&s, "/callback?auth_key=nope", None),
+            Err(AuthError::SharedKeyMismatch)
+        );
+        assert_eq!(
+            check_shared_key(&s, "/callback", None),
+            Err(AuthError::SharedKeyMissing)
+        );
         assert_eq!(
             check_shared_key(&s, "/callback?auth_key=s3cr3t-current&auth_key=bad", None),
             Err(AuthError::SharedKeyMismatch),
@@ -165,8 +207,17 @@ mod tests {
     #[test]
     fn shared_key_in_header() {
         let s = sk(None, Some("x-cdn-key"));
-        assert_eq!(check_shared_key(&s, "/callback", Some("s3cr3t-current")).unwrap(), "cur");
-        assert_eq!(check_shared_key(&s, "/callback?auth_key=s3cr3t-current", None), Err(AuthError::SharedKeyMissing));
-        assert_eq!(check_shared_key(&s, "/callback", Some("s3cr3t-curren")), Err(AuthError::SharedKeyMismatch));
+        assert_eq!(
+            check_shared_key(&s, "/callback", Some("s3cr3t-current")).unwrap(),
+            "cur"
+        );
+        assert_eq!(
+            check_shared_key(&s, "/callback?auth_key=s3cr3t-current", None),
+            Err(AuthError::SharedKeyMissing)
+        );
+        assert_eq!(
+            check_shared_key(&s, "/callback", Some("s3cr3t-curren")),
+            Err(AuthError::SharedKeyMismatch)
+        );
     }
 }

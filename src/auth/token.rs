@@ -68,9 +68,7 @@ pub fn verify(auth: &PushAuth, cb: &Callback, now_s: u64) -> Result<String, Auth
             matched = Some(key);
         }
     }
-    matched
-        .map(|k| k.id.clone())
-        .ok_or(AuthError::BadSignature)
+    matched.map(|k| k.id.clone()).ok_or(AuthError::BadSignature)
 }
 
 fn parse_expiry(t: &str) -> Result<u64, AuthError> {
@@ -85,7 +83,10 @@ fn decode_lower_hex(s: &str, param: &'static str, len: usize) -> Result<Vec<u8>,
     if s.len() != len {
         return Err(AuthError::SignLength { param, len });
     }
-    if !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(AuthError::SignNotHex(param));
     }
     hex::decode(s).map_err(|_| AuthError::SignNotHex(param))
@@ -220,7 +221,13 @@ mod tests {
     #[test]
     fn hmac_round_trip_and_tamper() {
         let secret = "0123456789abcdef0123";
-        let q = sign(Scheme::HmacSha256, secret.as_bytes(), "live", "stream", NOW + 60);
+        let q = sign(
+            Scheme::HmacSha256,
+            secret.as_bytes(),
+            "live",
+            "stream",
+            NOW + 60,
+        );
         let a = auth(Scheme::HmacSha256, vec![key("h1", secret)]);
         assert_eq!(verify(&a, &cb(Event::Start, &q), NOW).unwrap(), "h1");
         // the app is signed too
@@ -229,13 +236,22 @@ mod tests {
         assert_eq!(verify(&a, &c, NOW), Err(AuthError::BadSignature));
         // a changed t breaks the signature
         let t2 = q.replace(&format!("t={}", NOW + 60), &format!("t={}", NOW + 61));
-        assert_eq!(verify(&a, &cb(Event::Start, &t2), NOW), Err(AuthError::BadSignature));
+        assert_eq!(
+            verify(&a, &cb(Event::Start, &t2), NOW),
+            Err(AuthError::BadSignature)
+        );
     }
 
     #[test]
     fn hmac_known_vector() {
         // HMAC-SHA256("0123456789abcdef", "live\nstream\n1700000000"), computed independently.
-        let q = sign(Scheme::HmacSha256, b"0123456789abcdef", "live", "stream", 1700000000);
+        let q = sign(
+            Scheme::HmacSha256,
+            b"0123456789abcdef",
+            "live",
+            "stream",
+            1700000000,
+        );
         let mut mac = HmacSha256::new_from_slice(b"0123456789abcdef").unwrap();
         mac.update(b"live\nstream\n1700000000");
         let want = hex::encode(mac.finalize().into_bytes());
@@ -248,8 +264,17 @@ mod tests {
         let s1 = "aaaaaaaaaaaaaaaaaaaa";
         let s2 = "bbbbbbbbbbbbbbbbbbbb";
         let a = auth(Scheme::HmacSha256, vec![key("old", s1), key("new", s2)]);
-        let q = sign(Scheme::HmacSha256, s2.as_bytes(), "live", "stream", NOW + 60);
-        assert_eq!(verify(&a, &cb(Event::Start, &format!("{q}&kid=new")), NOW).unwrap(), "new");
+        let q = sign(
+            Scheme::HmacSha256,
+            s2.as_bytes(),
+            "live",
+            "stream",
+            NOW + 60,
+        );
+        assert_eq!(
+            verify(&a, &cb(Event::Start, &format!("{q}&kid=new")), NOW).unwrap(),
+            "new"
+        );
         assert_eq!(
             verify(&a, &cb(Event::Start, &format!("{q}&kid=old")), NOW),
             Err(AuthError::BadSignature)
@@ -266,9 +291,19 @@ mod tests {
         let new = "newkey2";
         let retired = "retired3";
         let a = auth(Scheme::KsMd5, vec![key("new", new), key("old", old)]);
-        for (secret, want) in [(old, Ok("old")), (new, Ok("new")), (retired, Err(AuthError::BadSignature))] {
+        for (secret, want) in [
+            (old, Ok("old")),
+            (new, Ok("new")),
+            (retired, Err(AuthError::BadSignature)),
+        ] {
             let q = sign(Scheme::KsMd5, secret.as_bytes(), "live", "stream", NOW + 60);
-            assert_eq!(verify(&a, &cb(Event::Start, &q), NOW).as_deref().map_err(Clone::clone), want, "{secret}");
+            assert_eq!(
+                verify(&a, &cb(Event::Start, &q), NOW)
+                    .as_deref()
+                    .map_err(Clone::clone),
+                want,
+                "{secret}"
+            );
         }
     }
 
@@ -292,14 +327,27 @@ mod tests {
     fn expiry_applies_to_starts_only_with_skew() {
         let mut a = auth(Scheme::KsMd5, vec![key("k", "abc")]);
         let q = sign(Scheme::KsMd5, b"abc", "live", "stream", NOW);
-        assert!(verify(&a, &cb(Event::Start, &q), NOW).is_ok(), "now == t is valid");
-        assert_eq!(verify(&a, &cb(Event::Start, &q), NOW + 1), Err(AuthError::Expired));
+        assert!(
+            verify(&a, &cb(Event::Start, &q), NOW).is_ok(),
+            "now == t is valid"
+        );
+        assert_eq!(
+            verify(&a, &cb(Event::Start, &q), NOW + 1),
+            Err(AuthError::Expired)
+        );
         a.clock_skew_s = 30;
         assert!(verify(&a, &cb(Event::Start, &q), NOW + 30).is_ok());
-        assert_eq!(verify(&a, &cb(Event::Start, &q), NOW + 31), Err(AuthError::Expired));
+        assert_eq!(
+            verify(&a, &cb(Event::Start, &q), NOW + 31),
+            Err(AuthError::Expired)
+        );
         // an end hours later still verifies its signature
         assert!(verify(&a, &cb(Event::End, &q), NOW + 5 * 3600).is_ok());
-        let forged = q.replace("&k=", "&k=0").chars().take(q.len()).collect::<String>();
+        let forged = q
+            .replace("&k=", "&k=0")
+            .chars()
+            .take(q.len())
+            .collect::<String>();
         assert!(verify(&a, &cb(Event::End, &forged), NOW + 5 * 3600).is_err());
     }
 
@@ -312,27 +360,57 @@ mod tests {
             ("t=156009671&k=4f88e741140240e2", AuthError::BadExpiry),
             ("t=15600967120&k=4f88e741140240e2", AuthError::BadExpiry),
             ("t=1560o96712&k=4f88e741140240e2", AuthError::BadExpiry),
-            ("t=1560096712&k=4f88e741140240e", AuthError::SignLength { param: "k", len: 16 }),
-            ("t=1560096712&k=4f88e741140240e2a", AuthError::SignLength { param: "k", len: 16 }),
-            ("t=1560096712&k=4f88e741140240g2", AuthError::SignNotHex("k")),
-            ("t=1560096712&k=4F88E741140240E2", AuthError::SignNotHex("k")),
+            (
+                "t=1560096712&k=4f88e741140240e",
+                AuthError::SignLength {
+                    param: "k",
+                    len: 16,
+                },
+            ),
+            (
+                "t=1560096712&k=4f88e741140240e2a",
+                AuthError::SignLength {
+                    param: "k",
+                    len: 16,
+                },
+            ),
+            (
+                "t=1560096712&k=4f88e741140240g2",
+                AuthError::SignNotHex("k"),
+            ),
+            (
+                "t=1560096712&k=4F88E741140240E2",
+                AuthError::SignNotHex("k"),
+            ),
         ];
         for (q, want) in cases {
             assert_eq!(verify(&a, &cb(Event::Start, q), NOW), Err(want), "{q}");
         }
         let h = auth(Scheme::HmacSha256, vec![key("h", "0123456789abcdef")]);
-        assert_eq!(verify(&h, &cb(Event::Start, "t=1560096712"), NOW), Err(AuthError::MissingParam("sign")));
+        assert_eq!(
+            verify(&h, &cb(Event::Start, "t=1560096712"), NOW),
+            Err(AuthError::MissingParam("sign"))
+        );
         assert_eq!(
             verify(&h, &cb(Event::Start, "t=1560096712&sign=abc"), NOW),
-            Err(AuthError::SignLength { param: "sign", len: 64 })
+            Err(AuthError::SignLength {
+                param: "sign",
+                len: 64
+            })
         );
     }
 
     #[test]
     fn messages_show_no_values() {
         let a = auth(Scheme::KsMd5, vec![key("k", "123456")]);
-        for q in ["t=1560096712&k=4f88e741140240e3", "t=1560096712&k=4F88E741140240E2", "t=1560096712&k=4f88"] {
-            let msg = verify(&a, &cb(Event::Start, q), NOW).unwrap_err().to_string();
+        for q in [
+            "t=1560096712&k=4f88e741140240e3",
+            "t=1560096712&k=4F88E741140240E2",
+            "t=1560096712&k=4f88",
+        ] {
+            let msg = verify(&a, &cb(Event::Start, q), NOW)
+                .unwrap_err()
+                .to_string();
             for secret in ["123456", "4f88", "4F88", "c628321f", "1560096712"] {
                 assert!(!msg.contains(secret), "{msg} shows {secret}");
             }

@@ -125,13 +125,22 @@ mod tests {
     #[test]
     fn rotation_of_secrets() {
         let mut c = cfg();
-        c.keys.insert(0, NamedSecret { id: "new".into(), secret: Secret::new("another-secret-key") });
+        c.keys.insert(
+            0,
+            NamedSecret {
+                id: "new".into(),
+                secret: Secret::new("another-secret-key"),
+            },
+        );
         assert_eq!(verify(&c, headers(SIG), BODY, TS).unwrap(), "w1");
     }
 
     #[test]
     fn tampered_body_or_id_fails() {
-        assert_eq!(verify(&cfg(), headers(SIG), br#"{"test": 2432232315}"#, TS), Err(AuthError::WebhookMismatch));
+        assert_eq!(
+            verify(&cfg(), headers(SIG), br#"{"test": 2432232315}"#, TS),
+            Err(AuthError::WebhookMismatch)
+        );
         let mut h = headers(SIG);
         h.id = Some("msg_other");
         assert_eq!(verify(&cfg(), h, BODY, TS), Err(AuthError::WebhookMismatch));
@@ -142,8 +151,14 @@ mod tests {
         let c = cfg();
         assert!(verify(&c, headers(SIG), BODY, TS + 300).is_ok());
         assert!(verify(&c, headers(SIG), BODY, TS - 300).is_ok());
-        assert_eq!(verify(&c, headers(SIG), BODY, TS + 301), Err(AuthError::WebhookStale));
-        assert_eq!(verify(&c, headers(SIG), BODY, TS - 301), Err(AuthError::WebhookStale));
+        assert_eq!(
+            verify(&c, headers(SIG), BODY, TS + 301),
+            Err(AuthError::WebhookStale)
+        );
+        assert_eq!(
+            verify(&c, headers(SIG), BODY, TS - 301),
+            Err(AuthError::WebhookStale)
+        );
     }
 
     #[test]
@@ -151,13 +166,22 @@ mod tests {
         let c = cfg();
         let mut h = headers(SIG);
         h.id = None;
-        assert_eq!(verify(&c, h, BODY, TS), Err(AuthError::WebhookMissingHeader("webhook-id")));
+        assert_eq!(
+            verify(&c, h, BODY, TS),
+            Err(AuthError::WebhookMissingHeader("webhook-id"))
+        );
         let mut h = headers(SIG);
         h.timestamp = Some("16142653x0");
         assert_eq!(verify(&c, h, BODY, TS), Err(AuthError::WebhookBadTimestamp));
         let mut h = headers(SIG);
         h.signature = None;
-        assert_eq!(verify(&c, h, BODY, TS), Err(AuthError::WebhookMissingHeader("webhook-signature")));
-        assert_eq!(verify(&c, headers("v1,!!!notbase64"), BODY, TS), Err(AuthError::WebhookMismatch));
+        assert_eq!(
+            verify(&c, h, BODY, TS),
+            Err(AuthError::WebhookMissingHeader("webhook-signature"))
+        );
+        assert_eq!(
+            verify(&c, headers("v1,!!!notbase64"), BODY, TS),
+            Err(AuthError::WebhookMismatch)
+        );
     }
 }

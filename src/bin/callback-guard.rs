@@ -16,7 +16,11 @@ use callback_guard::{decide, Config, Request, Verdict};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "callback-guard", version, about = "Verify live-push callbacks the way the Envoy filter does")]
+#[command(
+    name = "callback-guard",
+    version,
+    about = "Verify live-push callbacks the way the Envoy filter does"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -72,7 +76,11 @@ enum Cmd {
         #[arg(long)]
         stream: String,
         /// Lifetime from now, in seconds.
-        #[arg(long, required_unless_present = "expires_at", conflicts_with = "expires_at")]
+        #[arg(
+            long,
+            required_unless_present = "expires_at",
+            conflicts_with = "expires_at"
+        )]
         expires_in: Option<u64>,
         /// Expiry as Unix seconds.
         #[arg(long)]
@@ -102,7 +110,8 @@ fn now_s() -> u64 {
 
 fn load_config(path: &str) -> Result<Config, Vec<String>> {
     let bytes = std::fs::read(path).map_err(|e| vec![format!("{path}: {e}")])?;
-    Config::from_json(&bytes, &ProcessEnv).map_err(|errs| errs.iter().map(ToString::to_string).collect())
+    Config::from_json(&bytes, &ProcessEnv)
+        .map_err(|errs| errs.iter().map(ToString::to_string).collect())
 }
 
 fn main() -> ExitCode {
@@ -110,7 +119,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match cli.cmd {
@@ -134,7 +147,15 @@ fn main() -> ExitCode {
             headers,
             source_addr,
             now,
-        } => check(&config, &content_type, &method, &path, &headers, source_addr, now),
+        } => check(
+            &config,
+            &content_type,
+            &method,
+            &path,
+            &headers,
+            source_addr,
+            now,
+        ),
         Cmd::Sign {
             scheme,
             key,
@@ -148,13 +169,15 @@ fn main() -> ExitCode {
         } => {
             let key = match (key, key_env) {
                 (Some(k), _) => k,
-                (None, Some(var)) => match std::env::var(&var) {
-                    Ok(k) if !k.is_empty() => k,
-                    _ => {
-                        eprintln!("callback-guard sign: environment variable `{var}` is not set or empty");
-                        return ExitCode::from(2);
+                (None, Some(var)) => {
+                    match std::env::var(&var) {
+                        Ok(k) if !k.is_empty() => k,
+                        _ => {
+                            eprintln!("callback-guard sign: environment variable `{var}` is not set or empty");
+                            return ExitCode::from(2);
+                        }
                     }
-                },
+                }
                 (None, None) => {
                     eprintln!("callback-guard sign: give --key or --key-env");
                     return ExitCode::from(2);
@@ -164,8 +187,17 @@ fn main() -> ExitCode {
                 SchemeArg::KsMd5 => Scheme::KsMd5,
                 SchemeArg::HmacSha256 => Scheme::HmacSha256,
             };
-            let expires = expires_at.unwrap_or_else(|| now_s().saturating_add(expires_in.unwrap_or(0)));
-            match sign(scheme, &key, &app, &stream, expires, kid.as_deref(), url.as_deref()) {
+            let expires =
+                expires_at.unwrap_or_else(|| now_s().saturating_add(expires_in.unwrap_or(0)));
+            match sign(
+                scheme,
+                &key,
+                &app,
+                &stream,
+                expires,
+                kid.as_deref(),
+                url.as_deref(),
+            ) {
                 Ok(out) => {
                     println!("{out}");
                     ExitCode::SUCCESS
@@ -215,7 +247,8 @@ fn sign(
         None => query,
         Some(base) => {
             let segment: String =
-                percent_encoding::utf8_percent_encode(stream, percent_encoding::NON_ALPHANUMERIC).collect();
+                percent_encoding::utf8_percent_encode(stream, percent_encoding::NON_ALPHANUMERIC)
+                    .collect();
             format!("{}/{segment}?{query}", base.trim_end_matches('/'))
         }
     })

@@ -11,7 +11,14 @@ use super::{client_ip, domain, named, printable, Callback, CallbackError, Event,
 
 /// Fields that are part of the callback itself, not push parameters.
 const KLS_FIELDS: &[&str] = &[
-    "app", "name", "tcurl", "call", "vdoid", "close_mode", "swfurl", "flashver",
+    "app",
+    "name",
+    "tcurl",
+    "call",
+    "vdoid",
+    "close_mode",
+    "swfurl",
+    "flashver",
 ];
 const NGINX_FIELDS: &[&str] = &[
     "app", "name", "tcurl", "call", "addr", "clientid", "type", "flashver", "swfurl", "pageurl",
@@ -131,9 +138,12 @@ fn decode_pairs(body: &[u8], what: &str) -> Result<Vec<(String, String)>, Callba
             Some(i) => (&seg[..i], &seg[i + 1..]),
             None => (seg, &[][..]),
         };
-        let k = decode(k).ok_or_else(|| CallbackError::Body(format!("has a {what} name that is not UTF-8")))?;
+        let k = decode(k)
+            .ok_or_else(|| CallbackError::Body(format!("has a {what} name that is not UTF-8")))?;
         if k.is_empty() {
-            return Err(CallbackError::Body(format!("has a {what} with an empty name")));
+            return Err(CallbackError::Body(format!(
+                "has a {what} with an empty name"
+            )));
         }
         let v = decode(v).ok_or_else(|| {
             CallbackError::invalid(format!("{what} `{}`", printable(&k)), "is not valid UTF-8")
@@ -144,7 +154,10 @@ fn decode_pairs(body: &[u8], what: &str) -> Result<Vec<(String, String)>, Callba
 }
 
 fn decode(raw: &[u8]) -> Option<String> {
-    let plus: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+    let plus: Vec<u8> = raw
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
     let bytes: Vec<u8> = percent_encoding::percent_decode(&plus).collect();
     String::from_utf8(bytes).ok()
 }
@@ -164,7 +177,10 @@ fn single<'a>(pairs: &'a [(String, String)], name: &str) -> Result<Option<&'a st
 }
 
 /// Like [`single`], with `nil` and blank meaning absent.
-fn optional<'a>(pairs: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, CallbackError> {
+fn optional<'a>(
+    pairs: &'a [(String, String)],
+    name: &str,
+) -> Result<Option<&'a str>, CallbackError> {
     Ok(single(pairs, name)?.filter(|v| !v.is_empty() && *v != "nil"))
 }
 
@@ -218,7 +234,11 @@ impl<'a> IngestUrl<'a> {
             None => (s, None),
         };
         let (scheme, rest) = before_query.split_once("://").ok_or_else(bad)?;
-        if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
+        if scheme.is_empty()
+            || !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        {
             return Err(bad());
         }
         let authority = rest.split('/').next().unwrap_or_default();
@@ -282,7 +302,12 @@ mod tests {
         assert_eq!(c.stream, "cam1");
         assert_eq!(c.params.get("t"), Some("123"));
         assert_eq!(c.params.get("k"), Some("good"));
-        assert_eq!(c.params.len(), 2, "core fields are not params: {:?}", c.params);
+        assert_eq!(
+            c.params.len(),
+            2,
+            "core fields are not params: {:?}",
+            c.params
+        );
         assert_eq!(c.client_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(c.session.as_deref(), Some("1@127.0.0.1/127.0.0.1:19350"));
         let done = NGINX.replace("call=publish", "call=publish_done");
@@ -302,15 +327,24 @@ mod tests {
         assert_eq!(c.stream, "asdf");
         assert_eq!(c.params.get("k"), Some("c"));
         // extra fields win; the other place agreeing is fine
-        let b = format!("{}&t=2&k=b", SEED_START.replace("/live&", "/live%3Ft%3D2%26k%3Db&"));
+        let b = format!(
+            "{}&t=2&k=b",
+            SEED_START.replace("/live&", "/live%3Ft%3D2%26k%3Db&")
+        );
         assert_eq!(parse_form(b.as_bytes()).unwrap().params.get("k"), Some("b"));
     }
 
     #[test]
     fn a_token_in_two_places_with_different_values_is_refused() {
-        let b = format!("{}&t=2&k=x", SEED_START.replace("/live&", "/live%3Ft%3D2%26k%3Db&"));
+        let b = format!(
+            "{}&t=2&k=x",
+            SEED_START.replace("/live&", "/live%3Ft%3D2%26k%3Db&")
+        );
         let e = err(&b);
-        assert!(e.to_string().contains("`k`") && e.to_string().contains("two places"), "{e}");
+        assert!(
+            e.to_string().contains("`k`") && e.to_string().contains("two places"),
+            "{e}"
+        );
         assert!(!e.to_string().contains("=b"));
     }
 
@@ -326,7 +360,10 @@ mod tests {
     #[test]
     fn required_fields() {
         for f in ["app", "name", "tcurl", "call"] {
-            let b: Vec<&str> = SEED_START.split('&').filter(|p| !p.starts_with(&format!("{f}="))).collect();
+            let b: Vec<&str> = SEED_START
+                .split('&')
+                .filter(|p| !p.starts_with(&format!("{f}=")))
+                .collect();
             assert_eq!(err(&b.join("&")), CallbackError::Missing(f.into()), "{f}");
         }
         let e = err(&SEED_START.replace("app=live", "app=nil"));
@@ -343,9 +380,32 @@ mod tests {
 
     #[test]
     fn close_mode_is_1_or_2() {
-        assert_eq!(parse_form(SEED_END.replace("close_mode=nil", "close_mode=1").as_bytes()).unwrap().close_mode, Some(1));
-        assert_eq!(parse_form(SEED_END.replace("close_mode=nil", "close_mode=2").as_bytes()).unwrap().close_mode, Some(2));
-        assert_eq!(parse_form(SEED_END.replace("close_mode=nil", "close_mode=").as_bytes()).unwrap().close_mode, None);
+        assert_eq!(
+            parse_form(
+                SEED_END
+                    .replace("close_mode=nil", "close_mode=1")
+                    .as_bytes()
+            )
+            .unwrap()
+            .close_mode,
+            Some(1)
+        );
+        assert_eq!(
+            parse_form(
+                SEED_END
+                    .replace("close_mode=nil", "close_mode=2")
+                    .as_bytes()
+            )
+            .unwrap()
+            .close_mode,
+            Some(2)
+        );
+        assert_eq!(
+            parse_form(SEED_END.replace("close_mode=nil", "close_mode=").as_bytes())
+                .unwrap()
+                .close_mode,
+            None
+        );
         let e = err(&SEED_END.replace("close_mode=nil", "close_mode=3"));
         assert!(e.to_string().contains("close_mode"), "{e}");
     }
@@ -356,9 +416,19 @@ mod tests {
             let e = err(&SEED_START.replace("rtmp://test.uplive.ks-cdn.com/live", bad));
             assert!(e.to_string().contains("tcurl"), "{bad}: {e}");
         }
-        let c = parse_form(SEED_START.replace("test.uplive.ks-cdn.com", "u:p@[::1]:1935").as_bytes()).unwrap();
+        let c = parse_form(
+            SEED_START
+                .replace("test.uplive.ks-cdn.com", "u:p@[::1]:1935")
+                .as_bytes(),
+        )
+        .unwrap();
         assert_eq!(c.domain.as_deref(), Some("::1"));
-        let c = parse_form(SEED_START.replace("test.uplive.ks-cdn.com", "Push.EXAMPLE.com:1935").as_bytes()).unwrap();
+        let c = parse_form(
+            SEED_START
+                .replace("test.uplive.ks-cdn.com", "Push.EXAMPLE.com:1935")
+                .as_bytes(),
+        )
+        .unwrap();
         assert_eq!(c.domain.as_deref(), Some("push.example.com"));
     }
 
@@ -366,7 +436,12 @@ mod tests {
     fn plus_and_percent_decoding() {
         let c = parse_form(SEED_START.replace("name=asdf", "name=a+b%20c").as_bytes()).unwrap();
         assert_eq!(c.stream, "a b c");
-        let c = parse_form(SEED_START.replace("name=asdf", "name=%E7%9B%B4%E6%92%AD").as_bytes()).unwrap();
+        let c = parse_form(
+            SEED_START
+                .replace("name=asdf", "name=%E7%9B%B4%E6%92%AD")
+                .as_bytes(),
+        )
+        .unwrap();
         assert_eq!(c.stream, "直播");
         let e = err(&SEED_START.replace("name=asdf", "name=%ff"));
         assert!(e.to_string().contains("name"), "{e}");

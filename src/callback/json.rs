@@ -11,7 +11,9 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::{client_ip, domain, named, port, timestamp_ms, Callback, CallbackError, Event, Format, Params};
+use super::{
+    client_ip, domain, named, port, timestamp_ms, Callback, CallbackError, Event, Format, Params,
+};
 
 /// Parses a KLS new-version callback body.
 pub fn parse_json(body: &[u8]) -> Result<Callback, CallbackError> {
@@ -432,8 +434,14 @@ fn build(raw: Raw) -> Result<Callback, CallbackError> {
     let domain = domain("Pubdomain", &pubdomain)?;
 
     // Check whichever times are present; the event decides which one is required.
-    let start = raw.start_time.map(|v| time(v, "PubStartUnixTime")).transpose()?;
-    let end = raw.end_time.map(|v| time(v, "PubEndUnixTime")).transpose()?;
+    let start = raw
+        .start_time
+        .map(|v| time(v, "PubStartUnixTime"))
+        .transpose()?;
+    let end = raw
+        .end_time
+        .map(|v| time(v, "PubEndUnixTime"))
+        .transpose()?;
     let event_time_ms = match event {
         Event::Start => start.ok_or_else(|| CallbackError::Missing("PubStartUnixTime".into()))?,
         // The 2020 table labels the end time PubStartUnixTime; its sample and
@@ -450,7 +458,8 @@ fn build(raw: Raw) -> Result<Callback, CallbackError> {
     let client_port = match raw.client_port {
         None | Some(Scalar::Null) => None,
         Some(Scalar::UInt(n)) => Some(
-            u16::try_from(n).map_err(|_| CallbackError::field("ClientPort", "must be a port number 0-65535"))?,
+            u16::try_from(n)
+                .map_err(|_| CallbackError::field("ClientPort", "must be a port number 0-65535"))?,
         ),
         Some(Scalar::Str(s)) => port("ClientPort", &s)?,
         Some(other) => {
@@ -566,14 +575,21 @@ mod tests {
         assert_eq!(c.client_ip.as_deref(), Some("1.2.3.4"));
         assert_eq!(c.client_port, Some(17102));
         assert_eq!(c.node.as_deref(), Some("node-7"));
-        assert_eq!(c.session.as_deref(), Some("seq-9"), "Sequence wins over UniqueName");
+        assert_eq!(
+            c.session.as_deref(),
+            Some("seq-9"),
+            "Sequence wins over UniqueName"
+        );
     }
 
     #[test]
     fn unique_name_is_the_session_without_sequence() {
         let body = r#"{"App":"live","Pubdomain":"d","Stream":"s","PubStartUnixTime":1700000000000,
             "NotifyType":"PubStart","UniqueName":"u-1"}"#;
-        assert_eq!(parse_json(body.as_bytes()).unwrap().session.as_deref(), Some("u-1"));
+        assert_eq!(
+            parse_json(body.as_bytes()).unwrap().session.as_deref(),
+            Some("u-1")
+        );
     }
 
     #[test]
@@ -587,7 +603,13 @@ mod tests {
 
     #[test]
     fn required_fields_per_event() {
-        for f in ["App", "Stream", "Pubdomain", "NotifyType", "PubStartUnixTime"] {
+        for f in [
+            "App",
+            "Stream",
+            "Pubdomain",
+            "NotifyType",
+            "PubStartUnixTime",
+        ] {
             let v: serde_json::Value = serde_json::from_str(SEED_START).unwrap();
             let mut m = v.as_object().unwrap().clone();
             m.remove(f);
@@ -619,11 +641,24 @@ mod tests {
 
     #[test]
     fn timestamps_must_be_13_digits_string_or_integer() {
-        for bad in ["\"145680001000\"", "145680001000", "1456800010000.5", "-1456800010000", "true", "null", "\"abc\""] {
+        for bad in [
+            "\"145680001000\"",
+            "145680001000",
+            "1456800010000.5",
+            "-1456800010000",
+            "true",
+            "null",
+            "\"abc\"",
+        ] {
             let e = err(&SEED_START.replace("\"1456800010000\"", bad));
             assert!(e.to_string().contains("PubStartUnixTime"), "{bad}: {e}");
         }
-        let c = parse_json(SEED_START.replace("\"1456800010000\"", "1456800010000").as_bytes()).unwrap();
+        let c = parse_json(
+            SEED_START
+                .replace("\"1456800010000\"", "1456800010000")
+                .as_bytes(),
+        )
+        .unwrap();
         assert_eq!(c.event_time_ms, Some(1456800010000));
     }
 
@@ -632,9 +667,17 @@ mod tests {
         for (from, to, field) in [
             ("\"App\":\"live\"", "\"App\":5", "App"),
             ("\"Stream\":\"test\"", "\"Stream\":[\"x\"]", "Stream"),
-            ("\"Pubdomain\":\"xxx.xxx.com\"", "\"Pubdomain\":{}", "Pubdomain"),
+            (
+                "\"Pubdomain\":\"xxx.xxx.com\"",
+                "\"Pubdomain\":{}",
+                "Pubdomain",
+            ),
             ("\"Version\":\"1.0\"", "\"Version\":1.0", "Version"),
-            ("\"ClientIp\":\" \"", "\"ClientIp\":\"999.1.1.1\"", "ClientIp"),
+            (
+                "\"ClientIp\":\" \"",
+                "\"ClientIp\":\"999.1.1.1\"",
+                "ClientIp",
+            ),
             ("\"ClientPort\":\" \"", "\"ClientPort\":true", "ClientPort"),
             ("\"Node\":\" \"", "\"Node\":{}", "Node"),
         ] {
@@ -663,16 +706,27 @@ mod tests {
 
     #[test]
     fn pub_param_float_and_negative_values_are_text() {
-        let c = parse_json(SEED_START.replace("\"param2\":11", "\"param2\":-1.5").as_bytes()).unwrap();
+        let c = parse_json(
+            SEED_START
+                .replace("\"param2\":11", "\"param2\":-1.5")
+                .as_bytes(),
+        )
+        .unwrap();
         assert_eq!(c.params.get("param2"), Some("-1.5"));
     }
 
     #[test]
     fn names_are_checked() {
         let e = err(&SEED_START.replace("\"Stream\":\"test\"", "\"Stream\":\"\""));
-        assert!(e.to_string().contains("Stream") && e.to_string().contains("empty"), "{e}");
+        assert!(
+            e.to_string().contains("Stream") && e.to_string().contains("empty"),
+            "{e}"
+        );
         let e = err(&SEED_START.replace("\"App\":\"live\"", "\"App\":\"li\\u0000ve\""));
-        assert!(e.to_string().contains("App") && e.to_string().contains("control"), "{e}");
+        assert!(
+            e.to_string().contains("App") && e.to_string().contains("control"),
+            "{e}"
+        );
         let long = "s".repeat(257);
         let e = err(&SEED_START.replace("\"Stream\":\"test\"", &format!("\"Stream\":\"{long}\"")));
         assert!(e.to_string().contains("256"), "{e}");
@@ -680,7 +734,10 @@ mod tests {
 
     #[test]
     fn duplicate_core_field_is_refused() {
-        let e = err(&SEED_START.replace("\"Stream\":\"test\"", "\"Stream\":\"test\",\"Stream\":\"other\""));
+        let e = err(&SEED_START.replace(
+            "\"Stream\":\"test\"",
+            "\"Stream\":\"test\",\"Stream\":\"other\"",
+        ));
         assert_eq!(e, CallbackError::field("Stream", "is given more than once"));
     }
 
@@ -694,7 +751,10 @@ mod tests {
     fn unknown_fields_are_ignored() {
         let c = parse_json(
             SEED_START
-                .replace("\"Node\":\" \"", "\"Node\":\" \",\"Extra\":{\"deep\":[1,2,{\"x\":null}]}")
+                .replace(
+                    "\"Node\":\" \"",
+                    "\"Node\":\" \",\"Extra\":{\"deep\":[1,2,{\"x\":null}]}",
+                )
                 .as_bytes(),
         )
         .unwrap();
@@ -703,7 +763,17 @@ mod tests {
 
     #[test]
     fn non_objects_and_broken_json_are_invalid_bodies() {
-        for body in ["[]", "1", "\"x\"", "null", "", "{", "{\"App\":", "{} {}", "{\"a\":1,}"] {
+        for body in [
+            "[]",
+            "1",
+            "\"x\"",
+            "null",
+            "",
+            "{",
+            "{\"App\":",
+            "{} {}",
+            "{\"a\":1,}",
+        ] {
             let e = err(body);
             assert!(matches!(e, CallbackError::Body(_)), "{body:?}: {e:?}");
         }
@@ -722,6 +792,9 @@ mod tests {
         let mut body = SEED_START.as_bytes().to_vec();
         let at = SEED_START.find("test").unwrap();
         body[at] = 0xff;
-        assert!(matches!(parse_json(&body).unwrap_err(), CallbackError::Body(_)));
+        assert!(matches!(
+            parse_json(&body).unwrap_err(),
+            CallbackError::Body(_)
+        ));
     }
 }

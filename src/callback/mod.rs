@@ -206,9 +206,9 @@ pub(crate) fn timestamp_ms(field: &str, digits: &str) -> Result<u64, CallbackErr
             "must be a 13-digit Unix timestamp in milliseconds",
         ));
     }
-    digits
-        .parse()
-        .map_err(|_| CallbackError::field(field, "must be a 13-digit Unix timestamp in milliseconds"))
+    digits.parse().map_err(|_| {
+        CallbackError::field(field, "must be a 13-digit Unix timestamp in milliseconds")
+    })
 }
 
 /// Parses a client port given as digits; blank means absent.
@@ -251,7 +251,10 @@ mod tests {
         assert!(check_name("live").is_ok());
         assert!(check_name("直播-1").is_ok());
         assert_eq!(check_name(""), Err("must not be empty"));
-        assert_eq!(check_name(&"a".repeat(257)), Err("is longer than 256 bytes"));
+        assert_eq!(
+            check_name(&"a".repeat(257)),
+            Err("is longer than 256 bytes")
+        );
         assert!(check_name(&"a".repeat(256)).is_ok());
         assert_eq!(check_name("a\nb"), Err("contains a control character"));
         assert_eq!(check_name("a\0"), Err("contains a control character"));

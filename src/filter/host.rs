@@ -107,7 +107,12 @@ extern "C" {
         headers_size: usize,
         grpc_status: i32,
     ) -> u32;
-    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
 }
 
@@ -154,7 +159,13 @@ pub fn buffer(kind: Buffer, start: usize, max: usize) -> Result<Vec<u8>, Status>
     let mut size = 0;
     // SAFETY: the host fills data/size with memory from proxy_on_memory_allocate.
     unsafe {
-        match ok(proxy_get_buffer_bytes(kind as u32, start, max, &mut data, &mut size)) {
+        match ok(proxy_get_buffer_bytes(
+            kind as u32,
+            start,
+            max,
+            &mut data,
+            &mut size,
+        )) {
             Ok(()) => Ok(owned(data, size).unwrap_or_default()),
             Err(NOT_FOUND) => Ok(Vec::new()),
             Err(e) => Err(e),
@@ -169,7 +180,9 @@ pub fn headers(map: Map) -> Result<Vec<(String, String)>, Status> {
     // SAFETY: as in `buffer`.
     unsafe {
         ok(proxy_get_header_map_pairs(map as u32, &mut data, &mut size))?;
-        Ok(owned(data, size).map(|b| wire::decode_map(&b)).unwrap_or_default())
+        Ok(owned(data, size)
+            .map(|b| wire::decode_map(&b))
+            .unwrap_or_default())
     }
 }
 
@@ -179,7 +192,13 @@ pub fn header(map: Map, name: &str) -> Result<Option<Vec<u8>>, Status> {
     let mut size = 0;
     // SAFETY: as in `buffer`.
     unsafe {
-        match ok(proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)) {
+        match ok(proxy_get_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            &mut data,
+            &mut size,
+        )) {
             Ok(()) => Ok(owned(data, size)),
             Err(NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
@@ -200,7 +219,12 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
     let mut size = 0;
     // SAFETY: as in `buffer`.
     unsafe {
-        match ok(proxy_get_property(p.as_ptr(), p.len(), &mut data, &mut size)) {
+        match ok(proxy_get_property(
+            p.as_ptr(),
+            p.len(),
+            &mut data,
+            &mut size,
+        )) {
             Ok(()) => Ok(owned(data, size)),
             Err(NOT_FOUND) => Ok(None),
             Err(e) => Err(e),
@@ -221,8 +245,17 @@ pub fn shared_get(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Status> {
     let mut cas = 0u32;
     // SAFETY: as in `buffer`, plus one u32 written through `cas`.
     unsafe {
-        match ok(proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)) {
-            Ok(()) => Ok((owned(data, size).or(Some(Vec::new())), (cas != 0).then_some(cas))),
+        match ok(proxy_get_shared_data(
+            key.as_ptr(),
+            key.len(),
+            &mut data,
+            &mut size,
+            &mut cas,
+        )) {
+            Ok(()) => Ok((
+                owned(data, size).or(Some(Vec::new())),
+                (cas != 0).then_some(cas),
+            )),
             Err(NOT_FOUND) => Ok((None, None)),
             Err(e) => Err(e),
         }
@@ -232,7 +265,15 @@ pub fn shared_get(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Status> {
 /// Writes shared data if the version is still `cas` (`None`: unconditionally).
 pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
     // SAFETY: pointers and lengths describe live slices.
-    ok(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0)) })
+    ok(unsafe {
+        proxy_set_shared_data(
+            key.as_ptr(),
+            key.len(),
+            value.as_ptr(),
+            value.len(),
+            cas.unwrap_or(0),
+        )
+    })
 }
 
 /// Answers the request from the filter.
@@ -240,7 +281,16 @@ pub fn send_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Resu
     let h = wire::encode_map(headers);
     // SAFETY: pointers and lengths describe live slices.
     ok(unsafe {
-        proxy_send_local_response(u32::from(status), null(), 0, body.as_ptr(), body.len(), h.as_ptr(), h.len(), -1)
+        proxy_send_local_response(
+            u32::from(status),
+            null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            h.as_ptr(),
+            h.len(),
+            -1,
+        )
     })
 }
 

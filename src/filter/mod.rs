@@ -69,7 +69,9 @@ impl Metrics {
         Metrics {
             received: host::counter("callback_guard.requests_received"),
             forwarded: host::counter("callback_guard.requests_forwarded"),
-            rejected: Code::ALL.map(|c| host::counter(&format!("callback_guard.requests_rejected.{}", c.as_str()))),
+            rejected: Code::ALL.map(|c| {
+                host::counter(&format!("callback_guard.requests_rejected.{}", c.as_str()))
+            }),
             released: host::counter("callback_guard.reservations_released"),
         }
     }
@@ -119,7 +121,11 @@ thread_local! {
 /// response callbacks); such a nested call finds the request busy and gets
 /// `default`.
 fn with_stream<T>(id: u32, default: T, f: impl FnOnce(&mut Stream) -> T) -> T {
-    let stream = STATE.with(|s| s.try_borrow().ok().and_then(|s| s.streams.get(&id).cloned()));
+    let stream = STATE.with(|s| {
+        s.try_borrow()
+            .ok()
+            .and_then(|s| s.streams.get(&id).cloned())
+    });
     match stream {
         Some(rc) => match rc.try_borrow_mut() {
             Ok(mut st) => f(&mut st),
@@ -162,7 +168,9 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
 #[no_mangle]
 pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32) {
     STATE.with(|s| {
-        let Ok(mut s) = s.try_borrow_mut() else { return };
+        let Ok(mut s) = s.try_borrow_mut() else {
+            return;
+        };
         if root_context_id == 0 {
             s.roots.insert(context_id, None);
             return;
@@ -185,7 +193,10 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
 
 #[no_mangle]
 pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_size: usize) -> u32 {
-    host::log(Level::Info, &format!("callback-guard {} starting", crate::VERSION));
+    host::log(
+        Level::Info,
+        &format!("callback-guard {} starting", crate::VERSION),
+    );
     1
 }
 
@@ -194,7 +205,13 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
     let bytes = match host::buffer(Buffer::PluginConfiguration, 0, usize::MAX) {
         Ok(b) => b,
         Err(s) => {
-            host::log(Level::Critical, &format!("callback-guard: cannot read the plugin configuration (status {})", s.0));
+            host::log(
+                Level::Critical,
+                &format!(
+                    "callback-guard: cannot read the plugin configuration (status {})",
+                    s.0
+                ),
+            );
             return 0;
         }
     };
@@ -226,7 +243,11 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_request_headers(context_id: u32, _num_headers: usize, end_of_stream: u32) -> u32 {
+pub extern "C" fn proxy_on_request_headers(
+    context_id: u32,
+    _num_headers: usize,
+    end_of_stream: u32,
+) -> u32 {
     if !known(context_id) {
         return refuse_unconfigured();
     }
@@ -234,8 +255,14 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _num_headers: usize,
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_request_body(context_id: u32, body_size: usize, end_of_stream: u32) -> u32 {
-    with_stream(context_id, CONTINUE, |st| st.on_body(body_size, end_of_stream != 0))
+pub extern "C" fn proxy_on_request_body(
+    context_id: u32,
+    body_size: usize,
+    end_of_stream: u32,
+) -> u32 {
+    with_stream(context_id, CONTINUE, |st| {
+        st.on_body(body_size, end_of_stream != 0)
+    })
 }
 
 #[no_mangle]
@@ -244,7 +271,11 @@ pub extern "C" fn proxy_on_request_trailers(context_id: u32, _num_trailers: usiz
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_response_headers(context_id: u32, _num_headers: usize, _end_of_stream: u32) -> u32 {
+pub extern "C" fn proxy_on_response_headers(
+    context_id: u32,
+    _num_headers: usize,
+    _end_of_stream: u32,
+) -> u32 {
     with_stream(context_id, (), Stream::on_response_headers);
     CONTINUE
 }
@@ -270,13 +301,24 @@ pub extern "C" fn proxy_on_delete(context_id: u32) {
 }
 
 fn known(context_id: u32) -> bool {
-    STATE.with(|s| s.try_borrow().is_ok_and(|s| s.streams.contains_key(&context_id)))
+    STATE.with(|s| {
+        s.try_borrow()
+            .is_ok_and(|s| s.streams.contains_key(&context_id))
+    })
 }
 
 /// Fail closed when a request arrives for a plugin that is not configured.
 fn refuse_unconfigured() -> u32 {
-    let body = reply::body(Code::InvalidParameterValue, "callback-guard is not configured", "");
-    let _ = host::send_response(503, &[("content-type", "application/json")], body.as_bytes());
+    let body = reply::body(
+        Code::InvalidParameterValue,
+        "callback-guard is not configured",
+        "",
+    );
+    let _ = host::send_response(
+        503,
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
     PAUSE
 }
 
@@ -294,7 +336,10 @@ fn init_registry(layout: &Layout) {
 
 impl Stream {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn on_headers(&mut self, end_of_stream: bool) -> u32 {
@@ -307,7 +352,9 @@ impl Stream {
             }
         }
         let limit = self.plugin.config.max_body_bytes;
-        let declared = self.header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        let declared = self
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
             return self.reject(&verdict::too_large(limit));
         }
@@ -368,7 +415,10 @@ impl Stream {
     fn source(&self) -> Option<IpAddr> {
         let raw = host::property(&["source", "address"]).ok()??;
         let text = std::str::from_utf8(&raw).ok()?;
-        text.parse::<SocketAddr>().map(|s| s.ip()).or_else(|_| text.parse::<IpAddr>()).ok()
+        text.parse::<SocketAddr>()
+            .map(|s| s.ip())
+            .or_else(|_| text.parse::<IpAddr>())
+            .ok()
     }
 
     fn reject(&mut self, r: &Rejection) -> u32 {
@@ -385,10 +435,17 @@ impl Stream {
                 r.message
             ),
         );
-        let body = reply::body(r.code, &r.message, self.header("x-request-id").unwrap_or(""));
+        let body = reply::body(
+            r.code,
+            &r.message,
+            self.header("x-request-id").unwrap_or(""),
+        );
         let headers = [("content-type", "application/json")];
         if let Err(s) = host::send_response(r.code.status(), &headers, body.as_bytes()) {
-            host::log(Level::Error, &format!("callback-guard: local reply failed (status {})", s.0));
+            host::log(
+                Level::Error,
+                &format!("callback-guard: local reply failed (status {})", s.0),
+            );
         }
         PAUSE
     }
@@ -400,7 +457,10 @@ impl Stream {
             match host::buffer(Buffer::HttpRequestBody, 0, self.body_size) {
                 Ok(b) => b,
                 Err(s) => {
-                    host::log(Level::Error, &format!("callback-guard: cannot read the body (status {})", s.0));
+                    host::log(
+                        Level::Error,
+                        &format!("callback-guard: cannot read the body (status {})", s.0),
+                    );
                     let r = Rejection {
                         code: Code::InvalidParameterValue,
                         message: "body could not be read".into(),
@@ -412,7 +472,11 @@ impl Stream {
             }
         };
         let config = &self.plugin.config;
-        let source = if config.callback_auth.allow_cidrs.is_some() { self.source() } else { None };
+        let source = if config.callback_auth.allow_cidrs.is_some() {
+            self.source()
+        } else {
+            None
+        };
         let req = Request {
             method: self.header(":method").unwrap_or(""),
             path: self.header(":path").unwrap_or(""),
@@ -428,7 +492,10 @@ impl Stream {
                 host::bump(self.plugin.metrics.forwarded);
                 for (name, value) in f.headers() {
                     if let Err(s) = host::set_property(name, value.as_bytes()) {
-                        host::log(Level::Error, &format!("callback-guard: cannot record {name} (status {})", s.0));
+                        host::log(
+                            Level::Error,
+                            &format!("callback-guard: cannot record {name} (status {})", s.0),
+                        );
                     }
                 }
                 self.reservation = f.reservation;
