@@ -1,0 +1,113 @@
+//! Criterion benches of `decide()`: ns per call for the callbacks the filter sees.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use callback_guard::auth::token;
+use callback_guard::config::Scheme;
+use callback_guard::registry::MemoryStore;
+use callback_guard::{decide, Config, Request, Verdict};
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+
+const NOW: u64 = 1_700_000_000;
+const KS_KEY: &str = "123456";
+const HMAC_KEY: &str = "0123456789abcdef0123456789abcdef";
+
+fn config(scheme: &str, key: &str) -> Config {
+    let json = format!(
+        r#"{{"apps":["live"],"push_auth":{{"scheme":"{scheme}","keys":[{{"id":"k1","secret":"{key}"}}]}},
+            "callback_auth":{{"allow_cidrs":["127.0.0.0/8"]}},"max_event_age_s":600}}"#
+    );
+    Config::from_json(json.as_bytes(), &|_: &str| None).unwrap()
+}
+
+/// The seed's PubStart sample, made current, with the token in `PubParam`.
+fn seed_start(params: &str, pad: usize) -> Vec<u8> {
+    format!(
+        r#"{{
+    "Version":"1.0",
+    "App":"live",
+    "Pubdomain":"xxx.xxx.com",
+    "Stream":"test",
+    "PubStartUnixTime":"{NOW}000",
+    "NotifyType":"PubStart",
+    "ClientIp":" ",
+    "ClientPort":" ",
+    "Node":" ",
+    "Pad":"{}",
+    "PubParam":{params}
+}}"#,
+        "x".repeat(pad)
+    )
+    .into_bytes()
+}
+
+fn token_params(scheme: Scheme, key: &str) -> String {
+    let q = token::sign(scheme, key.as_bytes(), "live", "test", NOW + 3600);
+    let mut parts = q.split('&').map(|kv| kv.split_once('=').unwrap());
+    let (_, t) = parts.next().unwrap();
+    let (name, sig) = parts.next().unwrap();
+    format!(r#"{{"t":"{t}","{name}":"{sig}"}}"#)
+}
+
+fn run(c: &mut Criterion, name: &str, cfg: &Config, ct: &str, body: &[u8], forward: bool) {
+    let source = Some("127.0.0.1".parse().unwrap());
+    let headers = Vec::new();
+    let req = Request {
+        method: "POST",
+        path: "/callback",
+        content_type: Some(ct),
+        headers: &headers,
+        body,
+        source,
+    };
+    // The registry is on: each iteration uses a fresh store so every start reserves.
+    let check = decide(cfg, &req, NOW, &MemoryStore::new());
+    assert_eq!(
+        matches!(check, Verdict::Forward(_)),
+        forward,
+        "{name}: {check:?}"
+    );
+    c.bench_function(name, |b| {
+        b.iter_batched(
+            MemoryStore::new,
+            |store| black_box(decide(cfg, black_box(&req), NOW, &store)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+fn benches(c: &mut Criterion) {
+    let ks = config("ks_md5", KS_KEY);
+    let hm = config("hmac_sha256", HMAC_KEY);
+    let json = "application/json";
+    let ks_body = seed_start(&token_params(Scheme::KsMd5, KS_KEY), 0);
+    run(c, "v2_pubstart_ks_md5", &ks, json, &ks_body, true);
+    run(
+        c,
+        "v2_pubstart_hmac_sha256",
+        &hm,
+        json,
+        &seed_start(&token_params(Scheme::HmacSha256, HMAC_KEY), 0),
+        true,
+    );
+    let q = token::sign(Scheme::KsMd5, KS_KEY.as_bytes(), "live", "asdf", NOW + 3600);
+    let form = format!(
+        "app=live&name=asdf&swfurl=nil&flashver=nil&tcurl=rtmp://test.uplive.ks-cdn.com/live&call=user_publish&vdoid=123456&{q}"
+    );
+    run(
+        c,
+        "v1_form_ks_md5",
+        &ks,
+        "application/x-www-form-urlencoded",
+        form.as_bytes(),
+        true,
+    );
+    let bad = seed_start(r#"{"t":"1700003600","k":"0123456789abcdef"}"#, 0);
+    run(c, "v2_rejected_bad_token", &ks, json, &bad, false);
+    let big = seed_start(&token_params(Scheme::KsMd5, KS_KEY), 64 * 1024 - 400);
+    let mut cfg64 = ks.clone();
+    cfg64.max_body_bytes = 128 * 1024;
+    run(c, "v2_pubstart_64kb_body", &cfg64, json, &big, true);
+}
+
+criterion_group!(all, benches);
+criterion_main!(all);
