@@ -1,0 +1,725 @@
+//! End-to-end harness: a real Envoy with the built filter, in front of the
+//! project's recording receiver, spoken to over real HTTP on 127.0.0.1.
+//!
+//! - Envoy comes from `ENVOY_BIN`, else `.venv/bin/envoy` (`make envoy`). When
+//!   it is missing the tests skip loudly, except under `CI=true`, where a
+//!   missing Envoy is a failure.
+//! - Ports are free ports picked at start; readiness is polled on admin `/ready`.
+//! - When a test fails, dropping its `Envoy` prints Envoy's log.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Envoy binary, or `None` (with a loud message) when it is not installed.
+/// Under `CI=true` a missing Envoy panics: CI must never skip these tests.
+pub fn envoy_bin() -> Option<PathBuf> {
+    let path = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/envoy"));
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "Envoy not found at {} and CI=true: run `make envoy`",
+            path.display()
+        );
+    }
+    eprintln!(
+        "\n*** SKIPPING end-to-end test: no Envoy at {} (run `make envoy` or set ENVOY_BIN) ***\n",
+        path.display()
+    );
+    None
+}
+
+/// The built filter (`make wasm`).
+pub fn wasm_path() -> PathBuf {
+    let p = std::env::var_os("CALLBACK_GUARD_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/wasm32-wasip1/release/callback_guard.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `make wasm` first",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on {port}");
+}
+
+// ---- the recording receiver -----------------------------------------------------
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct Receiver {
+    pub port: u16,
+    child: Child,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_callback-receiver"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--quiet"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_port(port, "receiver");
+        Receiver { port, child }
+    }
+
+    pub fn received(&self) -> Vec<Recorded> {
+        let r = http1(self.port, "GET", "/__received", &[], b"");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| Recorded {
+                method: r["method"].as_str().unwrap().into(),
+                path: r["path"].as_str().unwrap().into(),
+                headers: r["headers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
+                    .collect(),
+                body: base64::engine::general_purpose::STANDARD
+                    .decode(r["body_b64"].as_str().unwrap())
+                    .unwrap(),
+            })
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        http1(self.port, "DELETE", "/__received", &[], b"");
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- Envoy ----------------------------------------------------------------------
+
+/// How to start Envoy.
+pub struct EnvoyOpts {
+    /// The plugin configuration (JSON).
+    pub plugin_config: serde_json::Value,
+    pub concurrency: u32,
+    /// Variables set on the Envoy process.
+    pub env: Vec<(String, String)>,
+    /// Variables Envoy passes to the VM.
+    pub host_env_keys: Vec<String>,
+    pub upstream_port: u16,
+    /// Envoy's log level (`-l`).
+    pub log_level: String,
+    /// Route timeout to the upstream, in seconds.
+    pub route_timeout_s: u32,
+    /// A whole config instead of the generated one; `{{LISTENER_PORT}}`,
+    /// `{{ADMIN_PORT}}`, `{{UPSTREAM_PORT}}` and `{{WASM}}` are substituted.
+    pub raw_yaml: Option<String>,
+}
+
+impl EnvoyOpts {
+    pub fn new(plugin_config: serde_json::Value, upstream_port: u16) -> Self {
+        EnvoyOpts {
+            plugin_config,
+            concurrency: 2,
+            env: Vec::new(),
+            host_env_keys: Vec::new(),
+            upstream_port,
+            log_level: "info".into(),
+            route_timeout_s: 5,
+            raw_yaml: None,
+        }
+    }
+}
+
+pub struct Envoy {
+    pub port: u16,
+    pub admin: u16,
+    child: Child,
+    log_path: PathBuf,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p =
+            std::env::temp_dir().join(format!("cg-{tag}-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The filter chain every generated config uses: callback-guard, the buffer
+/// filter that holds headers until the body is decided, and header_mutation
+/// that writes the verification headers.
+pub fn filter_chain_yaml(
+    plugin_config: &serde_json::Value,
+    host_env_keys: &[String],
+    wasm: &str,
+    max_body: u64,
+) -> String {
+    let config = serde_json::to_string(&plugin_config.to_string()).unwrap();
+    let keys = serde_json::to_string(host_env_keys).unwrap();
+    let mutation = |h: &str| {
+        format!(
+            "                - append:\n                    header: {{ key: {h}, value: \"%FILTER_STATE(wasm.{h}:PLAIN)%\" }}\n                    append_action: OVERWRITE_IF_EXISTS_OR_ADD\n"
+        )
+    };
+    let mutations: String = [
+        "x-callback-guard-format",
+        "x-callback-guard-event",
+        "x-callback-guard-verified",
+        "x-callback-guard-key-id",
+    ]
+    .iter()
+    .map(|h| mutation(h))
+    .collect();
+    format!(
+        r#"          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: callback_guard
+                root_id: callback_guard
+                fail_open: false
+                vm_config:
+                  vm_id: callback_guard
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: "{wasm}" }} }}
+                  environment_variables: {{ host_env_keys: {keys} }}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {config}
+          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: {max_body}
+          - name: envoy.filters.http.header_mutation
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+              mutations:
+                request_mutations:
+{mutations}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    )
+}
+
+pub fn envoy_yaml(opts: &EnvoyOpts, port: u16, admin: u16, wasm: &str) -> String {
+    let max_body = opts
+        .plugin_config
+        .get("max_body_bytes")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(65536)
+        .max(1024);
+    let chain = filter_chain_yaml(&opts.plugin_config, &opts.host_env_keys, wasm, max_body * 2);
+    format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+  - name: callbacks
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: callbacks
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: callbacks
+              domains: ["*"]
+              routes:
+              - match: {{ path: /healthz }}
+                direct_response: {{ status: 200, body: {{ inline_string: "ok" }} }}
+                typed_per_filter_config:
+                  envoy.filters.http.wasm:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: true
+              - match: {{ prefix: / }}
+                route: {{ cluster: upstream, timeout: {timeout}s }}
+{chain}
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {up} }} }} }}
+"#,
+        timeout = opts.route_timeout_s,
+        up = opts.upstream_port,
+    )
+}
+
+fn spawn_envoy(opts: &EnvoyOpts, dir: &TempDir, port: u16, admin: u16) -> (Child, PathBuf) {
+    let bin = envoy_bin().expect("envoy_bin checked by the caller");
+    let wasm = wasm_path();
+    let yaml = match &opts.raw_yaml {
+        Some(raw) => raw
+            .replace("{{LISTENER_PORT}}", &port.to_string())
+            .replace("{{ADMIN_PORT}}", &admin.to_string())
+            .replace("{{UPSTREAM_PORT}}", &opts.upstream_port.to_string())
+            .replace("{{WASM}}", &wasm.display().to_string()),
+        None => envoy_yaml(opts, port, admin, &wasm.display().to_string()),
+    };
+    let cfg = dir.0.join("envoy.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let log_path = dir.0.join("envoy.log");
+    let mut cmd = Command::new(bin);
+    cmd.arg("-c")
+        .arg(&cfg)
+        .args(["--concurrency", &opts.concurrency.to_string()])
+        .args(["-l", &opts.log_level])
+        .arg("--disable-hot-restart")
+        .current_dir(repo())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        // stderr, unlike --log-path, is written line by line: tests read it at once.
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    for (k, v) in &opts.env {
+        cmd.env(k, v);
+    }
+    (cmd.spawn().unwrap(), log_path)
+}
+
+impl Envoy {
+    /// Starts Envoy and waits for admin `/ready`; `None` when Envoy is not
+    /// installed (outside CI).
+    pub fn start(opts: EnvoyOpts) -> Option<Envoy> {
+        envoy_bin()?;
+        let dir = TempDir::new("envoy");
+        let (port, admin) = (free_port(), free_port());
+        let (child, log_path) = spawn_envoy(&opts, &dir, port, admin);
+        let mut e = Envoy {
+            port,
+            admin,
+            child,
+            log_path,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(Some(status)) = e.child.try_wait() {
+                panic!("Envoy exited early ({status}):\n{}", e.log());
+            }
+            if TcpStream::connect(("127.0.0.1", admin)).is_ok()
+                && http1(admin, "GET", "/ready", &[], b"").status == 200
+            {
+                return Some(e);
+            }
+            if Instant::now() > deadline {
+                let _ = e.child.kill();
+                panic!("Envoy not ready in time:\n{}", e.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs Envoy with a config that must be refused; returns its exit status
+    /// and log. `None` when Envoy is not installed (outside CI).
+    pub fn expect_failure(opts: EnvoyOpts) -> Option<(ExitStatus, String)> {
+        envoy_bin()?;
+        let dir = TempDir::new("bad");
+        let (mut child, log_path) = spawn_envoy(&opts, &dir, free_port(), free_port());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some((
+                    status,
+                    std::fs::read_to_string(&log_path).unwrap_or_default(),
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("Envoy accepted a bad config and kept running:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> String {
+        String::from_utf8_lossy(&http1(self.admin, "GET", "/stats/prometheus", &[], b"").body)
+            .into_owned()
+    }
+
+    /// The value of a Prometheus counter line `name{} N` (0 if absent).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.stats()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{name}{{}} "))
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn post(&self, content_type: &str, body: &[u8]) -> Response {
+        http1(
+            self.port,
+            "POST",
+            "/callback",
+            &[("content-type", content_type)],
+            body,
+        )
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "===== Envoy log =====\n{}\n===== end of Envoy log =====",
+                self.log()
+            );
+        }
+    }
+}
+
+// ---- HTTP clients (127.0.0.1 only) ------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The `Error.Code` of a rejection body.
+    pub fn code(&self) -> String {
+        self.json()["Error"]["Code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// One HTTP/1.1 request with a content-length, on a fresh connection.
+pub fn http1(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    http1_raw(port, &bytes)
+}
+
+/// A chunked HTTP/1.1 request: the body goes out in `pieces`, with pauses.
+pub fn http1_chunked(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    pieces: &[&[u8]],
+    pause: Duration,
+) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut head = format!("POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ntransfer-encoding: chunked\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    for p in pieces {
+        std::thread::sleep(pause);
+        s.write_all(format!("{:x}\r\n", p.len()).as_bytes())
+            .unwrap();
+        s.write_all(p).unwrap();
+        s.write_all(b"\r\n").unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    read_response(s)
+}
+
+/// Sends raw bytes and reads the answer (status 0 if none came).
+pub fn http1_raw(port: u16, bytes: &[u8]) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = s.write_all(bytes);
+    read_response(s)
+}
+
+fn read_response(mut s: TcpStream) -> Response {
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse_response(&buf)
+}
+
+fn parse_response(buf: &[u8]) -> Response {
+    let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Response {
+            status: 0,
+            headers: Vec::new(),
+            body: buf.to_vec(),
+        };
+    };
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let raw = &buf[split + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(raw) } else { raw.to_vec() };
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&raw[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&raw[start..(start + size).min(raw.len())]);
+        raw = &raw[(start + size + 2).min(raw.len())..];
+    }
+    out
+}
+
+/// One HTTP/2 request over cleartext (prior knowledge), the body sent as the
+/// given DATA frames, optionally followed by trailers.
+pub fn http2(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    frames: &[&[u8]],
+    trailers: Option<&[(&str, &str)]>,
+) -> Response {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://127.0.0.1:{port}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let no_body = frames.is_empty() && trailers.is_none();
+        let (resp, mut stream) = client.send_request(req.body(()).unwrap(), no_body).unwrap();
+        // Envoy may answer (and reset the stream) before the body is all sent,
+        // as for an oversized body: stop sending then, and read the answer.
+        let mut open = true;
+        for (i, f) in frames.iter().enumerate() {
+            let last = i + 1 == frames.len() && trailers.is_none();
+            if stream
+                .send_data(bytes::Bytes::copy_from_slice(f), last)
+                .is_err()
+            {
+                open = false;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let (Some(t), true) = (trailers, open) {
+            let mut map = http::HeaderMap::new();
+            for (k, v) in t {
+                map.insert(
+                    http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            let _ = stream.send_trailers(map);
+        }
+        let resp = tokio::time::timeout(Duration::from_secs(15), resp)
+            .await
+            .unwrap()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let mut body_stream = resp.into_body();
+        let mut body = Vec::new();
+        while let Some(chunk) = body_stream.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body_stream.flow_control().release_capacity(chunk.len());
+            body.extend_from_slice(&chunk);
+        }
+        Response {
+            status,
+            headers,
+            body,
+        }
+    })
+}
+
+// ---- callbacks -------------------------------------------------------------------
+
+pub const KS_KEY: &str = "e2eKey0123456789";
+
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `(t, k)` for a ks_md5 token.
+pub fn ks_token(key: &str, stream: &str, expires: u64) -> (String, String) {
+    let q = callback_guard::auth::token::sign(
+        callback_guard::config::Scheme::KsMd5,
+        key.as_bytes(),
+        "live",
+        stream,
+        expires,
+    );
+    let (t, k) = q.split_once("&k=").unwrap();
+    (t.trim_start_matches("t=").to_string(), k.to_string())
+}
+
+/// A current KLS new-version callback (the seed's shape) with a ks_md5 token.
+pub fn v2(event: &str, stream: &str, session: Option<&str>, key: &str) -> String {
+    let (t, k) = ks_token(key, stream, now_s() + 600);
+    let time_field = if event == "PubStart" {
+        "PubStartUnixTime"
+    } else {
+        "PubEndUnixTime"
+    };
+    let seq = session
+        .map(|s| format!(",\"Sequence\":\"{s}\""))
+        .unwrap_or_default();
+    format!(
+        r#"{{"Version":"1.0","App":"live","Pubdomain":"push.example.com","Stream":"{stream}","{time_field}":{}000,"NotifyType":"{event}","ClientIp":" ","ClientPort":" ","Node":" "{seq},"PubParam":{{"t":"{t}","k":"{k}"}}}}"#,
+        now_s()
+    )
+}
+
+/// A KLS old-version form callback with the token as extra fields.
+pub fn v1(call: &str, stream: &str, vdoid: &str, key: &str) -> String {
+    let (t, k) = ks_token(key, stream, now_s() + 600);
+    format!("app=live&name={stream}&swfurl=nil&flashver=nil&tcurl=rtmp://push.example.com/live&call={call}&vdoid={vdoid}&t={t}&k={k}")
+}
+
+/// A plugin configuration with a ks_md5 key (inline) and `apps: [live]`.
+pub fn base_config() -> serde_json::Value {
+    serde_json::json!({
+        "apps": ["live"],
+        "push_auth": {"scheme": "ks_md5", "keys": [{"id": "main", "secret": KS_KEY}]},
+    })
+}
