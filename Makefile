@@ -11,7 +11,7 @@ WASM := target/wasm32-wasip1/release/callback_guard.wasm
 
 export ENVOY_BIN
 
-.PHONY: all run test wasm envoy target bins lint fmt size clean
+.PHONY: all run test wasm envoy target bins lint fmt size clean bench bench-envoy
 
 all: wasm bins
 
@@ -52,6 +52,15 @@ run: wasm bins envoy
 
 size: wasm
 	@ls -l $(WASM) | awk '{print "callback_guard.wasm: " $$5 " bytes"}'
+
+# Criterion benches of decide() (ns per call).
+bench:
+	$(CARGO) bench --bench decide
+
+# Bare Envoy vs Envoy + callback-guard vs Envoy + Lua, side by side (< 3 minutes).
+bench-envoy: wasm bins envoy
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(PYTHON) scripts/bench_envoy.py
 
 clean:
 	$(CARGO) clean

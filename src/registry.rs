@@ -7,14 +7,14 @@
 //! rules are written once, here, against the trait.
 //!
 //! Layout: a fixed number of buckets (shared-data keys) chosen by a hash of the
-//! stream. Each bucket holds fixed-size entries: SHA-256 prefixes of the stream
-//! and of the session identity, the peer (client address:port) hash, and the
-//! expiry. Nothing the sender controls is stored verbatim, entries are
+//! stream. Each bucket holds fixed-size entries: 128-bit hashes (xxh3) of the
+//! stream, of the session identity and of the peer (client address:port), and
+//! the expiry. The hash need not resist crafted collisions: streams are named
+//! by signed push URLs, and whoever can mint those can push any stream anyway.
+//! Nothing the sender controls is stored verbatim, entries are
 //! [`ENTRY_BYTES`] each, and every bucket has a cap, so memory is bounded by
 //! `buckets × cap × ENTRY_BYTES` whatever the traffic. Expired entries are
 //! dropped whenever their bucket is written.
-
-use sha2::{Digest, Sha256};
 
 use crate::callback::{Callback, Event};
 use crate::config::DuplicateStreams;
@@ -92,16 +92,14 @@ pub struct Claim {
     explicit: bool,
 }
 
+/// 128-bit hash of length-prefixed parts (so `("ab","c")` and `("a","bc")` differ).
 fn hash16(parts: &[&[u8]]) -> [u8; 16] {
-    let mut h = Sha256::new();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
     for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
+        h.update(&(p.len() as u64).to_le_bytes());
         h.update(p);
     }
-    let d = h.finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&d[..16]);
-    out
+    h.digest128().to_le_bytes()
 }
 
 impl Claim {

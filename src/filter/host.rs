@@ -50,6 +50,7 @@ pub enum Map {
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_log_level(return_level: *mut u32) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_get_buffer_bytes(
         buffer_type: u32,
@@ -141,6 +142,16 @@ unsafe fn owned(data: *mut u8, size: usize) -> Option<Vec<u8>> {
 pub fn log(level: Level, msg: &str) {
     // SAFETY: pointer and length describe a live &str.
     let _ = unsafe { proxy_log(level as u32, msg.as_ptr(), msg.len()) };
+}
+
+/// The host's current log level for this plugin (Info if it will not say).
+pub fn log_level() -> u32 {
+    let mut level = Level::Info as u32;
+    // SAFETY: the host writes one u32 through the pointer.
+    match ok(unsafe { proxy_get_log_level(&mut level) }) {
+        Ok(()) => level,
+        Err(_) => Level::Info as u32,
+    }
 }
 
 /// Host wall clock, Unix seconds (0 if the host refuses).

@@ -87,6 +87,9 @@ impl Metrics {
 struct Plugin {
     config: Config,
     metrics: Metrics,
+    /// Envoy's log level when the plugin was configured: forwards are logged
+    /// only at debug, so the line is not even formatted otherwise.
+    log_forwards: bool,
 }
 
 /// One request.
@@ -223,6 +226,7 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
             let plugin = Rc::new(Plugin {
                 config,
                 metrics: Metrics::define(),
+                log_forwards: host::log_level() <= Level::Debug as u32,
             });
             STATE.with(|s| {
                 if let Ok(mut s) = s.try_borrow_mut() {
@@ -280,18 +284,12 @@ pub extern "C" fn proxy_on_response_headers(
     CONTINUE
 }
 
-#[no_mangle]
-pub extern "C" fn proxy_on_log(context_id: u32) {
-    with_stream(context_id, (), Stream::on_end);
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_done(_context_id: u32) -> u32 {
-    1
-}
-
+/// The context is gone: the request is over. `proxy_on_log` and
+/// `proxy_on_done` are deliberately not exported (Envoy then skips them), so
+/// end-of-request work happens here.
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
+    with_stream(context_id, (), Stream::on_end);
     STATE.with(|s| {
         if let Ok(mut s) = s.try_borrow_mut() {
             s.streams.remove(&context_id);
@@ -499,16 +497,18 @@ impl Stream {
                     }
                 }
                 self.reservation = f.reservation;
-                host::log(
-                    Level::Debug,
-                    &format!(
-                        "callback-guard forwarded: format={} event={} app={} stream={}",
-                        f.format.as_str(),
-                        f.event.as_str(),
-                        crate::callback::printable(&f.app),
-                        crate::callback::printable(&f.stream)
-                    ),
-                );
+                if self.plugin.log_forwards {
+                    host::log(
+                        Level::Debug,
+                        &format!(
+                            "callback-guard forwarded: format={} event={} app={} stream={}",
+                            f.format.as_str(),
+                            f.event.as_str(),
+                            crate::callback::printable(&f.app),
+                            crate::callback::printable(&f.stream)
+                        ),
+                    );
+                }
                 CONTINUE
             }
         }
