@@ -1,37 +1,134 @@
 //! `callback-receiver`: the demo and test upstream behind Envoy.
 //!
-//! It prints every callback it receives (with the `x-callback-guard-*`
-//! headers) and records it, so tests can assert what reached the upstream.
-//! Plain HTTP/1.1 over std, no runtime and no C dependencies, so it also
-//! builds as a static musl binary.
+//! It prints every callback it receives (method, path, the
+//! `x-callback-guard-*` headers and the body) and records it in memory, so
+//! tests can assert exactly what reached the upstream.
 //!
-//! - any request: recorded, printed, answered `200 {"ok":true}`, or with the
-//!   status named by an `x-receiver-status` header;
-//! - `GET /__received`: the recorded requests as JSON;
+//! ```text
+//! callback-receiver [--listen 127.0.0.1:8080] [--quiet]
+//! ```
+//!
+//! - any request except the control endpoints is a callback: recorded,
+//!   printed (unless `--quiet`) and answered `200 {"ok":true}`. A request
+//!   header `x-receiver-status: NNN` (200..=599) makes it answer that status
+//!   instead, and `x-receiver-delay-ms: N` (at most 30000) delays the answer;
+//! - `GET /__received`: the recorded requests, as a JSON array of
+//!   `{"method","path","headers":[[name,value],..],"trailers":[..],"body_b64"}`
+//!   (header names in lower case, body in standard base64);
 //! - `DELETE /__received`: forget them;
 //! - `GET /__health`: `ok`.
+//!
+//! Hand-written HTTP/1.1 over std (a thread per connection, keep-alive,
+//! `content-length` and chunked request bodies, `expect: 100-continue`), no
+//! async runtime and no C dependencies, so it also builds as a static musl
+//! binary. Malformed requests get a 4xx answer and the connection is closed;
+//! nothing a client sends can make it panic.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use base64::Engine as _;
 
-/// Largest request body accepted (callbacks are small).
-const MAX_BODY: usize = 8 * 1024 * 1024;
-/// Largest request head accepted.
-const MAX_HEAD_LINES: usize = 200;
+/// Largest request body accepted (callbacks are small; tests send a few MB at most).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Longest request line, header line or chunk-size line.
+const MAX_LINE: usize = 16 * 1024;
+/// Most header (or trailer) lines in one request.
+const MAX_HEADERS: usize = 256;
+/// Most connections served at once; more are answered 503 and closed.
+const MAX_CONNECTIONS: usize = 1024;
+/// Once a request has started, each read must make progress within this time.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound of `x-receiver-delay-ms`.
+const MAX_DELAY_MS: u64 = 30_000;
+/// Largest number of recorded requests kept (the oldest are dropped).
+const MAX_RECORDED: usize = 100_000;
 
-#[derive(Clone)]
-struct Recorded {
+/// Header or trailer fields: lower-case name, value.
+type Fields = Vec<(String, String)>;
+
+/// One request as it was received.
+#[derive(Clone, Debug)]
+struct Request {
     method: String,
-    path: String,
+    target: String,
+    /// `true` for HTTP/1.1, `false` for HTTP/1.0.
+    http11: bool,
     headers: Vec<(String, String)>,
+    trailers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
-type Log = Arc<Mutex<Vec<Recorded>>>;
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+
+    /// The path without the query string.
+    fn path_only(&self) -> &str {
+        self.target.split('?').next().unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    recorded: Mutex<Vec<Request>>,
+    connections: AtomicUsize,
+    quiet: bool,
+}
+
+impl State {
+    fn recorded(&self) -> MutexGuard<'_, Vec<Request>> {
+        // A poisoned lock only means another thread panicked while holding
+        // it; the data (a list) is still usable.
+        self.recorded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why reading a request stopped.
+#[derive(Debug)]
+enum ReadError {
+    /// The peer closed the connection (or went idle) between requests.
+    Closed,
+    /// An I/O error or timeout: the connection is dropped without an answer.
+    Io,
+    /// A malformed request: answered with this status, then closed.
+    Bad(u16, &'static str),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(_: io::Error) -> Self {
+        ReadError::Io
+    }
+}
+
+/// What to answer.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: body.into(),
+        }
+    }
+
+    fn text(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain",
+            body: body.as_bytes().to_vec(),
+        }
+    }
+}
 
 fn main() {
     let mut listen = "127.0.0.1:8080".to_string();
@@ -41,10 +138,17 @@ fn main() {
         match a.as_str() {
             "--listen" => match args.next() {
                 Some(v) => listen = v,
-                None => usage(),
+                None => usage(2),
             },
-            "--quiet" => quiet = true,
-            _ => usage(),
+            "--quiet" | "-q" => quiet = true,
+            "--help" | "-h" => usage(0),
+            other => match other.strip_prefix("--listen=") {
+                Some(v) => listen = v.to_string(),
+                None => {
+                    eprintln!("callback-receiver: unknown argument {other:?}");
+                    usage(2)
+                }
+            },
         }
     }
     let listener = match TcpListener::bind(&listen) {
@@ -54,112 +158,221 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("callback-receiver listening on {listen}");
-    let log: Log = Arc::new(Mutex::new(Vec::new()));
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or(listen);
+    say(&format!("callback-receiver listening on {bound}\n"));
+    let state = Arc::new(State {
+        quiet,
+        ..State::default()
+    });
     for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        let log = log.clone();
-        std::thread::spawn(move || {
-            let _ = serve(conn, &log, quiet);
-        });
+        let conn = match conn {
+            Ok(c) => c,
+            Err(_) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        accept(conn, &state);
     }
 }
 
-fn usage() -> ! {
+fn usage(code: i32) -> ! {
     eprintln!("usage: callback-receiver [--listen 127.0.0.1:8080] [--quiet]");
-    std::process::exit(2);
+    std::process::exit(code);
 }
 
-/// Serves one keep-alive connection until the peer closes it.
-fn serve(conn: TcpStream, log: &Log, quiet: bool) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+/// Writes to stdout without ever panicking (a closed stdout is ignored).
+fn say(text: &str) {
+    let stdout = io::stdout();
+    let mut lock = stdout.lock();
+    let _ = lock.write_all(text.as_bytes());
+    let _ = lock.flush();
+}
+
+/// Counts a live connection; the count drops with the guard.
+struct ConnGuard(Arc<State>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn accept(mut conn: TcpStream, state: &Arc<State>) {
+    if state.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+        state.connections.fetch_sub(1, Ordering::SeqCst);
+        let _ = write_reply(
+            &mut conn,
+            &Reply::text(503, "too many connections\n"),
+            false,
+            true,
+        );
+        return;
+    }
+    let guard = ConnGuard(state.clone());
+    let spawned = std::thread::Builder::new()
+        .name("conn".into())
+        .spawn(move || {
+            let _ = serve(conn, &guard.0);
+            drop(guard);
+        });
+    if spawned.is_err() {
+        // The closure (and with it the guard and the socket) was dropped.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Serves one connection: requests one after the other until the peer
+/// closes it, asks for `connection: close`, or sends something malformed.
+fn serve(conn: TcpStream, state: &State) -> io::Result<()> {
+    let _ = conn.set_nodelay(true);
     let mut out = conn.try_clone()?;
     let mut rd = BufReader::new(conn);
     loop {
-        let Some(req) = read_request(&mut rd)? else {
-            return Ok(());
+        // Idle between requests: wait as long as the peer keeps the
+        // connection (Envoy pools upstream connections for a long time).
+        rd.get_ref().set_read_timeout(None)?;
+        match rd.fill_buf() {
+            Ok([]) | Err(_) => return Ok(()),
+            Ok(_) => {}
+        }
+        rd.get_ref().set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        let req = match read_request(&mut rd, &mut out) {
+            Ok(r) => r,
+            Err(ReadError::Closed) | Err(ReadError::Io) => return Ok(()),
+            Err(ReadError::Bad(status, why)) => {
+                let body = format!("{{\"ok\":false,\"error\":\"{why}\"}}");
+                let _ = write_reply(&mut out, &Reply::json(status, body), false, true);
+                return Ok(());
+            }
         };
-        let close =
-            header(&req.headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let (status, ctype, body) = respond(&req, log, quiet);
-        let head = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{}\r\n",
-            reason(status),
-            body.len(),
-            if close { "connection: close\r\n" } else { "" }
-        );
-        out.write_all(head.as_bytes())?;
-        out.write_all(&body)?;
-        out.flush()?;
+        let close = wants_close(&req);
+        let reply = respond(&req, state);
+        write_reply(&mut out, &reply, req.method == "HEAD", close)?;
         if close {
             return Ok(());
         }
     }
 }
 
-fn respond(req: &Recorded, log: &Log, quiet: bool) -> (u16, &'static str, Vec<u8>) {
-    match (req.method.as_str(), req.path.as_str()) {
-        ("GET", "/__health") => (200, "text/plain", b"ok\n".to_vec()),
-        ("GET", "/__received") => {
-            let list: Vec<serde_json::Value> = log
-                .lock()
-                .map(|l| l.clone())
-                .unwrap_or_default()
-                .iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "method": r.method,
-                        "path": r.path,
-                        "headers": r.headers,
-                        "body_b64": base64::engine::general_purpose::STANDARD.encode(&r.body),
-                    })
-                })
-                .collect();
-            (
-                200,
-                "application/json",
-                serde_json::Value::Array(list).to_string().into_bytes(),
-            )
+/// Whether the connection ends after this request's answer.
+fn wants_close(req: &Request) -> bool {
+    let tokens: Vec<String> = req
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "connection")
+        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    if tokens.iter().any(|t| t == "close") {
+        return true;
+    }
+    !req.http11 && !tokens.iter().any(|t| t == "keep-alive")
+}
+
+fn write_reply(out: &mut TcpStream, reply: &Reply, head_only: bool, close: bool) -> io::Result<()> {
+    let mut msg = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n{}\r\n",
+        reply.status,
+        reason(reply.status),
+        reply.content_type,
+        reply.body.len(),
+        if close { "connection: close\r\n" } else { "" },
+    )
+    .into_bytes();
+    if !head_only {
+        msg.extend_from_slice(&reply.body);
+    }
+    out.write_all(&msg)?;
+    out.flush()
+}
+
+fn respond(req: &Request, state: &State) -> Reply {
+    match (req.path_only(), req.method.as_str()) {
+        ("/__health", "GET" | "HEAD") => Reply::text(200, "ok\n"),
+        ("/__received", "GET" | "HEAD") => {
+            let list: Vec<serde_json::Value> = state.recorded().iter().map(to_json).collect();
+            Reply::json(200, serde_json::Value::Array(list).to_string())
         }
-        ("DELETE", "/__received") => {
-            if let Ok(mut l) = log.lock() {
-                l.clear();
-            }
-            (200, "application/json", b"{\"ok\":true}".to_vec())
+        ("/__received", "DELETE") => {
+            state.recorded().clear();
+            Reply::json(200, "{\"ok\":true}")
         }
-        _ => {
-            if !quiet {
-                print_callback(req);
-            }
-            if let Ok(mut l) = log.lock() {
-                l.push(req.clone());
-            }
-            let status = header(&req.headers, "x-receiver-status")
-                .and_then(|s| s.trim().parse::<u16>().ok())
-                .filter(|s| (200..600).contains(s))
-                .unwrap_or(200);
-            (
-                status,
-                "application/json",
-                format!("{{\"ok\":{}}}", status < 300).into_bytes(),
-            )
-        }
+        ("/__health" | "/__received", _) => Reply::json(405, "{\"ok\":false}"),
+        _ => callback(req, state),
     }
 }
 
-fn print_callback(req: &Recorded) {
-    let mut s = format!("--- callback: {} {}\n", req.method, req.path);
-    for (k, v) in &req.headers {
-        if k.starts_with("x-callback-guard") || k == "content-type" {
+fn callback(req: &Request, state: &State) -> Reply {
+    if !state.quiet {
+        say(&describe(req));
+    }
+    {
+        let mut recorded = state.recorded();
+        if recorded.len() >= MAX_RECORDED {
+            recorded.remove(0);
+        }
+        recorded.push(req.clone());
+    }
+    if let Some(ms) = req
+        .header("x-receiver-delay-ms")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms.min(MAX_DELAY_MS)));
+    }
+    let status = req
+        .header("x-receiver-status")
+        .and_then(|v| v.trim().parse::<u16>().ok())
+        .filter(|s| (200..=599).contains(s))
+        .unwrap_or(200);
+    Reply::json(status, format!("{{\"ok\":{}}}", status < 300))
+}
+
+/// The human-readable block printed for one callback.
+fn describe(req: &Request) -> String {
+    let mut s = format!(
+        "--- {} {} ({} body bytes)\n",
+        req.method,
+        req.target,
+        req.body.len()
+    );
+    for (k, v) in req.headers.iter().chain(&req.trailers) {
+        if k.starts_with("x-callback-guard-") || k == "content-type" {
             s.push_str(&format!("{k}: {v}\n"));
         }
     }
-    s.push_str(&String::from_utf8_lossy(&req.body));
-    s.push('\n');
-    let stdout = std::io::stdout();
-    let mut lock = stdout.lock();
-    let _ = lock.write_all(s.as_bytes());
-    let _ = lock.flush();
+    let body = String::from_utf8_lossy(&req.body);
+    s.push_str(&body);
+    if !body.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+fn to_json(r: &Request) -> serde_json::Value {
+    use serde_json::Value;
+    let pairs = |list: &[(String, String)]| {
+        Value::Array(
+            list.iter()
+                .map(|(k, v)| {
+                    Value::Array(vec![Value::String(k.clone()), Value::String(v.clone())])
+                })
+                .collect(),
+        )
+    };
+    let mut m = serde_json::Map::new();
+    m.insert("method".into(), Value::String(r.method.clone()));
+    m.insert("path".into(), Value::String(r.target.clone()));
+    m.insert("headers".into(), pairs(&r.headers));
+    m.insert("trailers".into(), pairs(&r.trailers));
+    m.insert(
+        "body_b64".into(),
+        Value::String(base64::engine::general_purpose::STANDARD.encode(&r.body)),
+    );
+    Value::Object(m)
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -169,104 +382,244 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn bad(msg: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
+// ---- HTTP/1.1 request parsing ------------------------------------------------------
+
+/// Reads one line (up to `\n`), at most `MAX_LINE` bytes, without the line
+/// ending. `Ok(None)` on a clean end of stream before any byte.
+fn read_line(rd: &mut BufReader<TcpStream>) -> Result<Option<Vec<u8>>, ReadError> {
+    let mut buf = Vec::new();
+    let limit = (MAX_LINE + 2) as u64;
+    rd.by_ref().take(limit).read_until(b'\n', &mut buf)?;
+    if buf.last() != Some(&b'\n') {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        if buf.len() as u64 >= limit {
+            return Err(ReadError::Bad(431, "line too long"));
+        }
+        return Err(ReadError::Io); // closed in the middle of a line
+    }
+    buf.pop();
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Some(buf))
 }
 
-/// Reads one request; `None` when the peer closed the connection first.
-fn read_request(rd: &mut BufReader<TcpStream>) -> std::io::Result<Option<Recorded>> {
-    let mut line = String::new();
-    if rd.read_line(&mut line)? == 0 {
-        return Ok(None);
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Reads header (or trailer) lines up to the empty line.
+fn read_fields(rd: &mut BufReader<TcpStream>) -> Result<Fields, ReadError> {
+    let mut fields = Vec::new();
+    loop {
+        let Some(line) = read_line(rd)? else {
+            return Err(ReadError::Io);
+        };
+        if line.is_empty() {
+            return Ok(fields);
+        }
+        if fields.len() >= MAX_HEADERS {
+            return Err(ReadError::Bad(431, "too many header fields"));
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            return Err(ReadError::Bad(400, "obsolete line folding"));
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Err(ReadError::Bad(400, "header line without a colon"));
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err(ReadError::Bad(400, "bad header name"));
+        }
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        let value = String::from_utf8_lossy(value)
+            .trim_matches([' ', '\t'])
+            .to_string();
+        fields.push((name, value));
     }
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
-        return Err(bad("bad request line"));
+}
+
+/// Reads one whole request, body included. Answers `100 Continue` on `out`
+/// when the client asks for it.
+fn read_request(rd: &mut BufReader<TcpStream>, out: &mut TcpStream) -> Result<Request, ReadError> {
+    // A few empty lines before the request line are tolerated (RFC 9112 2.2).
+    let mut line = None;
+    for _ in 0..4 {
+        match read_line(rd)? {
+            None => return Err(ReadError::Closed),
+            Some(l) if l.is_empty() => continue,
+            Some(l) => {
+                line = Some(l);
+                break;
+            }
+        }
+    }
+    let Some(line) = line else {
+        return Err(ReadError::Bad(400, "no request line"));
     };
-    let (method, path) = (method.to_string(), path.to_string());
-    let mut headers = Vec::new();
-    for _ in 0..MAX_HEAD_LINES {
-        let mut h = String::new();
-        if rd.read_line(&mut h)? == 0 {
-            return Err(bad("connection closed in headers"));
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ReadError::Bad(400, "bad request line"));
+    };
+    if method.is_empty() || !method.bytes().all(is_tchar) {
+        return Err(ReadError::Bad(400, "bad method"));
+    }
+    if target.is_empty() || target.bytes().any(|b| b.is_ascii_control()) {
+        return Err(ReadError::Bad(400, "bad request target"));
+    }
+    let http11 = match version {
+        "HTTP/1.1" => true,
+        "HTTP/1.0" => false,
+        v if v.starts_with("HTTP/") => {
+            return Err(ReadError::Bad(505, "HTTP version not supported"))
         }
-        let h = h.trim_end_matches(['\r', '\n']);
-        if h.is_empty() {
-            let body = read_body(rd, &headers)?;
-            return Ok(Some(Recorded {
-                method,
-                path,
-                headers,
-                body,
-            }));
+        _ => return Err(ReadError::Bad(400, "bad HTTP version")),
+    };
+    let headers = read_fields(rd)?;
+    let mut req = Request {
+        method: method.to_string(),
+        target: target.to_string(),
+        http11,
+        headers,
+        trailers: Vec::new(),
+        body: Vec::new(),
+    };
+
+    let te: Vec<String> = req
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "transfer-encoding")
+        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .filter(|t| !t.is_empty())
+        .collect();
+    let lengths: Vec<&str> = req
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "content-length")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .collect();
+    let chunked = match te.last().map(String::as_str) {
+        None => false,
+        Some(_) if !lengths.is_empty() => {
+            return Err(ReadError::Bad(
+                400,
+                "both transfer-encoding and content-length",
+            ))
         }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        Some(_) if !http11 => return Err(ReadError::Bad(400, "transfer-encoding in HTTP/1.0")),
+        Some("chunked") if te.iter().filter(|t| *t == "chunked").count() == 1 => true,
+        Some(_) => return Err(ReadError::Bad(501, "unsupported transfer-encoding")),
+    };
+    let length = if chunked || lengths.is_empty() {
+        0
+    } else {
+        let mut value = None;
+        for l in &lengths {
+            if l.is_empty() || !l.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ReadError::Bad(400, "bad content-length"));
+            }
+            let n = l.parse::<u64>().unwrap_or(u64::MAX);
+            if value.is_some_and(|v| v != n) {
+                return Err(ReadError::Bad(400, "conflicting content-length"));
+            }
+            value = Some(n);
+        }
+        let n = value.unwrap_or(0);
+        if n > MAX_BODY as u64 {
+            return Err(ReadError::Bad(413, "body too large"));
+        }
+        n as usize
+    };
+
+    let expects_body = chunked || length > 0;
+    let expect = req.header("expect").map(str::to_ascii_lowercase);
+    if let Some(e) = expect {
+        if e != "100-continue" {
+            return Err(ReadError::Bad(417, "unsupported expectation"));
+        }
+        if http11 && expects_body {
+            out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            out.flush()?;
         }
     }
-    Err(bad("too many header lines"))
+
+    if chunked {
+        let (body, trailers) = read_chunked(rd)?;
+        req.body = body;
+        req.trailers = trailers;
+    } else if length > 0 {
+        let mut body = vec![0u8; length];
+        rd.read_exact(&mut body)?;
+        req.body = body;
+    }
+    Ok(req)
 }
 
-fn read_body(
-    rd: &mut BufReader<TcpStream>,
-    headers: &[(String, String)],
-) -> std::io::Result<Vec<u8>> {
-    let chunked = header(headers, "transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    if chunked {
-        let mut body = Vec::new();
-        loop {
-            let mut size_line = String::new();
-            rd.read_line(&mut size_line)?;
-            let size_hex = size_line.trim().split(';').next().unwrap_or_default();
-            let size = usize::from_str_radix(size_hex, 16).map_err(|_| bad("bad chunk size"))?;
-            if body.len() + size > MAX_BODY {
-                return Err(bad("body too large"));
-            }
-            if size == 0 {
-                // Trailers, if any, end with an empty line.
-                loop {
-                    let mut t = String::new();
-                    if rd.read_line(&mut t)? == 0 || t.trim().is_empty() {
-                        return Ok(body);
-                    }
-                }
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            rd.read_exact(&mut body[start..])?;
-            let mut crlf = [0u8; 2];
-            rd.read_exact(&mut crlf)?;
+/// A chunked body and its trailers.
+fn read_chunked(rd: &mut BufReader<TcpStream>) -> Result<(Vec<u8>, Fields), ReadError> {
+    let mut body = Vec::new();
+    loop {
+        let Some(line) = read_line(rd)? else {
+            return Err(ReadError::Io);
+        };
+        let line = String::from_utf8_lossy(&line).into_owned();
+        let hex = line.split(';').next().unwrap_or_default().trim();
+        if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ReadError::Bad(400, "bad chunk size"));
+        }
+        let size =
+            u64::from_str_radix(hex, 16).map_err(|_| ReadError::Bad(400, "bad chunk size"))?;
+        if size == 0 {
+            let trailers = read_fields(rd)?;
+            return Ok((body, trailers));
+        }
+        if size > (MAX_BODY - body.len()) as u64 {
+            return Err(ReadError::Bad(413, "body too large"));
+        }
+        let start = body.len();
+        body.resize(start + size as usize, 0);
+        rd.read_exact(&mut body[start..])?;
+        let mut crlf = [0u8; 2];
+        rd.read_exact(&mut crlf)?;
+        if &crlf != b"\r\n" {
+            return Err(ReadError::Bad(400, "chunk not followed by CRLF"));
         }
     }
-    let len = header(headers, "content-length")
-        .map(|v| {
-            v.trim()
-                .parse::<usize>()
-                .map_err(|_| bad("bad content-length"))
-        })
-        .transpose()?
-        .unwrap_or(0);
-    if len > MAX_BODY {
-        return Err(bad("body too large"));
-    }
-    let mut body = vec![0u8; len];
-    rd.read_exact(&mut body)?;
-    Ok(body)
 }
 
 fn reason(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         200 => "OK",
         201 => "Created",
+        202 => "Accepted",
         204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
         _ => "Status",
     }
 }
