@@ -28,7 +28,7 @@ trap cleanup INT TERM EXIT
 
 "$RECEIVER" --listen 127.0.0.1:8080 &
 pids+=($!)
-"$ENVOY_BIN" -c envoy/envoy.yaml --concurrency 2 -l info --base-id 7 \
+"$ENVOY_BIN" -c envoy/envoy.yaml --concurrency 2 -l info --disable-hot-restart \
   --log-path /tmp/callback-guard-envoy.log &
 pids+=($!)
 
