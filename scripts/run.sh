@@ -29,7 +29,7 @@ trap cleanup INT TERM EXIT
 "$RECEIVER" --listen 127.0.0.1:8080 &
 pids+=($!)
 "$ENVOY_BIN" -c envoy/envoy.yaml --concurrency 2 -l info --disable-hot-restart \
-  --log-path /tmp/callback-guard-envoy.log &
+  --log-path /tmp/callback-guard-envoy.log --file-flush-interval-msec 100 &
 pids+=($!)
 
 for _ in $(seq 1 100); do
