@@ -7,10 +7,12 @@
 //! rules are written once, here, against the trait.
 //!
 //! Layout: a fixed number of buckets (shared-data keys) chosen by a hash of the
-//! stream. Each bucket holds fixed-size entries: 128-bit hashes (xxh3) of the
-//! stream, of the session identity and of the peer (client address:port), and
-//! the expiry. The hash need not resist crafted collisions: streams are named
-//! by signed push URLs, and whoever can mint those can push any stream anyway.
+//! stream. Each bucket holds fixed-size entries: 128-bit hashes of the stream,
+//! of the session identity and of the peer (client address:port), and the
+//! expiry. The hash is two SipHash-1-3 passes with fixed keys (std's
+//! `DefaultHasher`, the same in every worker running the same module, and
+//! already in the module). It need not resist crafted collisions: streams are
+//! named by signed push URLs, and whoever can mint those can push any stream.
 //! Nothing the sender controls is stored verbatim, entries are
 //! [`ENTRY_BYTES`] each, and every bucket has a cap, so memory is bounded by
 //! `buckets × cap × ENTRY_BYTES` whatever the traffic. Expired entries are
@@ -26,7 +28,7 @@ pub const MAX_BUCKETS: usize = 1024;
 /// Compare-and-swap attempts before giving up on a contended bucket.
 pub const CAS_RETRIES: usize = 16;
 /// Prefix of the shared-data keys.
-const KEY_PREFIX: &str = "callback_guard.registry.";
+const KEY_PREFIX: &str = "callback_guard.registry.v1.";
 
 /// Key/value store with compare-and-swap, shaped after proxy-wasm shared data.
 pub trait SharedStore {
@@ -94,12 +96,20 @@ pub struct Claim {
 
 /// 128-bit hash of length-prefixed parts (so `("ab","c")` and `("a","bc")` differ).
 fn hash16(parts: &[&[u8]]) -> [u8; 16] {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for p in parts {
-        h.update(&(p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    h.digest128().to_le_bytes()
+    use std::hash::Hasher;
+    let half = |seed: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write_u8(seed);
+        for p in parts {
+            h.write_u64(p.len() as u64);
+            h.write(p);
+        }
+        h.finish().to_le_bytes()
+    };
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&half(1));
+    out[8..].copy_from_slice(&half(2));
+    out
 }
 
 impl Claim {
