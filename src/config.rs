@@ -40,9 +40,22 @@ pub struct ConfigError {
 impl ConfigError {
     fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
         ConfigError {
-            key: key.into(),
-            problem: problem.into(),
+            key: one_line(key.into()),
+            problem: one_line(problem.into()),
         }
+    }
+}
+
+/// Messages quote configuration text (key ids, names, serde's view of a
+/// value); control characters become `?` so that the problem list stays one
+/// log line whatever the configuration holds.
+fn one_line(s: String) -> String {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    } else {
+        s
     }
 }
 

@@ -83,6 +83,30 @@ struct Raw {
     sequence: Option<Scalar>,
     /// The first core field seen twice.
     duplicate: Option<&'static str>,
+    /// Core fields also named by a key that differs only in case.
+    variants: Vec<&'static str>,
+}
+
+impl Raw {
+    fn has(&self, name: &str) -> bool {
+        match name {
+            "Version" => self.version.is_some(),
+            "App" => self.app.is_some(),
+            "Pubdomain" => self.pubdomain.is_some(),
+            "Stream" => self.stream.is_some(),
+            "PubStartUnixTime" => self.start_time.is_some(),
+            "PubEndUnixTime" => self.end_time.is_some(),
+            "NotifyType" => self.notify_type.is_some(),
+            "PubParam" => self.pub_param.is_some(),
+            "ClientIp" => self.client_ip.is_some(),
+            "ClientPort" => self.client_port.is_some(),
+            "Node" => self.node.is_some(),
+            "PubEndMessage" => self.end_message.is_some(),
+            "UniqueName" => self.unique_name.is_some(),
+            "Sequence" => self.sequence.is_some(),
+            _ => false,
+        }
+    }
 }
 
 /// `PubParam`: an object, or a JSON-encoded string holding one.
@@ -108,7 +132,51 @@ enum Field {
     EndMessage,
     UniqueName,
     Sequence,
+    /// A key that is not a core field's name but matches one when case is
+    /// folded, as Go's encoding/json (and other case-insensitive readers) do.
+    Variant(&'static str),
     Other,
+}
+
+/// The core fields' names.
+const CORE_FIELDS: [&str; 14] = [
+    "Version",
+    "App",
+    "Pubdomain",
+    "Stream",
+    "PubStartUnixTime",
+    "PubEndUnixTime",
+    "NotifyType",
+    "PubParam",
+    "ClientIp",
+    "ClientPort",
+    "Node",
+    "PubEndMessage",
+    "UniqueName",
+    "Sequence",
+];
+
+/// True when `key` equals the ASCII name `field` under case folding, with the
+/// two non-ASCII letters that fold onto ASCII (`ſ` → s, Kelvin `K` → k).
+fn folds_to(key: &str, field: &str) -> bool {
+    let mut a = key.chars();
+    let mut b = field.bytes();
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(c), Some(f)) => {
+                let c = match c {
+                    '\u{17F}' => 's',
+                    '\u{212A}' => 'k',
+                    c => c.to_ascii_lowercase(),
+                };
+                if c != char::from(f.to_ascii_lowercase()) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
 }
 
 impl Field {
@@ -128,7 +196,10 @@ impl Field {
             "PubEndMessage" => Field::EndMessage,
             "UniqueName" => Field::UniqueName,
             "Sequence" => Field::Sequence,
-            _ => Field::Other,
+            _ => CORE_FIELDS
+                .iter()
+                .find(|f| folds_to(s, f))
+                .map_or(Field::Other, |f| Field::Variant(f)),
         }
     }
 }
@@ -287,10 +358,19 @@ impl<'de> Visitor<'de> for RawVisitor {
                 Field::EndMessage => slot!(end_message, "PubEndMessage", Scalar),
                 Field::UniqueName => slot!(unique_name, "UniqueName", Scalar),
                 Field::Sequence => slot!(sequence, "Sequence", Scalar),
+                Field::Variant(name) => {
+                    map.next_value::<Skip>()?;
+                    raw.variants.push(name);
+                }
                 Field::Other => {
                     map.next_value::<Skip>()?;
                 }
             }
+        }
+        // `Stream` and `stream` in one body: exact readers take one, readers
+        // that fold case may take the other. Refuse like a duplicate.
+        if let Some(v) = raw.variants.iter().copied().find(|v| raw.has(v)) {
+            raw.duplicate.get_or_insert(v);
         }
         Ok(raw)
     }
@@ -739,6 +819,35 @@ mod tests {
             "\"Stream\":\"test\",\"Stream\":\"other\"",
         ));
         assert_eq!(e, CallbackError::field("Stream", "is given more than once"));
+    }
+
+    #[test]
+    fn a_core_field_named_again_in_another_case_is_refused() {
+        // Go's encoding/json would read the last of these (case-insensitive,
+        // with `ſ` = s and Kelvin `K` = k); serde reads the exact one.
+        for other in [r#""stream":"b""#, r#""STREAM":"b""#, r#""ſtream":"b""#] {
+            let body = SEED_START.replace(r#""Node":" ","#, &format!(r#""Node":" ",{other},"#));
+            assert_eq!(
+                err(&body),
+                CallbackError::field("Stream", "is given more than once"),
+                "{other}"
+            );
+        }
+        let body = SEED_START.replace(r#""Node":" ","#, r#""Node":" ","pubparam":{},"#);
+        assert_eq!(
+            err(&body),
+            CallbackError::field("PubParam", "is given more than once")
+        );
+        let longer = SEED_START.replace(r#""Node":" ","#, r#""Node":" ","Streams":"b","#);
+        assert!(
+            parse_json(longer.as_bytes()).is_ok(),
+            "not a variant: another name"
+        );
+        // A variant alone is just an unknown field; the exact name is still required.
+        let alone = SEED_START.replace(r#""Stream":"test""#, r#""stream":"test""#);
+        assert_eq!(err(&alone), CallbackError::Missing("Stream".into()));
+        let node = SEED_START.replace(r#""Node":" ","#, r#""node":"x","#);
+        assert!(parse_json(node.as_bytes()).is_ok());
     }
 
     #[test]
