@@ -5,7 +5,7 @@
 //! tests can assert exactly what reached the upstream.
 //!
 //! ```text
-//! callback-receiver [--listen 127.0.0.1:8080] [--quiet]
+//! callback-receiver [--listen 127.0.0.1:8080] [--quiet] [--no-store]
 //! ```
 //!
 //! - any request except the control endpoints is a callback: recorded,
@@ -15,7 +15,9 @@
 //! - `GET /__received`: the recorded requests, as a JSON array of
 //!   `{"method","path","headers":[[name,value],..],"trailers":[..],"body_b64"}`
 //!   (header names in lower case, body in standard base64);
-//! - `DELETE /__received`: forget them;
+//! - `DELETE /__received`: forget them (and reset the count);
+//! - `GET /__count`: how many callbacks arrived, as a bare number;
+//! - `--no-store`: count callbacks without recording them (soak runs);
 //! - `GET /__health`: `ok`.
 //!
 //! Hand-written HTTP/1.1 over std (a thread per connection, keep-alive,
@@ -26,7 +28,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -78,6 +80,10 @@ struct State {
     recorded: Mutex<Vec<Request>>,
     connections: AtomicUsize,
     quiet: bool,
+    /// Callbacks received since start or the last `DELETE /__received`.
+    count: AtomicU64,
+    /// `--no-store`: count only, record nothing.
+    no_store: bool,
 }
 
 impl State {
@@ -133,6 +139,7 @@ impl Reply {
 fn main() {
     let mut listen = "127.0.0.1:8080".to_string();
     let mut quiet = false;
+    let mut no_store = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -141,6 +148,7 @@ fn main() {
                 None => usage(2),
             },
             "--quiet" | "-q" => quiet = true,
+            "--no-store" => no_store = true,
             "--help" | "-h" => usage(0),
             other => match other.strip_prefix("--listen=") {
                 Some(v) => listen = v.to_string(),
@@ -165,6 +173,7 @@ fn main() {
     say(&format!("callback-receiver listening on {bound}\n"));
     let state = Arc::new(State {
         quiet,
+        no_store,
         ..State::default()
     });
     for conn in listener.incoming() {
@@ -181,7 +190,7 @@ fn main() {
 }
 
 fn usage(code: i32) -> ! {
-    eprintln!("usage: callback-receiver [--listen 127.0.0.1:8080] [--quiet]");
+    eprintln!("usage: callback-receiver [--listen 127.0.0.1:8080] [--quiet] [--no-store]");
     std::process::exit(code);
 }
 
@@ -299,9 +308,11 @@ fn respond(req: &Request, state: &State) -> Reply {
         }
         ("/__received", "DELETE") => {
             state.recorded().clear();
+            state.count.store(0, Ordering::SeqCst);
             Reply::json(200, "{\"ok\":true}")
         }
-        ("/__health" | "/__received", _) => Reply::json(405, "{\"ok\":false}"),
+        ("/__count", "GET") => Reply::text(200, &state.count.load(Ordering::SeqCst).to_string()),
+        ("/__health" | "/__received" | "/__count", _) => Reply::json(405, "{\"ok\":false}"),
         _ => callback(req, state),
     }
 }
@@ -310,7 +321,8 @@ fn callback(req: &Request, state: &State) -> Reply {
     if !state.quiet {
         say(&describe(req));
     }
-    {
+    state.count.fetch_add(1, Ordering::SeqCst);
+    if !state.no_store {
         let mut recorded = state.recorded();
         if recorded.len() >= MAX_RECORDED {
             recorded.remove(0);

@@ -1,0 +1,1426 @@
+//! End-to-end: an adversarial catalog through one real Envoy.
+//!
+//! Every entry is a named request with the answer it must get. Hostile ones
+//! must be answered at the edge (the filter's status and spec code, or
+//! Envoy's own answer to broken HTTP) and the upstream must see nothing of
+//! them. The reverse entries are unusual but legal callbacks, which must
+//! reach the upstream byte for byte with the verification headers (any
+//! spoofed `x-callback-guard-*` header overwritten or removed).
+//!
+//! One Envoy serves the whole table; every mismatch is collected and
+//! reported at the end, not just the first.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+const JSON: &str = "application/json";
+const FORM: &str = "application/x-www-form-urlencoded";
+const VERIFIED: &str = "format,app,push_token,stream_registry";
+
+/// How a case is sent.
+enum Send {
+    /// One HTTP/1.1 request with a correct content-length.
+    Http1 {
+        method: &'static str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// Raw bytes; `half_close` shuts the write side after sending.
+    Raw { bytes: Vec<u8>, half_close: bool },
+    /// Chunked HTTP/1.1, pieces with pauses.
+    Chunked {
+        headers: Vec<(String, String)>,
+        pieces: Vec<Vec<u8>>,
+        pause_ms: u64,
+        trailers: Vec<(String, String)>,
+    },
+    /// Content-length HTTP/1.1 whose body trickles in pieces.
+    Slow {
+        headers: Vec<(String, String)>,
+        pieces: Vec<Vec<u8>>,
+        pause_ms: u64,
+    },
+    /// HTTP/2 cleartext, the body in the given frames.
+    H2 {
+        headers: Vec<(String, String)>,
+        frames: Vec<Vec<u8>>,
+    },
+}
+
+/// What must come back.
+enum Expect {
+    /// The filter's rejection: status and `Error.Code` in the KLS body.
+    Reject(u16, &'static str),
+    /// A status without a KLS body (HEAD, Envoy's own codec errors).
+    Status(u16),
+    /// No answer: the connection closes without a response.
+    NoAnswer,
+    /// Forwarded byte for byte, with these `x-callback-guard-format` and `-event`.
+    Forward(&'static str, &'static str),
+}
+
+struct Case {
+    name: &'static str,
+    send: Send,
+    expect: Expect,
+}
+
+fn hdrs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn post(name: &'static str, ct: &str, body: impl Into<Vec<u8>>, expect: Expect) -> Case {
+    Case {
+        name,
+        send: Send::Http1 {
+            method: "POST",
+            headers: hdrs(&[("content-type", ct)]),
+            body: body.into(),
+        },
+        expect,
+    }
+}
+
+fn json_case(name: &'static str, body: impl Into<Vec<u8>>, expect: Expect) -> Case {
+    post(name, JSON, body, expect)
+}
+
+fn form_case(name: &'static str, body: impl Into<Vec<u8>>, expect: Expect) -> Case {
+    post(name, FORM, body, expect)
+}
+
+fn bad(code: &'static str) -> Expect {
+    let status = match code {
+        "MethodNotAllowed" => 405,
+        "UnsupportedMediaType" => 415,
+        "PayloadTooLarge" => 413,
+        "AuthencationFailed" => 403,
+        "NonExistApplication" => 404,
+        "ExistStreamName" => 409,
+        _ => 400,
+    };
+    Expect::Reject(status, code)
+}
+
+const INVALID: &str = "InvalidParameterValue";
+const MISSING: &str = "MissingParameter";
+const AUTH: &str = "AuthencationFailed";
+
+/// A valid KLS new-version start for `stream` (own session), as text.
+fn start(stream: &str) -> String {
+    v2("PubStart", stream, Some(&format!("seq-{stream}")), KS_KEY)
+}
+
+/// A valid KLS old-version start for `stream`, as text.
+fn form_start(stream: &str) -> String {
+    v1("user_publish", stream, &format!("vd-{stream}"), KS_KEY)
+}
+
+/// `t` and `k` query for `stream`, valid for ten minutes.
+fn token_query(stream: &str) -> String {
+    let (t, k) = ks_token(KS_KEY, stream, now_s() + 600);
+    format!("t={t}&k={k}")
+}
+
+/// Replaces exactly one occurrence (the test is wrong otherwise).
+fn swap(s: &str, from: &str, to: &str) -> String {
+    assert_eq!(s.matches(from).count(), 1, "`{from}` in {s}");
+    s.replace(from, to)
+}
+
+fn time_field(body: &str) -> String {
+    let i = body.find("\"PubStartUnixTime\":").unwrap() + "\"PubStartUnixTime\":".len();
+    let end = body[i..].find(',').unwrap();
+    body[i..i + end].to_string()
+}
+
+fn nested(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+fn bytes_with(body: &str, from: &str, to: &[u8]) -> Vec<u8> {
+    let i = body.find(from).unwrap();
+    let mut v = body.as_bytes()[..i].to_vec();
+    v.extend_from_slice(to);
+    v.extend_from_slice(&body.as_bytes()[i + from.len()..]);
+    v
+}
+
+fn catalog() -> Vec<Case> {
+    let mut c = Vec::new();
+
+    // ---- JSON syntax, depth and numbers ------------------------------------
+    let b = start("truncated");
+    c.push(json_case(
+        "json truncated in the middle",
+        &b.as_bytes()[..b.len() / 2],
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json missing its closing brace",
+        &b.as_bytes()[..b.len() - 1],
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json nested 10,000 deep in an unknown field",
+        swap(
+            &start("deep1"),
+            "\"Node\":\" \"",
+            &format!("\"Node\":\" \",\"x\":{}", nested(10_000)),
+        ),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json nested 10,000 deep inside PubParam",
+        swap(
+            &start("deep2"),
+            "\"PubParam\":{",
+            &format!("\"PubParam\":{{\"x\":{},", nested(10_000)),
+        ),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json body that is only 10,000 nested arrays",
+        nested(10_000),
+        bad(INVALID),
+    ));
+    let b = start("digits400");
+    let t = time_field(&b);
+    c.push(json_case(
+        "json 400-digit start time",
+        swap(&b, &t, &"9".repeat(400)),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json 400-digit number in an unknown field",
+        swap(
+            &start("digits400b"),
+            "\"Node\":\" \"",
+            &format!("\"Node\":\" \",\"Big\":{}", "1".repeat(400)),
+        ),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json 400-digit string start time",
+        swap(
+            &start("digits400c"),
+            &t,
+            &format!("\"{}\"", "1".repeat(400)),
+        ),
+        bad(INVALID),
+    ));
+    let b = start("float-time");
+    let t = time_field(&b);
+    c.push(json_case(
+        "json float start time",
+        swap(&b, &t, &format!("{t}.0")),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json exponent start time",
+        swap(&b, &t, "1.7e12"),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json negative start time",
+        swap(&b, &t, &format!("-{t}")),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json negative zero start time",
+        swap(&b, &t, "-0"),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json string float start time",
+        swap(&b, &t, &format!("\"{t}.5\"")),
+        bad(INVALID),
+    ));
+    let e = v2("PubEnd", "neg-end", Some("seq-neg-end"), KS_KEY);
+    let i = e.find("\"PubEndUnixTime\":").unwrap() + "\"PubEndUnixTime\":".len();
+    let te = &e[i..i + 13];
+    c.push(json_case(
+        "json negative end time",
+        swap(&e, te, &format!("-{te}")),
+        bad(INVALID),
+    ));
+
+    // ---- encoding: UTF-8, NUL ------------------------------------------------
+    let b = start("utf8");
+    c.push(json_case(
+        "json invalid UTF-8 byte in Stream",
+        bytes_with(&b, "\"Stream\":\"utf8\"", b"\"Stream\":\"ut\xfff8\""),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json overlong UTF-8 slash in Stream",
+        bytes_with(&b, "\"Stream\":\"utf8\"", b"\"Stream\":\"ut\xc0\xaff8\""),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json overlong UTF-8 NUL in Stream",
+        bytes_with(&b, "\"Stream\":\"utf8\"", b"\"Stream\":\"ut\xc0\x80f8\""),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json invalid UTF-8 in an unknown field",
+        bytes_with(
+            &b,
+            "\"Node\":\" \"",
+            b"\"Node\":\" \",\"junk\":\"\xed\xa0\x80\"",
+        ),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json lone surrogate escape in Stream",
+        swap(&b, "\"Stream\":\"utf8\"", "\"Stream\":\"utf8\\ud800\""),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json escaped NUL in Stream",
+        swap(&b, "\"Stream\":\"utf8\"", "\"Stream\":\"utf8\\u0000\""),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json raw NUL byte in Stream",
+        bytes_with(&b, "\"Stream\":\"utf8\"", b"\"Stream\":\"ut\x00f8\""),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json NUL byte after the object",
+        [b.as_bytes(), b"\0"].concat(),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json with a UTF-8 byte-order mark",
+        [b"\xef\xbb\xbf".as_slice(), b.as_bytes()].concat(),
+        bad(INVALID),
+    ));
+
+    // ---- duplicates -----------------------------------------------------------
+    let b = start("dupkey");
+    c.push(json_case(
+        "json duplicate Stream key",
+        swap(&b, "\"Node\":\" \"", "\"Node\":\" \",\"Stream\":\"other\""),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json duplicate NotifyType (start then end)",
+        swap(
+            &b,
+            "\"Node\":\" \"",
+            "\"Node\":\" \",\"NotifyType\":\"PubEnd\"",
+        ),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json Stream again as `stream` (case-folding readers)",
+        swap(&b, "\"Node\":\" \"", "\"Node\":\" \",\"stream\":\"other\""),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json App again as escaped `\\u0041pp`",
+        swap(&b, "\"Node\":\" \"", "\"Node\":\" \",\"\\u0041pp\":\"vod\""),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json PubParam k twice with different values",
+        swap(
+            &b,
+            "\"PubParam\":{",
+            "\"PubParam\":{\"k\":\"0000000000000000\",",
+        ),
+        bad(INVALID),
+    ));
+
+    // ---- not an object ----------------------------------------------------------
+    c.push(json_case("json empty array body", "[]", bad(INVALID)));
+    c.push(json_case(
+        "json array holding a valid callback",
+        format!("[{}]", start("in-array")),
+        bad(INVALID),
+    ));
+    c.push(json_case("json string body", "\"PubStart\"", bad(INVALID)));
+    c.push(json_case("json number body", "42", bad(INVALID)));
+    c.push(json_case("json null body", "null", bad(INVALID)));
+    c.push(json_case("json true body", "true", bad(INVALID)));
+    c.push(json_case("json empty body", "", bad(INVALID)));
+    c.push(json_case("json whitespace body", " \r\n ", bad(INVALID)));
+
+    // ---- the wrong type in each field --------------------------------------------
+    let b = start("types");
+    let t = time_field(&b);
+    for (name, from, to) in [
+        ("json App as a number", "\"App\":\"live\"", "\"App\":1"),
+        ("json App as null", "\"App\":\"live\"", "\"App\":null"),
+        (
+            "json Pubdomain as an array",
+            "\"Pubdomain\":\"push.example.com\"",
+            "\"Pubdomain\":[\"push.example.com\"]",
+        ),
+        (
+            "json Stream as a number",
+            "\"Stream\":\"types\"",
+            "\"Stream\":7",
+        ),
+        (
+            "json Stream as an object",
+            "\"Stream\":\"types\"",
+            "\"Stream\":{}",
+        ),
+        (
+            "json Stream empty",
+            "\"Stream\":\"types\"",
+            "\"Stream\":\"\"",
+        ),
+        (
+            "json NotifyType as a number",
+            "\"NotifyType\":\"PubStart\"",
+            "\"NotifyType\":1",
+        ),
+        (
+            "json NotifyType in lower case",
+            "\"NotifyType\":\"PubStart\"",
+            "\"NotifyType\":\"pubstart\"",
+        ),
+        (
+            "json Version as a number",
+            "\"Version\":\"1.0\"",
+            "\"Version\":1.0",
+        ),
+        (
+            "json ClientIp not an address",
+            "\"ClientIp\":\" \"",
+            "\"ClientIp\":\"nope\"",
+        ),
+        (
+            "json ClientPort as a word",
+            "\"ClientPort\":\" \"",
+            "\"ClientPort\":\"http\"",
+        ),
+        (
+            "json ClientPort over 65535",
+            "\"ClientPort\":\" \"",
+            "\"ClientPort\":70000",
+        ),
+        (
+            "json Node as an object",
+            "\"Node\":\" \"",
+            "\"Node\":{\"a\":1}",
+        ),
+        (
+            "json Sequence as an array",
+            "\"Sequence\":\"seq-types\"",
+            "\"Sequence\":[1]",
+        ),
+    ] {
+        c.push(json_case(name, swap(&b, from, to), bad(INVALID)));
+    }
+    let pp = &b[b.find("\"PubParam\":").unwrap()..b.len() - 1];
+    c.push(json_case(
+        "json PubParam as an array",
+        swap(
+            &b,
+            pp,
+            &format!("\"PubParam\":[{}]", &pp["\"PubParam\":".len()..]),
+        ),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json start time as true",
+        swap(&b, &t, "true"),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json start time as an object",
+        swap(&b, &t, "{\"ms\":1}"),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json PubParam as a number",
+        swap(&b, pp, "\"PubParam\":12345"),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json PubParam string that is not JSON",
+        swap(&b, pp, "\"PubParam\":\"t=1&k=2\""),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json PubParam value that is an object",
+        swap(&b, "\"PubParam\":{", "\"PubParam\":{\"x\":{\"y\":1},"),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json App missing",
+        swap(&b, "\"App\":\"live\",", ""),
+        bad(MISSING),
+    ));
+    c.push(json_case(
+        "json Stream of 257 bytes",
+        swap(
+            &b,
+            "\"Stream\":\"types\"",
+            &format!("\"Stream\":\"{}\"", "s".repeat(257)),
+        ),
+        bad(INVALID),
+    ));
+    c.push(json_case(
+        "json Stream with an escape character",
+        swap(&b, "\"Stream\":\"types\"", "\"Stream\":\"ty\\u001bpes\""),
+        bad(INVALID),
+    ));
+
+    // ---- push tokens ----------------------------------------------------------------
+    // A stream whose token has a hex letter, so upper case differs.
+    let tok_stream = (0..)
+        .map(|i| format!("tok{i}"))
+        .find(|s| {
+            ks_token(KS_KEY, s, now_s() + 600)
+                .1
+                .bytes()
+                .any(|b| b.is_ascii_alphabetic())
+        })
+        .unwrap();
+    let tok = start(&tok_stream);
+    let (t_ok, k_ok) = ks_token(KS_KEY, &tok_stream, now_s() + 600);
+    let t_field = format!("\"t\":\"{t_ok}\"");
+    let pp = &tok[tok.find("\"PubParam\":").unwrap()..tok.len() - 1];
+    c.push(json_case(
+        "token signed with another key",
+        v2("PubStart", &tok_stream, Some("seq-tok"), "otherKey123"),
+        bad(AUTH),
+    ));
+    let (t_old, k_old) = ks_token(KS_KEY, &tok_stream, now_s() - 3600);
+    c.push(json_case(
+        "token expired an hour ago",
+        swap(
+            &swap(&tok, &t_field, &format!("\"t\":\"{t_old}\"")),
+            &format!("\"k\":\"{k_ok}\""),
+            &format!("\"k\":\"{k_old}\""),
+        ),
+        bad(AUTH),
+    ));
+    c.push(json_case(
+        "token in upper-case hex",
+        swap(&tok, &k_ok, &k_ok.to_uppercase()),
+        bad(AUTH),
+    ));
+    c.push(json_case(
+        "token missing",
+        swap(&tok, pp, "\"PubParam\":{}"),
+        bad(AUTH),
+    ));
+    c.push(json_case(
+        "token t of 9 digits",
+        swap(&tok, &t_field, &format!("\"t\":\"{}\"", &t_ok[1..])),
+        bad(AUTH),
+    ));
+    c.push(json_case(
+        "token of another stream",
+        swap(
+            &tok,
+            &format!("\"Stream\":\"{tok_stream}\""),
+            "\"Stream\":\"tok-other\"",
+        ),
+        bad(AUTH),
+    ));
+    c.push(json_case(
+        "app that is not configured",
+        swap(&tok, "\"App\":\"live\"", "\"App\":\"vod\""),
+        bad("NonExistApplication"),
+    ));
+
+    // ---- forms: encoding tricks, repeats, two places -----------------------------------
+    let f = form_start("frm");
+    c.push(form_case(
+        "form app given again percent-encoded as %61pp",
+        format!("{f}&%61pp=vod"),
+        bad(INVALID),
+    ));
+    c.push(form_case(
+        "form call given twice with conflicting values",
+        format!("{f}&call=user_publish_done"),
+        bad(INVALID),
+    ));
+    c.push(form_case(
+        "form name given twice with the same value",
+        format!("{f}&name=frm"),
+        bad(INVALID),
+    ));
+    c.push(form_case(
+        "form push param k given twice with conflicting values",
+        format!("{f}&k=0000000000000000"),
+        bad(INVALID),
+    ));
+    c.push(form_case(
+        "form token in the fields and in tcurl with different values",
+        swap(
+            &f,
+            "tcurl=rtmp://push.example.com/live",
+            "tcurl=rtmp://push.example.com/live?k=0000000000000000",
+        ),
+        bad(INVALID),
+    ));
+    c.push(form_case(
+        "form token in the fields and after name? with different values",
+        swap(&f, "name=frm", "name=frm?k=0000000000000000"),
+        bad(INVALID),
+    ));
+    c.push(form_case(
+        "form stream with percent-encoded invalid UTF-8",
+        swap(&f, "name=frm", "name=fr%FFm"),
+        bad(INVALID),
+    ));
+    c.push(form_case(
+        "form stream with percent-encoded overlong UTF-8",
+        swap(&f, "name=frm", "name=fr%C0%AFm"),
+        bad(INVALID),
+    ));
+    c.push(form_case(
+        "form stream with percent-encoded NUL",
+        swap(&f, "name=frm", "name=fr%00m"),
+        bad(INVALID),
+    ));
+    c.push(form_case(
+        "form stream with a raw NUL byte",
+        bytes_with(&f, "name=frm", b"name=fr\0m"),
+        bad(INVALID),
+    ));
+    c.push(form_case(
+        "form stream with raw invalid UTF-8",
+        bytes_with(&f, "name=frm", b"name=fr\xffm"),
+        bad(INVALID),
+    ));
+    let plus = v1("user_publish", "my+cam", "vd-plus", KS_KEY);
+    c.push(form_case(
+        "form `+` is a space: token signed for the literal `my+cam`",
+        plus,
+        bad(AUTH),
+    ));
+    c.push(form_case(
+        "form encoded `&k=` smuggled inside the stream name",
+        swap(&f, "name=frm", "name=frm%26k%3D0000000000000000"),
+        bad(AUTH),
+    ));
+    c.push(form_case(
+        "form a field with an empty name",
+        format!("={f}"),
+        bad(INVALID),
+    ));
+    c.push(form_case(
+        "form app given as nil",
+        swap(&f, "app=live", "app=nil"),
+        bad(MISSING),
+    ));
+    c.push(form_case(
+        "form unknown call",
+        swap(&f, "call=user_publish", "call=user_publish_now"),
+        bad(INVALID),
+    ));
+    c.push(form_case(
+        "form tcurl that is not a URL",
+        swap(
+            &f,
+            "tcurl=rtmp://push.example.com/live",
+            "tcurl=push.example.com",
+        ),
+        bad(INVALID),
+    ));
+    c.push(form_case(
+        "form semicolons instead of ampersands",
+        f.replace('&', ";"),
+        bad(MISSING),
+    ));
+    c.push(form_case("form empty body", "", bad(MISSING)));
+    c.push(form_case(
+        "form content-type with a JSON body",
+        start("json-as-form"),
+        bad(MISSING),
+    ));
+    c.push(json_case(
+        "json content-type with a form body",
+        form_start("form-as-json"),
+        bad(INVALID),
+    ));
+
+    // ---- content-type tricks ----------------------------------------------------------------
+    let b = start("ctype");
+    for (name, ct) in [
+        ("content-type text/plain", "text/plain"),
+        (
+            "content-type multipart/form-data",
+            "multipart/form-data; boundary=x",
+        ),
+        ("content-type application/json-seq", "application/json-seq"),
+        ("content-type application/jsonx", "application/jsonx"),
+        (
+            "content-type two types in one value",
+            "application/json, text/plain",
+        ),
+        ("content-type empty", ""),
+    ] {
+        c.push(post(name, ct, b.clone(), bad("UnsupportedMediaType")));
+    }
+    c.push(Case {
+        name: "content-type missing",
+        send: Send::Http1 {
+            method: "POST",
+            headers: Vec::new(),
+            body: b.clone().into_bytes(),
+        },
+        expect: bad("UnsupportedMediaType"),
+    });
+    c.push(Case {
+        name: "multipart body holding a valid callback",
+        send: Send::Http1 {
+            method: "POST",
+            headers: hdrs(&[("content-type", "multipart/form-data; boundary=XyZ")]),
+            body: format!(
+                "--XyZ\r\ncontent-disposition: form-data; name=\"cb\"\r\ncontent-type: application/json\r\n\r\n{}\r\n--XyZ--\r\n",
+                start("multi")
+            )
+            .into_bytes(),
+        },
+        expect: bad("UnsupportedMediaType"),
+    });
+
+    // ---- methods -----------------------------------------------------------------------------
+    for (name, method) in [
+        ("method GET with a valid body", "GET"),
+        ("method PUT with a valid body", "PUT"),
+        ("method PATCH with a valid body", "PATCH"),
+        ("method DELETE with a valid body", "DELETE"),
+        ("method OPTIONS", "OPTIONS"),
+    ] {
+        c.push(Case {
+            name,
+            send: Send::Http1 {
+                method,
+                headers: hdrs(&[("content-type", JSON)]),
+                body: start("method").into_bytes(),
+            },
+            expect: bad("MethodNotAllowed"),
+        });
+    }
+    c.push(Case {
+        name: "method HEAD (answer without a body)",
+        send: Send::Http1 {
+            method: "HEAD",
+            headers: hdrs(&[("content-type", JSON)]),
+            body: Vec::new(),
+        },
+        expect: Expect::Status(405),
+    });
+
+    // ---- size and framing ------------------------------------------------------------------------
+    c.push(json_case(
+        "body over max_body_bytes",
+        swap(
+            &start("big"),
+            "\"Node\":\" \"",
+            &format!("\"Node\":\" \",\"pad\":\"{}\"", "x".repeat(70_000)),
+        ),
+        bad("PayloadTooLarge"),
+    ));
+    let lie = start("cl-lies");
+    c.push(Case {
+        name: "content-length larger than the body, then the client half-closes",
+        send: Send::Raw {
+            bytes: format!(
+                "POST /callback HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: {JSON}\r\ncontent-length: {}\r\n\r\n{lie}",
+                lie.len() + 100
+            )
+            .into_bytes(),
+            half_close: true,
+        },
+        expect: Expect::NoAnswer,
+    });
+    c.push(Case {
+        name: "content-length smaller than the body (the rest is not a request)",
+        send: Send::Raw {
+            bytes: format!(
+                "POST /callback HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-type: {JSON}\r\ncontent-length: {}\r\n\r\n{lie}",
+                lie.len() / 2
+            )
+            .into_bytes(),
+            half_close: false,
+        },
+        expect: bad(INVALID),
+    });
+    c.push(Case {
+        name: "two conflicting content-length headers",
+        send: Send::Raw {
+            bytes: format!(
+                "POST /callback HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: {JSON}\r\ncontent-length: {}\r\ncontent-length: 5\r\n\r\n{lie}",
+                lie.len()
+            )
+            .into_bytes(),
+            half_close: false,
+        },
+        expect: Expect::Status(400),
+    });
+    c.push(Case {
+        name: "content-length and chunked together",
+        send: Send::Raw {
+            bytes: format!(
+                "POST /callback HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: {JSON}\r\ncontent-length: {}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{lie}\r\n0\r\n\r\n",
+                lie.len(),
+                lie.len()
+            )
+            .into_bytes(),
+            half_close: false,
+        },
+        expect: Expect::Status(400),
+    });
+    c.push(Case {
+        name: "chunk size that is not hex",
+        send: Send::Raw {
+            bytes: format!(
+                "POST /callback HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: {JSON}\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{lie}\r\n0\r\n\r\n"
+            )
+            .into_bytes(),
+            half_close: false,
+        },
+        expect: Expect::Status(400),
+    });
+    let slow = v2(
+        "PubStart",
+        "slow-forged",
+        Some("seq-slow-forged"),
+        "forgedKey9",
+    );
+    c.push(Case {
+        name: "forged callback arriving slowly in 8 chunks",
+        send: Send::Chunked {
+            headers: hdrs(&[("content-type", JSON)]),
+            pieces: slow
+                .as_bytes()
+                .chunks(slow.len() / 8 + 1)
+                .map(<[u8]>::to_vec)
+                .collect(),
+            pause_ms: 150,
+            trailers: Vec::new(),
+        },
+        expect: bad(AUTH),
+    });
+    let slow_trunc = start("slow-trunc");
+    c.push(Case {
+        name: "truncated callback trickling in with content-length",
+        send: Send::Slow {
+            headers: hdrs(&[("content-type", JSON)]),
+            pieces: slow_trunc.as_bytes()[..slow_trunc.len() - 3]
+                .chunks(40)
+                .map(<[u8]>::to_vec)
+                .collect(),
+            pause_ms: 100,
+        },
+        expect: bad(INVALID),
+    });
+
+    // ---- spoofed guard headers --------------------------------------------------------------------
+    let spoof = [
+        (
+            "x-callback-guard-verified",
+            "format,app,push_token,stream_registry",
+        ),
+        ("x-callback-guard-key-id", "main"),
+        ("x-callback-guard-format", "kls_v2"),
+        ("x-callback-guard-event", "start"),
+    ];
+    let mut h = hdrs(&[("content-type", JSON)]);
+    h.extend(hdrs(&spoof));
+    c.push(Case {
+        name: "forged token with every guard header spoofed",
+        send: Send::Http1 {
+            method: "POST",
+            headers: h.clone(),
+            body: v2("PubStart", "spoof1", Some("s"), "forgedKey9").into_bytes(),
+        },
+        expect: bad(AUTH),
+    });
+    c.push(Case {
+        name: "broken JSON with every guard header spoofed",
+        send: Send::Http1 {
+            method: "POST",
+            headers: h,
+            body: b"{\"App\":".to_vec(),
+        },
+        expect: bad(INVALID),
+    });
+
+    // ---- the reverse: unusual but legal, forwarded byte for byte --------------------------------------
+    let mut spoofed_valid = hdrs(&[("content-type", JSON)]);
+    spoofed_valid.extend(hdrs(&[
+        ("x-callback-guard-verified", "everything"),
+        ("X-Callback-Guard-Key-Id", "attacker"),
+        ("x-callback-guard-format", "kls_v1"),
+        ("x-callback-guard-event", "end"),
+        ("x-callback-guard-extra", "1"),
+    ]));
+    c.push(Case {
+        name: "valid start with spoofed guard headers (overwritten, extra removed)",
+        send: Send::Http1 {
+            method: "POST",
+            headers: spoofed_valid.clone(),
+            body: start("ok-spoofed").into_bytes(),
+        },
+        expect: Expect::Forward("kls_v2", "start"),
+    });
+    c.push(Case {
+        name: "valid start over h2c with spoofed guard headers",
+        send: Send::H2 {
+            headers: spoofed_valid,
+            frames: {
+                let b = start("ok-h2-spoofed").into_bytes();
+                vec![b[..20].to_vec(), b[20..].to_vec()]
+            },
+        },
+        expect: Expect::Forward("kls_v2", "start"),
+    });
+    c.push(Case {
+        name: "valid chunked start with a spoofed guard trailer",
+        send: Send::Chunked {
+            headers: hdrs(&[("content-type", JSON)]),
+            pieces: vec![start("ok-trailer").into_bytes()],
+            pause_ms: 0,
+            trailers: hdrs(&[("x-callback-guard-verified", "everything")]),
+        },
+        expect: Expect::Forward("kls_v2", "start"),
+    });
+    let uni = "直播流-😀-ü";
+    c.push(json_case(
+        "unicode stream name",
+        start(uni),
+        Expect::Forward("kls_v2", "start"),
+    ));
+    c.push(json_case(
+        "unicode stream name written as JSON escapes",
+        {
+            let b = start("\u{76f4}\u{64ad}");
+            swap(&b, "\"Stream\":\"直播\"", "\"Stream\":\"\\u76f4\\u64ad\"")
+        },
+        Expect::Forward("kls_v2", "start"),
+    ));
+    c.push(json_case(
+        "extra unknown fields of every type",
+        swap(
+            &start("ok-extra"),
+            "\"Node\":\" \"",
+            "\"Node\":\" \",\"Ext\":{\"a\":[1,2.5,-3,null,true,{\"b\":\"c\"}]},\"流\":\"值\",\"Big\":12345678901234567890,\"n\":null",
+        ),
+        Expect::Forward("kls_v2", "start"),
+    ));
+    c.push(json_case(
+        "number-typed push params (t as an integer, extra numbers)",
+        {
+            let b = start("ok-numbers");
+            let (t, _) = ks_token(KS_KEY, "ok-numbers", now_s() + 600);
+            let b = swap(&b, &format!("\"t\":\"{t}\""), &format!("\"t\":{t}"));
+            swap(&b, "\"PubParam\":{", "\"PubParam\":{\"p1\":11,\"p2\":-2.5,")
+        },
+        Expect::Forward("kls_v2", "start"),
+    ));
+    c.push(json_case(
+        "2024 shape: PubParam as a JSON string, integer times, string port",
+        {
+            let q = token_query("ok-2024");
+            let (t, k) = q.split_once("&k=").unwrap();
+            let pp = json!({"t": &t[2..], "k": k, "extra": 1}).to_string();
+            json!({
+                "Version": "1.0", "App": "live", "Pubdomain": "push.example.com",
+                "Stream": "ok-2024", "PubStartUnixTime": now_s() * 1000, "NotifyType": "PubStart",
+                "ClientIp": "203.0.113.9", "ClientPort": "17102", "Node": "n1",
+                "UniqueName": "u-2024", "Sequence": "s-2024", "PubParam": pp,
+            })
+            .to_string()
+        },
+        Expect::Forward("kls_v2", "start"),
+    ));
+    c.push(json_case(
+        "2020 shape: start time as a string, pretty-printed",
+        {
+            let b = start("ok-2020");
+            let t = time_field(&b);
+            serde_json::to_string_pretty(
+                &serde_json::from_str::<serde_json::Value>(&swap(&b, &t, &format!("\"{t}\"")))
+                    .unwrap(),
+            )
+            .unwrap()
+        },
+        Expect::Forward("kls_v2", "start"),
+    ));
+    c.push(json_case(
+        "end of a started stream",
+        v2("PubEnd", "ok-spoofed", Some("seq-ok-spoofed"), KS_KEY),
+        Expect::Forward("kls_v2", "end"),
+    ));
+    c.push(post(
+        "content-type in upper case with a charset",
+        "Application/JSON; charset=UTF-8",
+        start("ok-ctype"),
+        Expect::Forward("kls_v2", "start"),
+    ));
+    c.push(json_case(
+        "stream name of exactly 256 bytes",
+        v2("PubStart", &"s".repeat(256), Some("seq-256"), KS_KEY),
+        Expect::Forward("kls_v2", "start"),
+    ));
+    c.push(form_case(
+        "form seed shape",
+        form_start("ok-form"),
+        Expect::Forward("kls_v1", "start"),
+    ));
+    c.push(post(
+        "form content-type in upper case",
+        "APPLICATION/X-WWW-FORM-URLENCODED; charset=utf-8",
+        form_start("ok-form-ct"),
+        Expect::Forward("kls_v1", "start"),
+    ));
+    c.push(form_case(
+        "form `+` as a space in the stream name",
+        {
+            let f = v1("user_publish", "my cam", "vd-mycam", KS_KEY);
+            swap(&f, "name=my cam", "name=my+cam")
+        },
+        Expect::Forward("kls_v1", "start"),
+    ));
+    c.push(form_case(
+        "form percent-encoded unicode stream and call",
+        {
+            let f = v1("user_publish", "直播流", "vd-uni", KS_KEY);
+            let f = swap(&f, "name=直播流", "name=%E7%9B%B4%E6%92%AD%E6%B5%81");
+            swap(&f, "call=user_publish", "call=user%5Fpublish")
+        },
+        Expect::Forward("kls_v1", "start"),
+    ));
+    c.push(form_case(
+        "form push param repeated with the same value",
+        {
+            let f = form_start("ok-repeat");
+            let k = f.split("&k=").nth(1).unwrap().to_string();
+            format!("{f}&k={k}")
+        },
+        Expect::Forward("kls_v1", "start"),
+    ));
+    c.push(form_case(
+        "form token only in tcurl's query, nil and empty extras",
+        format!(
+            "app=live&name=ok-tcurl&swfurl=nil&flashver=&tcurl=rtmp://push.example.com/live?{}&call=user_publish&vdoid=vd-tcurl",
+            token_query("ok-tcurl").replace('&', "%26")
+        ),
+        Expect::Forward("kls_v1", "start"),
+    ));
+    c.push(form_case(
+        "form token only after name?",
+        format!(
+            "app=live&name=ok-nameq?{}&swfurl=nil&flashver=nil&tcurl=rtmp://push.example.com/live&call=user_publish&vdoid=vd-nameq",
+            token_query("ok-nameq").replace('&', "%26")
+        ),
+        Expect::Forward("kls_v1", "start"),
+    ));
+    c.push(form_case(
+        "nginx-rtmp publish with extra fields",
+        format!(
+            "app=live&flashver=FMLE/3.0%20(compatible%3B%20Lavf59.27&swfurl=&tcurl=rtmp://127.0.0.1:19350/live&pageurl=&addr=127.0.0.1&clientid=7&call=publish&name=ok-nginx&type=live&{}&extra=1",
+            token_query("ok-nginx")
+        ),
+        Expect::Forward("nginx_rtmp", "start"),
+    ));
+    let slow_ok = start("ok-slow");
+    c.push(Case {
+        name: "valid callback arriving slowly in 8 chunks",
+        send: Send::Chunked {
+            headers: hdrs(&[("content-type", JSON)]),
+            pieces: slow_ok
+                .as_bytes()
+                .chunks(slow_ok.len() / 8 + 1)
+                .map(<[u8]>::to_vec)
+                .collect(),
+            pause_ms: 100,
+            trailers: Vec::new(),
+        },
+        expect: Expect::Forward("kls_v2", "start"),
+    });
+    let slow_cl = start("ok-slow-cl");
+    c.push(Case {
+        name: "valid callback trickling in with content-length",
+        send: Send::Slow {
+            headers: hdrs(&[("content-type", JSON)]),
+            pieces: slow_cl.as_bytes().chunks(50).map(<[u8]>::to_vec).collect(),
+            pause_ms: 60,
+        },
+        expect: Expect::Forward("kls_v2", "start"),
+    });
+    c
+}
+
+// ---- sending -------------------------------------------------------------------------------
+
+fn request_head(method: &str, headers: &[(String, String)], extra: &str) -> String {
+    let mut head =
+        format!("{method} /callback HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(extra);
+    head.push_str("\r\n");
+    head
+}
+
+/// Reads one response and returns as soon as it is complete: waiting for
+/// Envoy to close would cost its delayed-close timeout (1 s) per request.
+fn read_all(s: TcpStream) -> Response {
+    read_one(s, false)
+}
+
+fn read_one(mut s: TcpStream, head_only: bool) -> Response {
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        if let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let r = parse(&buf);
+            let have = buf.len() - split - 4;
+            let done = if head_only || r.status == 204 || r.status == 304 {
+                true
+            } else if let Some(len) = r
+                .header("content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+            {
+                have >= len
+            } else if r.header("transfer-encoding").is_some() {
+                buf.ends_with(b"0\r\n\r\n")
+            } else {
+                false
+            };
+            if done {
+                return r;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return parse(&buf),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Parses the first response of `buf` (status 0 when there is none).
+fn parse(buf: &[u8]) -> Response {
+    let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Response {
+            status: 0,
+            headers: Vec::new(),
+            body: buf.to_vec(),
+        };
+    };
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(buf.len() - split - 4);
+    let body = buf[split + 4..(split + 4 + len).min(buf.len())].to_vec();
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn send(port: u16, s: &Send) -> Response {
+    match s {
+        Send::Http1 {
+            method,
+            headers,
+            body,
+        } => {
+            let cl = if body.is_empty() && !matches!(*method, "POST" | "PUT") {
+                String::new()
+            } else {
+                format!("content-length: {}\r\n", body.len())
+            };
+            let mut bytes = request_head(method, headers, &cl).into_bytes();
+            bytes.extend_from_slice(body);
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let _ = s.write_all(&bytes);
+            read_one(s, *method == "HEAD")
+        }
+        Send::Raw { bytes, half_close } => {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let _ = s.write_all(bytes);
+            if *half_close {
+                let _ = s.shutdown(Shutdown::Write);
+            }
+            read_all(s)
+        }
+        Send::Chunked {
+            headers,
+            pieces,
+            pause_ms,
+            trailers,
+        } => {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let head = request_head("POST", headers, "transfer-encoding: chunked\r\n");
+            s.write_all(head.as_bytes()).unwrap();
+            for p in pieces {
+                std::thread::sleep(Duration::from_millis(*pause_ms));
+                let _ = s.write_all(format!("{:x}\r\n", p.len()).as_bytes());
+                let _ = s.write_all(p);
+                let _ = s.write_all(b"\r\n");
+            }
+            let mut end = "0\r\n".to_string();
+            for (k, v) in trailers {
+                end.push_str(&format!("{k}: {v}\r\n"));
+            }
+            end.push_str("\r\n");
+            let _ = s.write_all(end.as_bytes());
+            read_all(s)
+        }
+        Send::Slow {
+            headers,
+            pieces,
+            pause_ms,
+        } => {
+            let total: usize = pieces.iter().map(Vec::len).sum();
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let head = request_head("POST", headers, &format!("content-length: {total}\r\n"));
+            s.write_all(head.as_bytes()).unwrap();
+            for p in pieces {
+                std::thread::sleep(Duration::from_millis(*pause_ms));
+                let _ = s.write_all(p);
+            }
+            read_all(s)
+        }
+        Send::H2 { headers, frames } => {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let f: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+            http2(port, "/callback", &h, &f, None)
+        }
+    }
+}
+
+fn sent_body(s: &Send) -> Vec<u8> {
+    match s {
+        Send::Http1 { body, .. } => body.clone(),
+        Send::Chunked { pieces, .. } | Send::Slow { pieces, .. } => pieces.concat(),
+        Send::H2 { frames, .. } => frames.concat(),
+        Send::Raw { .. } => Vec::new(),
+    }
+}
+
+/// What the receiver recorded, as raw JSON (headers and trailers included).
+fn received(rx: &Receiver) -> Vec<serde_json::Value> {
+    let r = http1(rx.port, "GET", "/__received", &[], b"");
+    serde_json::from_slice::<serde_json::Value>(&r.body)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn field<'a>(list: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|p| p[0].as_str().is_some_and(|k| k.eq_ignore_ascii_case(name)))
+                .filter_map(|p| p[1].as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn body_of(r: &serde_json::Value) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(r["body_b64"].as_str().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// Checks one case; returns every problem found.
+fn check(case: &Case, r: &Response, got: &[serde_json::Value]) -> Vec<String> {
+    let mut p = Vec::new();
+    let text = String::from_utf8_lossy(&r.body);
+    match &case.expect {
+        Expect::Reject(status, code) => {
+            if r.status != *status {
+                p.push(format!("status {} (want {status}): {text}", r.status));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            if v["Error"]["Code"] != *code || v["Error"]["Type"] != "Sender" {
+                p.push(format!("code {} (want {code}): {text}", v["Error"]["Code"]));
+            }
+            if v["Error"]["Message"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+            {
+                p.push("no message".into());
+            }
+        }
+        Expect::Status(status) => {
+            if r.status != *status {
+                p.push(format!("status {} (want {status}): {text}", r.status));
+            }
+        }
+        Expect::NoAnswer => {
+            if r.status != 0 {
+                p.push(format!("answered {} (want no answer): {text}", r.status));
+            }
+        }
+        Expect::Forward(format, event) => {
+            if r.status != 200 {
+                p.push(format!("status {} (want 200, forwarded): {text}", r.status));
+            }
+            match got {
+                [one] => {
+                    if body_of(one) != sent_body(&case.send) {
+                        p.push("forwarded body differs from the one sent".into());
+                    }
+                    let h = &one["headers"];
+                    let want = [
+                        ("x-callback-guard-format", *format),
+                        ("x-callback-guard-event", *event),
+                        ("x-callback-guard-verified", VERIFIED),
+                        ("x-callback-guard-key-id", "main"),
+                    ];
+                    for (name, value) in want {
+                        if field(h, name) != [value] {
+                            p.push(format!("{name} is {:?}, want [{value:?}]", field(h, name)));
+                        }
+                    }
+                    let stray: Vec<String> = ["headers", "trailers"]
+                        .iter()
+                        .flat_map(|part| one[*part].as_array().cloned().unwrap_or_default())
+                        .filter_map(|pair| pair[0].as_str().map(str::to_string))
+                        .filter(|k| {
+                            k.starts_with("x-callback-guard") && !want.iter().any(|(w, _)| w == k)
+                        })
+                        .collect();
+                    let trailers = one["trailers"].as_array().map_or(0, Vec::len);
+                    if !stray.is_empty()
+                        || trailers > 0
+                            && !field(&one["trailers"], "x-callback-guard-verified").is_empty()
+                    {
+                        p.push(format!(
+                            "stray guard headers or trailers reached the upstream: {stray:?} {}",
+                            one["trailers"]
+                        ));
+                    }
+                }
+                _ => p.push(format!("the receiver got {} requests (want 1)", got.len())),
+            }
+        }
+    }
+    if !matches!(case.expect, Expect::Forward(..)) && !got.is_empty() {
+        p.push(format!(
+            "the receiver saw {} request(s): {:?}",
+            got.len(),
+            got.iter()
+                .map(|g| String::from_utf8_lossy(&body_of(g))
+                    .chars()
+                    .take(120)
+                    .collect::<String>())
+                .collect::<Vec<_>>()
+        ));
+    }
+    p
+}
+
+#[test]
+fn adversarial_catalog_through_envoy() {
+    let cases = catalog();
+    let rx = Receiver::start();
+    let mut cfg = base_config();
+    cfg["formats"] = json!(["kls_v2", "kls_v1", "nginx_rtmp"]);
+    let Some(envoy) = Envoy::start(EnvoyOpts::new(cfg, rx.port)) else {
+        return;
+    };
+    let hostile = cases
+        .iter()
+        .filter(|c| !matches!(c.expect, Expect::Forward(..)))
+        .count();
+    assert!(hostile >= 50, "only {hostile} hostile cases");
+    let mut names = std::collections::HashSet::new();
+    for c in &cases {
+        assert!(names.insert(c.name), "duplicate case name {}", c.name);
+    }
+
+    let mut failures = Vec::new();
+    let mut want_codes: BTreeMap<&str, u64> = BTreeMap::new();
+    for case in &cases {
+        rx.clear();
+        let t0 = std::time::Instant::now();
+        let r = send(envoy.port, &case.send);
+        if t0.elapsed() > Duration::from_secs(1) {
+            eprintln!("catalog: [{}] took {:?}", case.name, t0.elapsed());
+        }
+        let got = received(&rx);
+        for problem in check(case, &r, &got) {
+            failures.push(format!("[{}] {problem}", case.name));
+        }
+        if let Expect::Reject(_, code) = case.expect {
+            *want_codes.entry(code).or_default() += 1;
+        }
+        if case.name.starts_with("method HEAD") {
+            *want_codes.entry("MethodNotAllowed").or_default() += 1;
+        }
+    }
+
+    // Every filter rejection was counted under its code.
+    let stats = envoy.stats();
+    for (code, n) in &want_codes {
+        let name = format!("callback_guard_requests_rejected_{code}");
+        let have = stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{}} ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if have != *n {
+            failures.push(format!("counter {name} = {have}, want {n}"));
+        }
+    }
+    let log = envoy.log();
+    for bad_line in log
+        .lines()
+        .filter(|l| l.contains("[critical]") || l.contains("panicked"))
+    {
+        failures.push(format!("Envoy log: {bad_line}"));
+    }
+    let forwarded = cases.len() - hostile;
+    eprintln!(
+        "catalog: {} cases ({hostile} hostile, {forwarded} legal), {} mismatches",
+        cases.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} catalog entries failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
