@@ -63,18 +63,40 @@ impl Code {
     }
 }
 
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Body<'a> {
+    request_id: &'a str,
+    error: ErrorBody<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorBody<'a> {
+    r#type: &'a str,
+    code: &'a str,
+    message: &'a str,
+}
+
 /// The reply body: `{"RequestId","Error":{"Type":"Sender","Code","Message"}}`.
 /// `request_id` is the request's `x-request-id` (empty when absent).
+/// (Typed structs rather than `json!`: no float-printing code in the wasm.)
 pub fn body(code: Code, message: &str, request_id: &str) -> String {
-    serde_json::json!({
-        "RequestId": request_id,
-        "Error": {
-            "Type": "Sender",
-            "Code": code.as_str(),
-            "Message": message,
-        }
+    let b = Body {
+        request_id,
+        error: ErrorBody {
+            r#type: "Sender",
+            code: code.as_str(),
+            message,
+        },
+    };
+    // Serializing string fields cannot fail; the fallback keeps the shape anyway.
+    serde_json::to_string(&b).unwrap_or_else(|_| {
+        format!(
+            r#"{{"RequestId":"","Error":{{"Type":"Sender","Code":"{}","Message":""}}}}"#,
+            code.as_str()
+        )
     })
-    .to_string()
 }
 
 #[cfg(test)]

@@ -59,6 +59,15 @@ pub fn encode_map(pairs: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
+/// An integer property (such as `response.code`): Envoy sends it as 8 bytes,
+/// little-endian; text digits are accepted too.
+pub fn decode_int(bytes: &[u8]) -> Option<i64> {
+    match <[u8; 8]>::try_from(bytes) {
+        Ok(b) => Some(i64::from_le_bytes(b)),
+        Err(_) => std::str::from_utf8(bytes).ok()?.trim().parse().ok(),
+    }
+}
+
 /// A property path: segments separated by NUL bytes.
 pub fn property_path(segments: &[&str]) -> Vec<u8> {
     segments.join("\0").into_bytes()
@@ -117,6 +126,14 @@ mod tests {
         let dec = decode_map(&enc);
         assert_eq!(dec[0].0, "x");
         assert!(dec[0].1.contains('\u{fffd}'));
+    }
+
+    #[test]
+    fn integer_properties() {
+        assert_eq!(decode_int(&200i64.to_le_bytes()), Some(200));
+        assert_eq!(decode_int(b"503"), Some(503));
+        assert_eq!(decode_int(b""), None);
+        assert_eq!(decode_int(b"abc"), None);
     }
 
     #[test]

@@ -44,7 +44,6 @@ pub enum Buffer {
 #[repr(u32)]
 pub enum Map {
     HttpRequestHeaders = 0,
-    HttpResponseHeaders = 2,
 }
 
 #[link(wasm_import_module = "env")]
@@ -63,13 +62,6 @@ extern "C" {
         map_type: u32,
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
-    ) -> u32;
-    fn proxy_get_header_map_value(
-        map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
     fn proxy_get_property(
@@ -194,26 +186,6 @@ pub fn headers(map: Map) -> Result<Vec<(String, String)>, Status> {
         Ok(owned(data, size)
             .map(|b| wire::decode_map(&b))
             .unwrap_or_default())
-    }
-}
-
-/// One header's value.
-pub fn header(map: Map, name: &str) -> Result<Option<Vec<u8>>, Status> {
-    let mut data = null_mut();
-    let mut size = 0;
-    // SAFETY: as in `buffer`.
-    unsafe {
-        match ok(proxy_get_header_map_value(
-            map as u32,
-            name.as_ptr(),
-            name.len(),
-            &mut data,
-            &mut size,
-        )) {
-            Ok(()) => Ok(owned(data, size)),
-            Err(NOT_FOUND) => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 }
 

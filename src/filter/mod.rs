@@ -35,6 +35,7 @@ use crate::config::{Config, ProcessEnv};
 use crate::registry::{self, Claim, Layout, SharedStore, StoreError};
 use crate::reply::{self, Code};
 use crate::verdict::{self, Rejection, Request, Verdict};
+use crate::wire;
 
 const CONTINUE: u32 = 0;
 const PAUSE: u32 = 1;
@@ -103,8 +104,6 @@ struct Stream {
     decided: bool,
     /// A start's stream reservation, released if the publish does not go through.
     reservation: Option<Claim>,
-    /// True once response headers arrived.
-    responded: bool,
 }
 
 #[derive(Default)]
@@ -187,7 +186,6 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
                 body_size: 0,
                 decided: false,
                 reservation: None,
-                responded: false,
             };
             s.streams.insert(context_id, Rc::new(RefCell::new(stream)));
         }
@@ -274,26 +272,17 @@ pub extern "C" fn proxy_on_request_trailers(context_id: u32, _num_trailers: usiz
     with_stream(context_id, CONTINUE, |st| st.on_trailers())
 }
 
+/// The request is over (Envoy's access-log hook, called for every request,
+/// answered or reset). End-of-request work happens here, and the request's
+/// state is dropped. `proxy_on_response_headers`, `proxy_on_done` and
+/// `proxy_on_delete` are deliberately not exported: Envoy skips what a module
+/// does not export, and each call into the VM costs about a microsecond.
 #[no_mangle]
-pub extern "C" fn proxy_on_response_headers(
-    context_id: u32,
-    _num_headers: usize,
-    _end_of_stream: u32,
-) -> u32 {
-    with_stream(context_id, (), Stream::on_response_headers);
-    CONTINUE
-}
-
-/// The context is gone: the request is over. `proxy_on_log` and
-/// `proxy_on_done` are deliberately not exported (Envoy then skips them), so
-/// end-of-request work happens here.
-#[no_mangle]
-pub extern "C" fn proxy_on_delete(context_id: u32) {
+pub extern "C" fn proxy_on_log(context_id: u32) {
     with_stream(context_id, (), Stream::on_end);
     STATE.with(|s| {
         if let Ok(mut s) = s.try_borrow_mut() {
             s.streams.remove(&context_id);
-            s.roots.remove(&context_id);
         }
     });
 }
@@ -386,26 +375,20 @@ impl Stream {
         }
     }
 
-    fn on_response_headers(&mut self) {
-        self.responded = true;
+    /// The request is over. A start that reserved its stream keeps the
+    /// reservation only if the upstream accepted the publish (2xx); after any
+    /// other answer, or none (reset, timeout), the stream is freed again.
+    fn on_end(&mut self) {
         if self.reservation.is_none() {
             return;
         }
-        let status = host::header(Map::HttpResponseHeaders, ":status")
+        let status = host::property(&["response", "code"])
             .ok()
             .flatten()
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok());
+            .and_then(|v| wire::decode_int(&v));
         if status.is_some_and(|s| (200..300).contains(&s)) {
             self.reservation = None;
         } else {
-            self.release();
-        }
-    }
-
-    /// The request is over. Without a response (reset, timeout) the publish was
-    /// never accepted, so its stream must not stay reserved.
-    fn on_end(&mut self) {
-        if !self.responded {
             self.release();
         }
     }
