@@ -723,3 +723,169 @@ pub fn base_config() -> serde_json::Value {
         "push_auth": {"scheme": "ks_md5", "keys": [{"id": "main", "secret": KS_KEY}]},
     })
 }
+
+// ---- hardening: keep-alive client, process facts (soak, log scan) ------------------
+
+impl Receiver {
+    /// A receiver started with extra arguments (e.g. `--no-store`).
+    pub fn start_with(args: &[&str]) -> Receiver {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut all = vec!["--listen", listen.as_str(), "--quiet"];
+        all.extend_from_slice(args);
+        let child = Command::new(env!("CARGO_BIN_EXE_callback-receiver"))
+            .args(&all)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_port(port, "receiver");
+        Receiver { port, child }
+    }
+
+    /// Callbacks received so far (`GET /__count`).
+    pub fn count(&self) -> u64 {
+        let r = http1(self.port, "GET", "/__count", &[], b"");
+        String::from_utf8_lossy(&r.body).trim().parse().unwrap()
+    }
+}
+
+impl Envoy {
+    /// Envoy's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Envoy's resident memory in KiB (`VmRSS` of /proc/<pid>/status).
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// An HTTP/1.1 client that keeps its connection open between requests
+/// (127.0.0.1 only). A request that fails on the wire gets status 0 and the
+/// next one opens a new connection; nothing is retried, so a count of sent
+/// requests stays exact.
+pub struct KeepAlive {
+    port: u16,
+    conn: Option<std::io::BufReader<TcpStream>>,
+    /// Connections opened so far.
+    pub connects: u64,
+}
+
+impl KeepAlive {
+    pub fn new(port: u16) -> KeepAlive {
+        KeepAlive {
+            port,
+            conn: None,
+            connects: 0,
+        }
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        match self.try_request(method, path, headers, body) {
+            Ok(r) => r,
+            Err(_) => {
+                self.conn = None;
+                Response {
+                    status: 0,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                }
+            }
+        }
+    }
+
+    fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        use std::io::BufRead;
+        if self.conn.is_none() {
+            let s = TcpStream::connect(("127.0.0.1", self.port))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(15)))?;
+            self.conn = Some(std::io::BufReader::new(s));
+            self.connects += 1;
+        }
+        let rd = self.conn.as_mut().expect("connected above");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        rd.get_mut().write_all(&bytes)?;
+
+        let mut line = String::new();
+        if rd.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if rd.read_line(&mut h)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v): &(String, String)| v.clone())
+        };
+        let mut body = Vec::new();
+        if method == "HEAD" {
+        } else if let Some(n) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            body.resize(n, 0);
+            rd.read_exact(&mut body)?;
+        } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let mut size = String::new();
+                rd.read_line(&mut size)?;
+                let n = usize::from_str_radix(size.trim(), 16)
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+                let mut chunk = vec![0u8; n + 2];
+                rd.read_exact(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        if find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+            self.conn = None;
+        }
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
