@@ -10,6 +10,7 @@
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 use super::{
     client_ip, domain, named, port, timestamp_ms, Callback, CallbackError, Event, Format, Params,
@@ -58,8 +59,10 @@ fn data_problem(e: &serde_json::Error) -> String {
 enum Scalar {
     Str(String),
     UInt(u64),
-    /// Negative integers and floats, kept as their text.
+    /// Negative integers, kept as their text.
     OtherNum(String),
+    /// Floats (never printed: the module carries no float formatting).
+    Float,
     Bool,
     Null,
     Compound,
@@ -109,10 +112,12 @@ impl Raw {
     }
 }
 
-/// `PubParam`: an object, or a JSON-encoded string holding one.
+/// `PubParam`: an object, or a JSON-encoded string holding one. Object
+/// values are kept as raw JSON text, so a number param keeps the exact digits
+/// it was sent with (`1.50`, or a 20-digit integer, survive unchanged).
 #[derive(Debug)]
 enum ParamValue {
-    Object(Vec<(String, Scalar)>),
+    Object(Vec<(String, Box<RawValue>)>),
     Other(Scalar),
 }
 
@@ -250,8 +255,8 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
         Ok(Scalar::OtherNum(v.to_string()))
     }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-        Ok(Scalar::OtherNum(v.to_string()))
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Float)
     }
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar, E> {
         Ok(Scalar::Bool)
@@ -284,7 +289,7 @@ impl<'de> Visitor<'de> for ParamVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ParamValue, A::Error> {
         let mut out = Vec::new();
-        while let Some((k, v)) = map.next_entry::<String, Scalar>()? {
+        while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
             out.push((k, v));
         }
         Ok(ParamValue::Object(out))
@@ -379,7 +384,7 @@ impl<'de> Visitor<'de> for RawVisitor {
 fn type_name(v: &Scalar) -> &'static str {
     match v {
         Scalar::Str(_) => "a string",
-        Scalar::UInt(_) | Scalar::OtherNum(_) => "a number",
+        Scalar::UInt(_) | Scalar::OtherNum(_) | Scalar::Float => "a number",
         Scalar::Bool => "a boolean",
         Scalar::Null => "null",
         Scalar::Compound => "an object or array",
@@ -437,17 +442,27 @@ fn opt_text(v: Option<Scalar>, name: &str) -> Result<Option<String>, CallbackErr
     named(name, t.to_string()).map(Some)
 }
 
-/// A `PubParam` value as text: strings as they are, numbers as written.
-fn param_text(name: &str, v: Scalar) -> Result<String, CallbackError> {
-    match v {
-        Scalar::Str(s) => Ok(s),
-        Scalar::UInt(n) => Ok(n.to_string()),
-        Scalar::OtherNum(s) => Ok(s),
-        other => Err(CallbackError::invalid(
-            format!("field `PubParam.{}`", super::printable(name)),
-            format!("must be a string or a number, not {}", type_name(&other)),
-        )),
-    }
+/// A `PubParam` value as text: strings unescaped, numbers exactly as written.
+fn param_text(name: &str, v: &RawValue) -> Result<String, CallbackError> {
+    let raw = v.get();
+    let kind = match raw.as_bytes().first() {
+        Some(b'"') => {
+            return serde_json::from_str::<String>(raw).map_err(|_| {
+                CallbackError::invalid(
+                    format!("field `PubParam.{}`", super::printable(name)),
+                    "is not a valid string",
+                )
+            })
+        }
+        Some(b'-' | b'0'..=b'9') => return Ok(raw.to_string()),
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "an object or array",
+    };
+    Err(CallbackError::invalid(
+        format!("field `PubParam.{}`", super::printable(name)),
+        format!("must be a string or a number, not {kind}"),
+    ))
 }
 
 fn params(v: Option<ParamValue>) -> Result<Params, CallbackError> {
@@ -484,7 +499,7 @@ fn params(v: Option<ParamValue>) -> Result<Params, CallbackError> {
     };
     let mut p = Params::default();
     for (k, v) in entries {
-        let text = param_text(&k, v)?;
+        let text = param_text(&k, &v)?;
         p.insert(k, text)?;
     }
     Ok(p)
@@ -782,6 +797,17 @@ mod tests {
             "[1]",
         ));
         assert!(e.to_string().contains("PubParam"), "{e}");
+    }
+
+    #[test]
+    fn pub_param_numbers_keep_their_exact_digits() {
+        let body = r#"{"App":"live","Pubdomain":"d","Stream":"s","PubStartUnixTime":1700000000000,"NotifyType":"PubStart",
+            "PubParam":{"a":   12 , "b": 1.50, "c": 123456789012345678901234567890, "d":"x\u0041"}}"#;
+        let c = parse_json(body.as_bytes()).unwrap();
+        assert_eq!(c.params.get("a"), Some("12"));
+        assert_eq!(c.params.get("b"), Some("1.50"));
+        assert_eq!(c.params.get("c"), Some("123456789012345678901234567890"));
+        assert_eq!(c.params.get("d"), Some("xA"));
     }
 
     #[test]
