@@ -84,9 +84,10 @@ fuzz: fuzz-tools
 	  mkdir -p fuzz/target/corpus/$$t && \
 	  echo "== fuzz $$t for $(FUZZ_SECONDS) s" && \
 	  $(CARGO) +nightly fuzz run -O --debug-assertions $$t fuzz/target/corpus/$$t fuzz/corpus/$$t -- \
-	    -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=5 -print_final_stats=1 2>&1 | \
-	    grep -E '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec)|panicked|ERROR|SUMMARY' ; \
-	  [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=5 -print_final_stats=1 \
+	    > fuzz/target/fuzz-$$t.log 2>&1; rc=$$?; \
+	  grep -E '^(Done |stat::number_of_executed_units|stat::average_exec_per_sec)' fuzz/target/fuzz-$$t.log; \
+	  [ $$rc -eq 0 ] || { tail -60 fuzz/target/fuzz-$$t.log; exit 1; }; \
 	done
 
 # Soak: SOAK_REQUESTS mixed callbacks through Envoy (--concurrency 2), exact accounting,
