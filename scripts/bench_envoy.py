@@ -188,6 +188,12 @@ class EnvoyProc:
                 time.sleep(0.1)
         sys.exit(f"{self.name}: Envoy not ready, see its log")
 
+    def cpu_seconds(self):
+        """User + system CPU time of this Envoy so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait()
@@ -286,10 +292,12 @@ def main():
         results = {name: [] for name in envoys}
         for rnd in range(ROUNDS):
             for name in ["bare", "guard", "lua"]:
+                cpu0 = envoys[name].cpu_seconds()
                 r = run_wrk(ports[name], script, ROUND_SECONDS)
+                r["cpu_us"] = (envoys[name].cpu_seconds() - cpu0) * 1e6 / max(r["requests"], 1)
                 results[name].append(r)
                 print(
-                    f"round {rnd + 1} {name:5s} {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:.3f} ms  p99 {r['p99_us'] / 1000:.3f} ms  non-2xx {r['non2xx']}",
+                    f"round {rnd + 1} {name:5s} {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:.3f} ms  p99 {r['p99_us'] / 1000:.3f} ms  Envoy CPU {r['cpu_us']:.1f} us/req  non-2xx {r['non2xx']}",
                     flush=True,
                 )
         reject = run_wrk(ports["guard"], reject_script, ROUND_SECONDS)
@@ -303,16 +311,17 @@ def main():
     print()
     version = re.search(r"/(\d+\.\d+\.\d+)/", subprocess.check_output([ENVOY, "--version"], text=True)).group(1)
     print(f"Envoy {version}, --concurrency 1, wrk -t1 -c{CONNECTIONS}, {ROUNDS} rounds x {ROUND_SECONDS}s")
-    print("| configuration | median req/s | p50 ms | p99 ms | non-2xx |")
-    print("|---|---|---|---|---|")
+    print("| configuration | median req/s | p50 ms | p99 ms | Envoy CPU us/req | non-2xx |")
+    print("|---|---|---|---|---|---|")
     for name in ["bare", "guard", "lua"]:
         non2xx = sum(r["non2xx"] for r in results[name])
-        print(f"| {name} | {med(name, 'rps'):.0f} | {med(name, 'p50_us') / 1000:.3f} | {med(name, 'p99_us') / 1000:.3f} | {non2xx} |")
-    print(f"| guard, reject path (forged token) | {reject['rps']:.0f} | {reject['p50_us'] / 1000:.3f} | {reject['p99_us'] / 1000:.3f} | {reject['non2xx']} (all 403 expected) |")
+        print(f"| {name} | {med(name, 'rps'):.0f} | {med(name, 'p50_us') / 1000:.3f} | {med(name, 'p99_us') / 1000:.3f} | {med(name, 'cpu_us'):.1f} | {non2xx} |")
+    print(f"| guard, reject path (forged token) | {reject['rps']:.0f} | {reject['p50_us'] / 1000:.3f} | {reject['p99_us'] / 1000:.3f} | - | {reject['non2xx']} (all 403 expected) |")
     print()
     print(f"guard/bare throughput: {med('guard', 'rps') / med('bare', 'rps'):.3f}")
     print(f"guard/lua  throughput: {med('guard', 'rps') / med('lua', 'rps'):.3f}")
     print(f"guard p99 - bare p99: {(med('guard', 'p99_us') - med('bare', 'p99_us')) / 1000:+.3f} ms")
+    print(f"Envoy CPU per request, guard - bare: {med('guard', 'cpu_us') - med('bare', 'cpu_us'):+.1f} us")
     bad = sum(r["non2xx"] + r["errors"] for n in ["bare", "guard", "lua"] for r in results[n])
     if bad:
         sys.exit(f"{bad} non-2xx or errors on valid callbacks: the benchmark is invalid")
