@@ -147,7 +147,7 @@ fn exercise(envoy: &Envoy, scheme: Scheme, key: &str) -> Sent {
     };
     let hook = WEBHOOK_RAW.as_bytes();
     let exp = now_s() + 600;
-    let mut expect = |r: Response, status: u16, what: &str| {
+    let expect = |r: Response, status: u16, what: &str| {
         assert_eq!(
             r.status,
             status,
