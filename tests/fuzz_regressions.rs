@@ -76,3 +76,53 @@ fn configuration_errors_stay_on_one_line() {
         }
     }
 }
+
+/// Found while probing the worst case of a 64 KB body: every push param was
+/// looked up linearly, so a form or `PubParam` with thousands of params cost
+/// tens of milliseconds (quadratic). Params are indexed now; the behaviour on
+/// repeats stays the same.
+#[test]
+fn thousands_of_push_params_parse_with_repeats_checked() {
+    let config = Config::default_config();
+    let mut form = "app=live&name=s&tcurl=rtmp://h/live&call=user_publish".to_string();
+    let mut i = 0;
+    while form.len() < 60_000 {
+        form.push_str(&format!("&p{i:x}=1"));
+        i += 1;
+    }
+    assert!(matches!(
+        run(
+            &config,
+            "application/x-www-form-urlencoded",
+            form.as_bytes()
+        ),
+        Verdict::Forward(_)
+    ));
+    let same = format!("{form}&p0=1");
+    assert!(matches!(
+        run(
+            &config,
+            "application/x-www-form-urlencoded",
+            same.as_bytes()
+        ),
+        Verdict::Forward(_)
+    ));
+    let conflicting = format!("{form}&p0=2");
+    match run(
+        &config,
+        "application/x-www-form-urlencoded",
+        conflicting.as_bytes(),
+    ) {
+        Verdict::Reject(r) => assert!(r.message.contains("push param `p0`"), "{}", r.message),
+        Verdict::Forward(_) => panic!("conflicting repeat forwarded"),
+    }
+    let params: Vec<String> = (0..4000).map(|i| format!("\"q{i}\":{i}")).collect();
+    let json = format!(
+        r#"{{"App":"live","Pubdomain":"d.com","Stream":"s","PubStartUnixTime":1700000000000,"NotifyType":"PubStart","PubParam":{{{},"q3999":"3999","q1":2}}}}"#,
+        params.join(",")
+    );
+    match run(&config, "application/json", json.as_bytes()) {
+        Verdict::Reject(r) => assert!(r.message.contains("push param `q1`"), "{}", r.message),
+        Verdict::Forward(_) => panic!("conflicting repeat forwarded"),
+    }
+}
