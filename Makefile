@@ -11,7 +11,7 @@ WASM := target/wasm32-wasip1/release/callback_guard.wasm
 
 export ENVOY_BIN
 
-.PHONY: all run test wasm envoy target bins lint fmt size clean bench bench-envoy fuzz fuzz-tools soak
+.PHONY: all run test wasm envoy target bins lint fmt size clean bench bench-envoy fuzz fuzz-tools soak test-rtmp
 
 all: wasm bins
 
@@ -97,6 +97,11 @@ SOAK_SECONDS ?= 600
 soak: wasm envoy
 	SOAK_REQUESTS=$(SOAK_REQUESTS) SOAK_SECONDS=$(SOAK_SECONDS) \
 	  $(CARGO) test --release --test soak -- --ignored --nocapture
+
+# Two real nginx-rtmp ingest servers and ffmpeg behind Envoy + callback-guard
+# (envoy/nginx-rtmp.yaml); installs nginx, libnginx-mod-rtmp and ffmpeg when missing.
+test-rtmp: wasm bins envoy
+	./scripts/test-rtmp.sh
 
 clean:
 	$(CARGO) clean
