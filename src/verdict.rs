@@ -174,7 +174,10 @@ fn decide_inner(
         }
         MediaType::Form => callback::parse_form(req.body),
     }
-    .map_err(|e| callback_rejection(&e))?;
+    .map_err(|e| match e {
+        CallbackError::UnknownCall => dialect_off(config),
+        e => callback_rejection(&e),
+    })?;
     if !config.formats.allows(cb.format) {
         return Err(dialect_off(config).about(&cb));
     }

@@ -157,6 +157,10 @@ pub enum CallbackError {
     /// The body as a whole cannot be read.
     #[error("body {0}")]
     Body(String),
+    /// A form's `call` names no known event. Which values are right depends on
+    /// the dialects switched on, so the decision words the message.
+    #[error("field `call` has an unknown value")]
+    UnknownCall,
 }
 
 impl CallbackError {
