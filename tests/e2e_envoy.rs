@@ -393,37 +393,3 @@ fn bad_configurations_stop_envoy_with_the_filter_message() {
         assert!(line.contains(needle), "{cfg}: {line}");
     }
 }
-
-#[test]
-fn the_provided_envoy_yaml_runs_as_shipped() {
-    let rx = Receiver::start();
-    let yaml = std::fs::read_to_string(repo().join("envoy/envoy.yaml"))
-        .unwrap()
-        .replace("port_value: 10000", "port_value: {{LISTENER_PORT}}")
-        .replace("port_value: 9901", "port_value: {{ADMIN_PORT}}")
-        .replace("port_value: 8080", "port_value: {{UPSTREAM_PORT}}")
-        .replace(
-            "target/wasm32-wasip1/release/callback_guard.wasm",
-            "{{WASM}}",
-        );
-    let mut opts = EnvoyOpts::new(json!({}), rx.port);
-    opts.raw_yaml = Some(yaml);
-    opts.env
-        .push(("CALLBACK_GUARD_PUSH_KEY".into(), KS_KEY.into()));
-    let Some(envoy) = Envoy::start(opts) else {
-        return;
-    };
-    assert_eq!(http1(envoy.port, "GET", "/healthz", &[], b"").status, 200);
-    let ok = v2("PubStart", "shipped", None, KS_KEY);
-    assert_eq!(envoy.post("application/json", ok.as_bytes()).status, 200);
-    let r = envoy.post(
-        "application/json",
-        v2("PubStart", "shipped2", None, "forged").as_bytes(),
-    );
-    assert_eq!(r.status, 403);
-    assert_eq!(r.code(), "AuthencationFailed");
-    assert_eq!(http1(envoy.port, "POST", "/other", &[], b"x").status, 404);
-    let got = rx.received();
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].header("x-callback-guard-key-id"), Some("primary"));
-}

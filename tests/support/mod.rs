@@ -889,3 +889,178 @@ impl KeepAlive {
         })
     }
 }
+
+// ---- the shipped config: a native Envoy, or an external stack (docker compose) ------
+//
+// `CALLBACK_GUARD_E2E_EXTERNAL=LISTENER:ADMIN:RECEIVER` (ports on 127.0.0.1) points the
+// shipped-config tests (tests/e2e_shipped.rs) at an Envoy and a recording receiver that
+// already run, such as the compose stack of `make docker-test`; the push key is then
+// the one in `CALLBACK_GUARD_PUSH_KEY`, as the stack's Envoy has it. Without the
+// variable, those tests start a native Envoy with envoy/envoy.yaml as shipped. An
+// external stack keeps its state from test to test, so the tests take turns on it and
+// each uses streams of its own.
+
+/// The variable that names an external stack's ports.
+pub const EXTERNAL_STACK_VAR: &str = "CALLBACK_GUARD_E2E_EXTERNAL";
+
+/// `(listener, admin, receiver)` ports of the external stack, when one is named.
+pub fn external_stack_ports() -> Option<(u16, u16, u16)> {
+    let v = std::env::var(EXTERNAL_STACK_VAR)
+        .ok()
+        .filter(|v| !v.is_empty())?;
+    let ports: Vec<u16> = v
+        .split(':')
+        .map(|p| {
+            p.trim().parse().unwrap_or_else(|_| {
+                panic!("{EXTERNAL_STACK_VAR}={v}: expected LISTENER:ADMIN:RECEIVER ports")
+            })
+        })
+        .collect();
+    assert_eq!(
+        ports.len(),
+        3,
+        "{EXTERNAL_STACK_VAR}={v}: expected LISTENER:ADMIN:RECEIVER ports"
+    );
+    Some((ports[0], ports[1], ports[2]))
+}
+
+/// envoy/envoy.yaml with its ports and wasm path turned into the placeholders of
+/// [`EnvoyOpts::raw_yaml`].
+pub fn shipped_yaml() -> String {
+    std::fs::read_to_string(repo().join("envoy/envoy.yaml"))
+        .unwrap()
+        .replace("port_value: 10000", "port_value: {{LISTENER_PORT}}")
+        .replace("port_value: 9901", "port_value: {{ADMIN_PORT}}")
+        .replace("port_value: 8080", "port_value: {{UPSTREAM_PORT}}")
+        .replace(
+            "target/wasm32-wasip1/release/callback_guard.wasm",
+            "{{WASM}}",
+        )
+}
+
+/// What a recording receiver on `port` got (`GET /__received`).
+pub fn received_at(port: u16) -> Vec<Recorded> {
+    let r = http1(port, "GET", "/__received", &[], b"");
+    assert_eq!(r.status, 200, "receiver on {port}: GET /__received");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| Recorded {
+            method: r["method"].as_str().unwrap().into(),
+            path: r["path"].as_str().unwrap().into(),
+            headers: r["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
+                .collect(),
+            body: base64::engine::general_purpose::STANDARD
+                .decode(r["body_b64"].as_str().unwrap())
+                .unwrap(),
+        })
+        .collect()
+}
+
+/// The value of the Prometheus counter `name` at the admin port (0 if absent).
+pub fn counter_at(admin: u16, name: &str) -> u64 {
+    let stats = http1(admin, "GET", "/stats/prometheus", &[], b"");
+    String::from_utf8_lossy(&stats.body)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name}{{}} "))
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
+
+/// A stream name no other test or run uses (an external stack remembers live streams).
+pub fn unique_stream(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}-{}-{nanos}", std::process::id())
+}
+
+/// Turns on an external stack, one test at a time.
+static EXTERNAL_STACK_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Envoy with envoy/envoy.yaml in front of a recording receiver: started here, or the
+/// external stack.
+pub struct Shipped {
+    pub port: u16,
+    pub admin: u16,
+    pub receiver_port: u16,
+    /// The push key in the stack's `CALLBACK_GUARD_PUSH_KEY`.
+    pub push_key: String,
+    native: Option<(Envoy, Receiver)>,
+    _turn: Option<std::sync::MutexGuard<'static, ()>>,
+}
+
+impl Shipped {
+    /// The external stack (ready, its receiver emptied) or a native one; `None` when
+    /// native and Envoy is not installed (outside CI).
+    pub fn start() -> Option<Shipped> {
+        if let Some((port, admin, receiver_port)) = external_stack_ports() {
+            let turn = EXTERNAL_STACK_TURN
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let push_key = std::env::var("CALLBACK_GUARD_PUSH_KEY").unwrap_or_else(|_| {
+                panic!("{EXTERNAL_STACK_VAR} is set: set CALLBACK_GUARD_PUSH_KEY to the stack's push key too")
+            });
+            let ready = http1(admin, "GET", "/ready", &[], b"");
+            assert_eq!(
+                ready.status, 200,
+                "external stack: Envoy admin on 127.0.0.1:{admin} is not ready"
+            );
+            http1(receiver_port, "DELETE", "/__received", &[], b"");
+            return Some(Shipped {
+                port,
+                admin,
+                receiver_port,
+                push_key,
+                native: None,
+                _turn: Some(turn),
+            });
+        }
+        let rx = Receiver::start();
+        let mut opts = EnvoyOpts::new(serde_json::json!({}), rx.port);
+        opts.raw_yaml = Some(shipped_yaml());
+        opts.env
+            .push(("CALLBACK_GUARD_PUSH_KEY".into(), KS_KEY.into()));
+        let envoy = Envoy::start(opts)?;
+        Some(Shipped {
+            port: envoy.port,
+            admin: envoy.admin,
+            receiver_port: rx.port,
+            push_key: KS_KEY.into(),
+            native: Some((envoy, rx)),
+            _turn: None,
+        })
+    }
+
+    pub fn is_external(&self) -> bool {
+        self.native.is_none()
+    }
+
+    /// What reached the upstream since this test started.
+    pub fn received(&self) -> Vec<Recorded> {
+        received_at(self.receiver_port)
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        counter_at(self.admin, name)
+    }
+
+    /// A POST to /callback.
+    pub fn post(&self, content_type: &str, body: &[u8]) -> Response {
+        http1(
+            self.port,
+            "POST",
+            "/callback",
+            &[("content-type", content_type)],
+            body,
+        )
+    }
+}
