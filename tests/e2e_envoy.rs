@@ -251,6 +251,30 @@ fn chunked_http1_and_h2c_with_frames_and_trailers() {
 }
 
 #[test]
+fn http_1_0_senders_are_served() {
+    // The seed's old-version end sample arrives as `POST /callback HTTP/1.0`.
+    let rx = Receiver::start();
+    let Some(envoy) = start(base_config(), &rx) else {
+        return;
+    };
+    let body = v1("user_publish", "http10", "vd-10", KS_KEY);
+    let req = format!(
+        "POST /callback HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = http1_raw(envoy.port, req.as_bytes());
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let bad = v1("user_publish", "http10b", "vd-11", "wrongKey");
+    let req = format!(
+        "POST /callback HTTP/1.0\r\nHost: 127.0.0.1\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{bad}",
+        bad.len()
+    );
+    let r = http1_raw(envoy.port, req.as_bytes());
+    assert_eq!(r.status, 403);
+    assert_eq!(rx.received().len(), 1);
+}
+
+#[test]
 fn body_limit_with_and_without_content_length() {
     let rx = Receiver::start();
     let mut cfg = base_config();

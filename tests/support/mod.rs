@@ -287,6 +287,7 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: callbacks
           codec_type: AUTO
+          http_protocol_options: {{ accept_http_10: true }}
           route_config:
             virtual_hosts:
             - name: callbacks
