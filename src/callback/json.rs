@@ -447,12 +447,16 @@ fn param_text(name: &str, v: &RawValue) -> Result<String, CallbackError> {
     let raw = v.get();
     let kind = match raw.as_bytes().first() {
         Some(b'"') => {
+            // Without escapes the text between the quotes is the value itself.
+            if raw.len() >= 2 && !raw.contains('\\') {
+                return Ok(raw[1..raw.len() - 1].to_string());
+            }
             return serde_json::from_str::<String>(raw).map_err(|_| {
                 CallbackError::invalid(
                     format!("field `PubParam.{}`", super::printable(name)),
                     "is not a valid string",
                 )
-            })
+            });
         }
         Some(b'-' | b'0'..=b'9') => return Ok(raw.to_string()),
         Some(b't' | b'f') => "a boolean",

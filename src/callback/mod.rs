@@ -58,21 +58,27 @@ impl Event {
 
 /// The push URL's query parameters, as strings, with no name given twice.
 ///
-/// Names are indexed: a 64 KB body can hold thousands of params, and a
-/// linear search per param made parsing it quadratic (tens of milliseconds).
+/// A few params (the usual case) are searched linearly, which costs no
+/// allocation. Past [`Params::INDEX_FROM`] names are indexed: a 64 KB body can
+/// hold thousands of params, and a linear search per param made parsing it
+/// quadratic (tens of milliseconds).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Params(
     Vec<(String, String)>,
-    std::collections::HashMap<String, usize>,
+    Option<std::collections::HashMap<String, usize>>,
 );
 
 impl Params {
+    /// Size from which lookups go through a hash index.
+    pub const INDEX_FROM: usize = 16;
+
     /// The value of a parameter.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.1
-            .get(name)
-            .and_then(|i| self.0.get(*i))
-            .map(|(_, v)| v.as_str())
+        let at = match &self.1 {
+            Some(index) => index.get(name).copied(),
+            None => self.0.iter().position(|(k, _)| k == name),
+        };
+        at.and_then(|i| self.0.get(i)).map(|(_, v)| v.as_str())
     }
 
     /// Adds a parameter. The same name again with the same value is kept once;
@@ -80,17 +86,29 @@ impl Params {
     /// different ones.
     pub fn insert(&mut self, name: String, value: String) -> Result<(), CallbackError> {
         match self.get(&name) {
-            Some(v) if v == value => Ok(()),
-            Some(_) => Err(CallbackError::invalid(
-                format!("push param `{}`", printable(&name)),
-                "is given more than once with different values",
-            )),
-            None => {
-                self.1.insert(name.clone(), self.0.len());
-                self.0.push((name, value));
-                Ok(())
+            Some(v) if v == value => return Ok(()),
+            Some(_) => {
+                return Err(CallbackError::invalid(
+                    format!("push param `{}`", printable(&name)),
+                    "is given more than once with different values",
+                ))
             }
+            None => {}
         }
+        if let Some(index) = &mut self.1 {
+            index.insert(name.clone(), self.0.len());
+        }
+        self.0.push((name, value));
+        if self.1.is_none() && self.0.len() >= Self::INDEX_FROM {
+            let index = self
+                .0
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k.clone(), i))
+                .collect();
+            self.1 = Some(index);
+        }
+        Ok(())
     }
 
     /// Number of parameters.
@@ -280,6 +298,21 @@ mod tests {
         let e = p.insert("t".into(), "2".into()).unwrap_err();
         assert!(e.to_string().contains("`t`"), "{e}");
         assert!(!e.to_string().contains('2'), "{e}");
+    }
+
+    #[test]
+    fn many_params_are_indexed_with_the_same_rules() {
+        let mut p = Params::default();
+        for i in 0..100 {
+            p.insert(format!("p{i}"), i.to_string()).unwrap();
+        }
+        assert_eq!(p.len(), 100);
+        assert_eq!(p.get("p0"), Some("0"));
+        assert_eq!(p.get("p99"), Some("99"));
+        assert_eq!(p.get("p100"), None);
+        p.insert("p5".into(), "5".into()).unwrap();
+        assert!(p.insert("p50".into(), "x".into()).is_err());
+        assert_eq!(p.len(), 100);
     }
 
     #[test]
