@@ -108,22 +108,8 @@ fn ks_params(stream: &str, expires: u64) -> String {
     format!(r#"{{"t":"{}","k":"{k}"}}"#, &t[2..])
 }
 
-const SEED_START: &str = r#"{
-    "Version":"1.0",
-    "App":"live",
-    "Pubdomain":"xxx.xxx.com",
-    "Stream":"test",
-    "PubStartUnixTime":"1456800010000",
-    "NotifyType":"PubStart",
-    "ClientIp":" ",
-    "ClientPort":" ",
-    "Node":" ",
-    "PubParam":{
-        "param1": "123456",
-        "param2":11
-    }
-}"#;
-const SEED_END: &str = r#"{"Version":"1.0","App":"live","Pubdomain":"xxx.xxx.com","Stream":"test","PubEndUnixTime":1456800010000,"NotifyType":"PubEnd","ClientIp":" ","ClientPort":" ","Node":" ","PubEndMessage":" ","PubParam":{"param1":"123456","param2":11}}"#;
+const SEED_START: &str = include_str!("fixtures/kls_v2_start.json");
+const SEED_END: &str = include_str!("fixtures/kls_v2_end.json");
 const SEED_V1_START: &str = "app=live&name=asdf&swfurl=nil&flashver=nil&tcurl=rtmp://test.uplive.ks-cdn.com/live&call=user_publish&vdoid=123456";
 const SEED_V1_END: &str = "app=live&name=asdf&swfurl=nil&flashver=nil&tcurl=rtmp://test.uplive.ks-cdn.com/live&call=user_publish_done&close_mode=nil&vdoid=123456";
 

@@ -1117,30 +1117,19 @@ fn read_one(mut s: TcpStream, head_only: bool) -> Response {
 
 /// Parses the first response of `buf` (status 0 when there is none).
 fn parse(buf: &[u8]) -> Response {
-    let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some((status, headers, body_at)) = parse_head(buf) else {
         return Response {
             status: 0,
             headers: Vec::new(),
             body: buf.to_vec(),
         };
     };
-    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
     let len = headers
         .iter()
         .find(|(k, _)| k == "content-length")
         .and_then(|(_, v)| v.parse::<usize>().ok())
-        .unwrap_or(buf.len() - split - 4);
-    let body = buf[split + 4..(split + 4 + len).min(buf.len())].to_vec();
+        .unwrap_or(buf.len() - body_at);
+    let body = buf[body_at..(body_at + len).min(buf.len())].to_vec();
     Response {
         status,
         headers,

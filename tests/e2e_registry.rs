@@ -126,48 +126,16 @@ fn retries_end_then_start_and_release_on_upstream_failure() {
     assert!(envoy.counter("callback_guard_reservations_released") >= 1);
 
     // KLS old-version forms: vdoid is the session
-    let form = "application/x-www-form-urlencoded";
-    assert_eq!(
-        http1(
-            envoy.port,
-            "POST",
-            "/callback",
-            &[("content-type", form)],
-            v1("user_publish", "f1", "v1", KS_KEY).as_bytes()
-        )
-        .status,
-        200
-    );
-    let r = http1(
-        envoy.port,
-        "POST",
-        "/callback",
-        &[("content-type", form)],
-        v1("user_publish", "f1", "v2", KS_KEY).as_bytes(),
-    );
+    let form = |call: &str, vdoid: &str| {
+        let body = v1(call, "f1", vdoid, KS_KEY);
+        let ct = [("content-type", "application/x-www-form-urlencoded")];
+        http1(envoy.port, "POST", "/callback", &ct, body.as_bytes())
+    };
+    assert_eq!(form("user_publish", "v1").status, 200);
+    let r = form("user_publish", "v2");
     assert_eq!((r.status, r.code()), (409, "ExistStreamName".to_string()));
-    assert_eq!(
-        http1(
-            envoy.port,
-            "POST",
-            "/callback",
-            &[("content-type", form)],
-            v1("user_publish_done", "f1", "v1", KS_KEY).as_bytes()
-        )
-        .status,
-        200
-    );
-    assert_eq!(
-        http1(
-            envoy.port,
-            "POST",
-            "/callback",
-            &[("content-type", form)],
-            v1("user_publish", "f1", "v2", KS_KEY).as_bytes()
-        )
-        .status,
-        200
-    );
+    assert_eq!(form("user_publish_done", "v1").status, 200);
+    assert_eq!(form("user_publish", "v2").status, 200);
 }
 
 #[test]

@@ -599,38 +599,9 @@ fn build(raw: Raw) -> Result<Callback, CallbackError> {
 mod tests {
     use super::*;
 
-    const SEED_START: &str = r#"{
-    "Version":"1.0",
-    "App":"live",
-    "Pubdomain":"xxx.xxx.com",
-    "Stream":"test",
-    "PubStartUnixTime":"1456800010000",
-    "NotifyType":"PubStart",
-    "ClientIp":" ",
-    "ClientPort":" ",
-    "Node":" ",
-    "PubParam":{
-        "param1": "123456",
-        "param2":11
-    }
-}"#;
+    const SEED_START: &str = include_str!("../../tests/fixtures/kls_v2_start.json");
 
-    const SEED_END: &str = r#"{
-    "Version":"1.0",
-    "App":"live",
-    "Pubdomain":"xxx.xxx.com",
-    "Stream":"test",
-    "PubEndUnixTime":1456800010000,
-    "NotifyType":"PubEnd",
-    "ClientIp":" ",
-    "ClientPort":" ",
-    "Node":" ",
-    "PubEndMessage":" ",
-    "PubParam":{
-        "param1":"123456",
-        "param2":11
-    }
-}"#;
+    const SEED_END: &str = include_str!("../../tests/fixtures/kls_v2_end.json");
 
     fn err(body: &str) -> CallbackError {
         parse_json(body.as_bytes()).unwrap_err()

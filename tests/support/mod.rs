@@ -112,25 +112,7 @@ impl Receiver {
     }
 
     pub fn received(&self) -> Vec<Recorded> {
-        let r = http1(self.port, "GET", "/__received", &[], b"");
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| Recorded {
-                method: r["method"].as_str().unwrap().into(),
-                path: r["path"].as_str().unwrap().into(),
-                headers: r["headers"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
-                    .collect(),
-                body: base64::engine::general_purpose::STANDARD
-                    .decode(r["body_b64"].as_str().unwrap())
-                    .unwrap(),
-            })
-            .collect()
+        received_at(self.port)
     }
 
     pub fn clear(&self) {
@@ -540,14 +522,10 @@ fn read_response(mut s: TcpStream) -> Response {
     parse_response(&buf)
 }
 
-fn parse_response(buf: &[u8]) -> Response {
-    let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Response {
-            status: 0,
-            headers: Vec::new(),
-            body: buf.to_vec(),
-        };
-    };
+/// The head of the first HTTP/1 response in `buf`: status, headers (names
+/// lowercase) and where the body starts. `None` while the head is incomplete.
+pub fn parse_head(buf: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status = lines
@@ -555,11 +533,22 @@ fn parse_response(buf: &[u8]) -> Response {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
+    let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let raw = &buf[split + 4..];
+    Some((status, headers, split + 4))
+}
+
+fn parse_response(buf: &[u8]) -> Response {
+    let Some((status, headers, body_at)) = parse_head(buf) else {
+        return Response {
+            status: 0,
+            headers: Vec::new(),
+            body: buf.to_vec(),
+        };
+    };
+    let raw = &buf[body_at..];
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
