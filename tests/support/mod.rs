@@ -522,9 +522,11 @@ fn read_response(mut s: TcpStream) -> Response {
     parse_response(&buf)
 }
 
-/// The head of the first HTTP/1 response in `buf`: status, headers (names
-/// lowercase) and where the body starts. `None` while the head is incomplete.
-pub fn parse_head(buf: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+/// A response head: status, headers (names lowercase), where the body starts.
+pub type Head = (u16, Vec<(String, String)>, usize);
+
+/// The head of the first HTTP/1 response in `buf`; `None` while it is incomplete.
+pub fn parse_head(buf: &[u8]) -> Option<Head> {
     let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
     let mut lines = head.split("\r\n");
