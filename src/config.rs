@@ -333,26 +333,6 @@ impl Config {
         }
     }
 
-    /// Lowercase names of the request headers the rules read, so the filter
-    /// fetches only these from Envoy.
-    pub fn needed_headers(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        if let Some(sk) = &self.callback_auth.shared_key {
-            if let Some(h) = &sk.header {
-                v.push(h.clone());
-            }
-        }
-        if self.callback_auth.webhook_signature.is_some() {
-            for h in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-                v.push(h.to_string());
-            }
-        }
-        if self.callback_auth.trusted_xff_hops > 0 {
-            v.push("x-forwarded-for".to_string());
-        }
-        v
-    }
-
     fn validate(raw: RawConfig, env: &dyn Env) -> Result<Config, Vec<ConfigError>> {
         let mut errs = Vec::new();
         let mut cfg = Config::default_config();
@@ -461,12 +441,27 @@ impl Config {
     }
 }
 
-/// serde_json appends " at line L column C"; the key path already says where.
+/// serde's message without what must not be logged. serde_json appends
+/// " at line L column C" (the key path already says where), and serde quotes
+/// the offending value (`invalid type: string "…", expected …`), which may be
+/// a secret put in the wrong place: only its kind is kept.
 fn strip_position(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let (Some(rest), Some(at)) = (msg.strip_prefix(prefix), msg.find(", expected")) {
+            let described = &rest[..at.saturating_sub(prefix.len()).min(rest.len())];
+            let kind = described
+                .split(['"', '`'])
+                .next()
+                .unwrap_or_default()
+                .trim();
+            return format!("{prefix}{kind}{}", &msg[at..]);
+        }
     }
+    msg.to_string()
 }
 
 /// Resolves `secret` / `secret_env` of one key into bytes.
@@ -974,6 +969,26 @@ mod tests {
         let sk = c.callback_auth.shared_key.unwrap();
         assert_eq!(sk.query_param.as_deref(), Some("auth_key"));
         assert!(sk.header.is_none());
+    }
+
+    #[test]
+    fn misplaced_secrets_are_not_quoted_in_errors() {
+        for json in [
+            r#"{"callback_auth":{"shared_key":"sup3r-s3cret-value"}}"#,
+            r#"{"callback_auth":{"webhook_signature":{"keys":["whsec_c3VwM3Itc2VjcmV0"]}}}"#,
+            r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":123456789}]}}"#,
+            r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":true}]}}"#,
+        ] {
+            let e = errs(json);
+            let shown = e[0].to_string();
+            for secret in ["sup3r-s3cret-value", "whsec_c3VwM3Itc2VjcmV0", "123456789"] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+            assert!(
+                shown.contains("invalid type") && shown.contains("expected"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

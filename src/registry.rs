@@ -23,7 +23,7 @@ use crate::config::DuplicateStreams;
 
 /// Bytes per stored entry.
 pub const ENTRY_BYTES: usize = 16 + 16 + 16 + 8 + 1;
-/// Most buckets used; fewer when `max_streams` is small.
+/// Number of buckets (shared-data keys), whatever the configuration.
 pub const MAX_BUCKETS: usize = 1024;
 /// Compare-and-swap attempts before giving up on a contended bucket.
 pub const CAS_RETRIES: usize = 16;
@@ -196,11 +196,14 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Buckets and per-bucket cap for a configuration. The cap is twice the
-    /// even share, so hashing imbalance does not refuse streams early.
+    /// Buckets and per-bucket cap for a configuration. The number of buckets
+    /// never changes, so a stream is found in the same bucket whatever
+    /// `max_streams` a (re)configuration sets: shared data outlives
+    /// reconfiguration. The cap is twice the even share, so hashing imbalance
+    /// does not refuse streams early.
     pub fn for_config(cfg: &DuplicateStreams) -> Layout {
-        let buckets = cfg.max_streams.clamp(1, MAX_BUCKETS);
-        let share = cfg.max_streams.div_ceil(buckets);
+        let buckets = MAX_BUCKETS;
+        let share = cfg.max_streams.max(1).div_ceil(buckets);
         Layout {
             buckets,
             per_bucket: share.saturating_mul(2).max(4),
@@ -251,6 +254,12 @@ fn update<T>(
 ) -> Result<T, RegistryError> {
     for _ in 0..CAS_RETRIES {
         let (bytes, cas) = store.get(key)?;
+        if cas.is_none() {
+            // Envoy's compare-and-swap cannot guard a key's first write: create
+            // the bucket empty, then come back and update it under CAS.
+            store.set(key, &[], None)?;
+            continue;
+        }
         let stored = decode(bytes);
         let before = stored.len();
         let mut entries: Vec<Entry> = stored.into_iter().filter(|e| e.expires_at > now).collect();
@@ -300,14 +309,16 @@ pub fn reserve(
     })
 }
 
-/// Frees the stream if this claim's session holds it. An end without its own
-/// identity frees a reservation whose identity was derived, when the client
-/// address and port agree. Nothing held by another session is touched.
+/// Frees the stream if this claim's session holds it. Unless `exact` (a
+/// failed start giving back its own reservation), an end without its own
+/// identity also frees a reservation whose identity was derived, when the
+/// client address and port agree. Nothing held by another session is touched.
 pub fn release(
     store: &dyn SharedStore,
     cfg: &DuplicateStreams,
     claim: &Claim,
     now: u64,
+    exact: bool,
 ) -> Result<Release, RegistryError> {
     let layout = Layout::for_config(cfg);
     let key = layout.bucket_key(&claim.stream);
@@ -315,7 +326,7 @@ pub fn release(
         let owned = |e: &Entry| {
             e.stream == claim.stream
                 && (e.session == claim.session
-                    || (!claim.explicit && !e.explicit && e.peer == claim.peer))
+                    || (!exact && !claim.explicit && !e.explicit && e.peer == claim.peer))
         };
         let before = entries.len();
         entries.retain(|e| !owned(e));
@@ -428,7 +439,14 @@ mod tests {
     }
 
     fn end(s: &MemoryStore, stream: &str, session: Option<&str>, now: u64) -> Release {
-        release(s, &cfg(), &Claim::of(&cb(Event::End, stream, session)), now).unwrap()
+        release(
+            s,
+            &cfg(),
+            &Claim::of(&cb(Event::End, stream, session)),
+            now,
+            false,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -494,7 +512,7 @@ mod tests {
         let mut stranger_end = cb(Event::End, "a", None);
         stranger_end.client_port = Some(6000);
         assert_eq!(
-            release(&s, &cfg(), &Claim::of(&stranger_end), 13).unwrap(),
+            release(&s, &cfg(), &Claim::of(&stranger_end), 13, false).unwrap(),
             Release::NotHeld
         );
         assert_eq!(end(&s, "a", None, 14), Release::Released);
@@ -517,7 +535,8 @@ mod tests {
         let layout = Layout::for_config(&small);
         let s = MemoryStore::new();
         let mut full = 0;
-        for i in 0..200 {
+        // 20000 streams over 1024 buckets of 4: many buckets fill up
+        for i in 0..20_000 {
             let c = cb(Event::Start, &format!("s{i}"), Some("x"));
             match reserve(&s, &small, &Claim::of(&c), 10) {
                 Ok(Reserve::Reserved) => {}
@@ -533,7 +552,7 @@ mod tests {
             layout.max_bytes()
         );
         // once the entries expire, touching a bucket cleans it and admits new streams
-        for i in 0..200 {
+        for i in 0..20_000 {
             let c = cb(Event::Start, &format!("t{i}"), Some("x"));
             let _ = reserve(&s, &small, &Claim::of(&c), 500);
         }
@@ -566,6 +585,43 @@ mod tests {
         fn set(&self, _: &str, _: &[u8], _: Option<u32>) -> Result<(), StoreError> {
             Err(StoreError::CasMismatch)
         }
+    }
+
+    #[test]
+    fn the_bucket_of_a_stream_does_not_depend_on_max_streams() {
+        let c = Claim::of(&cb(Event::Start, "a", Some("s1")));
+        let small = DuplicateStreams {
+            reject: true,
+            ttl_s: 100,
+            max_streams: 10,
+        };
+        let s = MemoryStore::new();
+        assert_eq!(reserve(&s, &small, &c, 10).unwrap(), Reserve::Reserved);
+        // reconfigured with another max_streams: the live stream is still found
+        let other = Claim::of(&cb(Event::Start, "a", Some("s2")));
+        assert_eq!(reserve(&s, &cfg(), &other, 11).unwrap(), Reserve::Busy);
+    }
+
+    #[test]
+    fn an_exact_release_ignores_the_peer_fallback() {
+        let s = MemoryStore::new();
+        let mut first = cb(Event::Start, "a", None);
+        first.event_time_ms = Some(1);
+        assert_eq!(
+            reserve(&s, &cfg(), &Claim::of(&first), 10).unwrap(),
+            Reserve::Reserved
+        );
+        // a later start from the same peer, failing upstream, gives back only its own
+        let mut late = cb(Event::Start, "a", None);
+        late.event_time_ms = Some(2);
+        assert_eq!(
+            release(&s, &cfg(), &Claim::of(&late), 11, true).unwrap(),
+            Release::NotHeld
+        );
+        assert_eq!(
+            release(&s, &cfg(), &Claim::of(&first), 12, true).unwrap(),
+            Release::Released
+        );
     }
 
     #[test]

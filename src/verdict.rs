@@ -24,8 +24,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// The `content-type` header.
     pub content_type: Option<&'a str>,
-    /// Other headers the configuration needs (see [`Config::needed_headers`]);
-    /// names compared case-insensitively.
+    /// Request headers (the filter passes all of them); names compared
+    /// case-insensitively.
     pub headers: &'a [(String, String)],
     /// The whole body.
     pub body: &'a [u8],
@@ -224,12 +224,16 @@ fn decide_inner(
                     Code::ExistStreamName,
                     "a push of this stream by another session is live",
                 )),
-                Reserve::Reserved | Reserve::Renewed => {
+                // Only a fresh reservation is this request's to give back if the
+                // upstream refuses it; a retry's failure must not free the stream
+                // that the first, accepted start holds.
+                Reserve::Reserved => {
                     reservation = Some(claim);
                     Ok(())
                 }
+                Reserve::Renewed => Ok(()),
             }),
-            Event::End => registry::release(store, ds, &claim, now_s).map(|_| Ok(())),
+            Event::End => registry::release(store, ds, &claim, now_s, false).map(|_| Ok(())),
         };
         match result {
             Ok(Ok(())) => verified.push("stream_registry"),

@@ -261,7 +261,7 @@ pub(crate) fn client_ip(field: &str, s: &str) -> Result<Option<String>, Callback
         return Ok(None);
     }
     s.parse::<std::net::IpAddr>()
-        .map(|ip| Some(ip.to_string()))
+        .map(|_| Some(s.to_string()))
         .map_err(|_| CallbackError::field(field, "must be an IP address"))
 }
 

@@ -146,14 +146,13 @@ pub fn log_level() -> u32 {
     }
 }
 
-/// Host wall clock, Unix seconds (0 if the host refuses).
-pub fn now_s() -> u64 {
+/// Host wall clock, Unix seconds; `None` if the host will not say (the
+/// caller must then fail closed: expiry cannot be checked without a clock).
+pub fn now_s() -> Option<u64> {
     let mut ns = 0u64;
     // SAFETY: the host writes one u64 through the pointer.
-    match ok(unsafe { proxy_get_current_time_nanoseconds(&mut ns) }) {
-        Ok(()) => ns / 1_000_000_000,
-        Err(_) => 0,
-    }
+    ok(unsafe { proxy_get_current_time_nanoseconds(&mut ns) }).ok()?;
+    Some(ns / 1_000_000_000)
 }
 
 /// Reads up to `max` bytes of a buffer.

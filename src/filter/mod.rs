@@ -314,7 +314,15 @@ fn refuse_unconfigured() -> u32 {
 fn init_registry(layout: &Layout) {
     for key in layout.bucket_keys() {
         if let Ok((None, _)) = host::shared_get(&key) {
-            let _ = host::shared_set(&key, &[], None);
+            if let Err(s) = host::shared_set(&key, &[], None) {
+                host::log(
+                    Level::Error,
+                    &format!(
+                        "callback-guard: cannot create registry bucket {key} (status {})",
+                        s.0
+                    ),
+                );
+            }
         }
     }
 }
@@ -466,7 +474,20 @@ impl Stream {
             body: &body,
             source,
         };
-        match verdict::decide(config, &req, host::now_s(), &HostStore) {
+        let Some(now) = host::now_s() else {
+            host::log(
+                Level::Error,
+                "callback-guard: the host clock is unavailable",
+            );
+            let r = Rejection {
+                code: Code::AuthencationFailed,
+                message: "cannot check the callback's times: clock unavailable".into(),
+                app: None,
+                stream: None,
+            };
+            return self.reject(&r);
+        };
+        match verdict::decide(config, &req, now, &HostStore) {
             Verdict::Reject(r) => self.reject(&r),
             Verdict::Forward(f) => {
                 self.decided = true;
@@ -500,7 +521,7 @@ impl Stream {
     fn release(&mut self) {
         if let Some(claim) = self.reservation.take() {
             let ds = &self.plugin.config.duplicate_streams;
-            match registry::release(&HostStore, ds, &claim, host::now_s()) {
+            match registry::release(&HostStore, ds, &claim, host::now_s().unwrap_or(0), true) {
                 Ok(_) => host::bump(self.plugin.metrics.released),
                 Err(e) => host::log(Level::Warn, &format!("callback-guard: release failed: {e}")),
             }
