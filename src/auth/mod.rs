@@ -4,6 +4,21 @@
 //! [`AuthError`]s whose messages say what failed and never show a value:
 //! no secret, no expected signature, no presented token.
 
+/// The first item that `matches`, after trying every item: no early exit,
+/// so the time taken does not say which key matched (or how many were tried).
+pub(crate) fn first_match<T>(
+    items: impl IntoIterator<Item = T>,
+    mut matches: impl FnMut(&T) -> bool,
+) -> Option<T> {
+    let mut found = None;
+    for item in items {
+        if matches(&item) && found.is_none() {
+            found = Some(item);
+        }
+    }
+    found
+}
+
 pub mod sender;
 pub mod token;
 pub mod webhook;

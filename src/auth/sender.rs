@@ -87,13 +87,7 @@ pub fn check_shared_key(
 
 /// Compares against every key (constant time per key, no early exit).
 fn match_any<'a>(keys: &'a [NamedSecret], presented: &[u8]) -> Option<&'a NamedSecret> {
-    let mut found = None;
-    for k in keys {
-        if k.secret.matches(presented) && found.is_none() {
-            found = Some(k);
-        }
-    }
-    found
+    super::first_match(keys, |k| k.secret.matches(presented))
 }
 
 #[cfg(test)]

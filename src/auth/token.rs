@@ -57,17 +57,10 @@ pub fn verify(auth: &PushAuth, cb: &Callback, now_s: u64) -> Result<String, Auth
             AuthError::NoKeyInScope
         });
     }
-    // Try every candidate so the time taken does not say which key matched.
-    let mut matched: Option<&PushKey> = None;
-    for key in candidates {
-        let ok = match auth.scheme {
-            Scheme::KsMd5 => ks_md5_matches(key, &cb.stream, t, &presented),
-            Scheme::HmacSha256 => hmac_matches(key, &cb.app, &cb.stream, t, &presented),
-        };
-        if ok && matched.is_none() {
-            matched = Some(key);
-        }
-    }
+    let matched = super::first_match(candidates, |key| match auth.scheme {
+        Scheme::KsMd5 => ks_md5_matches(key, &cb.stream, t, &presented),
+        Scheme::HmacSha256 => hmac_matches(key, &cb.app, &cb.stream, t, &presented),
+    });
     matched.map(|k| k.id.clone()).ok_or(AuthError::BadSignature)
 }
 

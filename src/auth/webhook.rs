@@ -47,23 +47,21 @@ pub fn verify(
         .filter_map(|s| s.strip_prefix("v1,"))
         .filter_map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
         .collect();
-    let mut matched = None;
-    for key in &cfg.keys {
+    let matched = super::first_match(&cfg.keys, |key| {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.secret.expose()) else {
-            continue;
+            return false;
         };
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(ts.as_bytes());
         mac.update(b".");
         mac.update(body);
-        for sig in &presented {
-            if mac.clone().verify_slice(sig).is_ok() && matched.is_none() {
-                matched = Some(key.id.clone());
-            }
-        }
-    }
-    matched.ok_or(AuthError::WebhookMismatch)
+        // every presented signature is checked against every key
+        super::first_match(&presented, |sig| mac.clone().verify_slice(sig).is_ok()).is_some()
+    });
+    matched
+        .map(|k| k.id.clone())
+        .ok_or(AuthError::WebhookMismatch)
 }
 
 /// Signs like a Standard Webhooks sender would (`v1,<base64>`), for tests and tools.
