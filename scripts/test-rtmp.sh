@@ -238,7 +238,7 @@ sleep 1
 check "ffmpeg exited 0, want a failure" test "$rc" -ne 0
 check "receiver got callbacks" test "$(received | wc -l)" -eq 0
 check "no AuthencationFailed in Envoy's log" test "$(envoy_codes AuthencationFailed)" -gt "$before"
-grep -q 'code=AuthencationFailed.*stream=cam3.*expired' "$TMP/envoy.log" \
+grep -q 'code=AuthencationFailed.*stream="cam3".*expired' "$TMP/envoy.log" \
   || why+="  - Envoy's log does not say the cam3 token expired"$'\n'
 result "(b) expired token refused: ffmpeg fails, receiver got nothing"
 

@@ -73,6 +73,18 @@ pub struct Forward {
 }
 
 impl Forward {
+    /// The debug log line for a forwarded callback. App and stream are quoted
+    /// and escaped, so a hostile name cannot pass for the fields after it.
+    pub fn log_line(&self) -> String {
+        format!(
+            "callback-guard forwarded: format={} event={} app={:?} stream={:?}",
+            self.format.as_str(),
+            self.event.as_str(),
+            printable(&self.app),
+            printable(&self.stream)
+        )
+    }
+
     /// The `x-callback-guard-*` headers for the forwarded request (always all four).
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -109,6 +121,21 @@ impl Rejection {
             app: None,
             stream: None,
         }
+    }
+
+    /// The one log line for a rejection: code, status, app, stream and
+    /// reason. App and stream are quoted and escaped (`-` when the body never
+    /// got that far); the reason names fields and checks, never a value.
+    pub fn log_line(&self) -> String {
+        let quoted = |s: &Option<String>| s.as_ref().map_or("-".to_string(), |s| format!("{s:?}"));
+        format!(
+            "callback-guard rejected: code={} status={} app={} stream={} reason={}",
+            self.code.as_str(),
+            self.code.status(),
+            quoted(&self.app),
+            quoted(&self.stream),
+            self.message
+        )
     }
 
     fn about(mut self, cb: &Callback) -> Self {

@@ -606,10 +606,10 @@ fn no_secret_or_token_in_any_reply_or_log_line() {
         let v = r.run(&c);
         let (code, msg) = rejected(&v);
         let body = reply::body(code, &msg, "rid");
-        let log = format!(
-            "callback-guard rejected: code={} reason={msg}",
-            code.as_str()
-        );
+        let log = match &v {
+            Verdict::Reject(r) => r.log_line(),
+            Verdict::Forward(_) => unreachable!(),
+        };
         for s in secrets {
             assert!(!body.contains(s), "reply {body} contains a secret");
             assert!(!log.contains(s), "log {log} contains a secret");
@@ -659,4 +659,43 @@ proptest! {
     fn arbitrary_form_text_always_gets_a_verdict(s in "[a-z_=&%+?:/0-9]{0,200}") {
         let _ = Req::post(FORM, s).run(&any_config());
     }
+}
+
+// ---- log lines ----------------------------------------------------------------------
+
+#[test]
+fn log_lines_quote_app_and_stream() {
+    let c = Config::default_config();
+    // A stream name that imitates the fields after it, and one with a newline.
+    let v = Req::post(
+        FORM,
+        SEED_V1_START.replace("name=asdf", "name=a%22%20reason%3D%22ok"),
+    )
+    .run(&c);
+    let Verdict::Forward(f) = &v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(
+        f.log_line(),
+        r#"callback-guard forwarded: format=kls_v1 event=start app="live" stream="a\" reason=\"ok""#
+    );
+    let c = config(r#"{"apps":["other"]}"#);
+    let v = Req::post(FORM, SEED_V1_START.replace("name=asdf", "name=a%22%20b")).run(&c);
+    let Verdict::Reject(r) = &v else {
+        panic!("{v:?}")
+    };
+    assert!(
+        r.log_line().starts_with(
+            r#"callback-guard rejected: code=NonExistApplication status=404 app="live" stream="a\" b" reason="#
+        ),
+        "{}",
+        r.log_line()
+    );
+    // Before the body is parsed there is no app or stream to show.
+    let Verdict::Reject(r) = Req::post(JSON, "[]").run(&c) else {
+        panic!("[] forwarded")
+    };
+    assert!(r
+        .log_line()
+        .contains(" app=- stream=- reason=body must be a JSON object"));
 }

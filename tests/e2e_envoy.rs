@@ -367,7 +367,7 @@ fn counters_move() {
     let log = envoy.log();
     assert!(
         log.contains(
-            "callback-guard rejected: code=AuthencationFailed status=403 app=live stream=m2"
+            r#"callback-guard rejected: code=AuthencationFailed status=403 app="live" stream="m2""#
         ),
         "{log}"
     );
@@ -375,6 +375,17 @@ fn counters_move() {
         "callback-guard {} starting",
         env!("CARGO_PKG_VERSION")
     )));
+    // A stream name that imitates the log's fields stays inside its quotes.
+    let r = envoy.post(
+        "application/x-www-form-urlencoded",
+        v1("user_publish", "m3%22%20reason%3D%22ok", "9", "bad").as_bytes(),
+    );
+    assert_eq!(r.status, 403);
+    let log = envoy.log();
+    assert!(
+        log.contains(r#"app="live" stream="m3\" reason=\"ok" reason="#),
+        "{log}"
+    );
 }
 
 #[test]

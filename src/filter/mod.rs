@@ -413,17 +413,7 @@ impl Stream {
     fn reject(&mut self, r: &Rejection) -> u32 {
         self.decided = true;
         self.plugin.metrics.reject(r.code);
-        host::log(
-            Level::Info,
-            &format!(
-                "callback-guard rejected: code={} status={} app={} stream={} reason={}",
-                r.code.as_str(),
-                r.code.status(),
-                r.app.as_deref().unwrap_or("-"),
-                r.stream.as_deref().unwrap_or("-"),
-                r.message
-            ),
-        );
+        host::log(Level::Info, &r.log_line());
         let body = reply::body(
             r.code,
             &r.message,
@@ -502,16 +492,7 @@ impl Stream {
                 }
                 self.reservation = f.reservation;
                 if self.plugin.log_forwards {
-                    host::log(
-                        Level::Debug,
-                        &format!(
-                            "callback-guard forwarded: format={} event={} app={} stream={}",
-                            f.format.as_str(),
-                            f.event.as_str(),
-                            crate::callback::printable(&f.app),
-                            crate::callback::printable(&f.stream)
-                        ),
-                    );
+                    host::log(Level::Debug, &f.log_line());
                 }
                 CONTINUE
             }
