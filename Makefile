@@ -10,10 +10,12 @@ CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/callback_guard.wasm
 
 export ENVOY_BIN
+# Targets that need Envoy install it from PyPI, unless ENVOY_BIN names one.
+ENVOY_DEP := $(if $(filter command line environment,$(origin ENVOY_BIN)),,envoy)
 
-.PHONY: all run test wasm envoy target bins lint fmt size clean bench bench-envoy fuzz fuzz-tools soak test-rtmp
+.PHONY: all run run-smoke test wasm envoy target bins lint fmt size clean bench bench-envoy fuzz fuzz-tools soak test-rtmp
 
-all: wasm bins
+all: wasm bins $(ENVOY_DEP)
 
 # Rust target for the filter.
 target:
@@ -43,7 +45,7 @@ $(VENV)/bin/envoy:
 	@$(VENV)/bin/envoy --version | grep -q "/$(ENVOY_VERSION)/" || { echo "expected Envoy $(ENVOY_VERSION)"; exit 1; }
 
 # Native unit and property tests, then end-to-end tests against a real Envoy.
-test: wasm envoy
+test: wasm $(ENVOY_DEP)
 	@echo "== Envoy: $$($(ENVOY_BIN) --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean' | cut -d/ -f1) at $(ENVOY_BIN)"
 	$(CARGO) test --all-targets
 
@@ -56,8 +58,12 @@ fmt:
 	$(CARGO) fmt
 
 # Envoy with the filter in front of the demo receiver; Ctrl-C stops both.
-run: wasm bins envoy
+run: wasm bins $(ENVOY_DEP)
 	./scripts/run.sh
+
+# The demo as a user runs it: make run, paste both printed commands, expect 200 and 403.
+run-smoke: wasm bins $(ENVOY_DEP)
+	./scripts/run-smoke.sh
 
 size: wasm
 	@stat -c %s $(WASM) | awk '{printf "callback_guard.wasm: %d bytes (%.1f KiB)\n", $$1, $$1/1024}'
@@ -67,7 +73,7 @@ bench:
 	$(CARGO) bench --bench decide
 
 # Bare Envoy vs Envoy + callback-guard vs Envoy + Lua, side by side (< 3 minutes).
-bench-envoy: wasm bins envoy
+bench-envoy: wasm bins $(ENVOY_DEP)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PYTHON) scripts/bench_envoy.py
 
@@ -94,13 +100,13 @@ fuzz: fuzz-tools
 # stopping at SOAK_SECONDS at the latest.
 SOAK_REQUESTS ?= 200000
 SOAK_SECONDS ?= 600
-soak: wasm envoy
+soak: wasm $(ENVOY_DEP)
 	SOAK_REQUESTS=$(SOAK_REQUESTS) SOAK_SECONDS=$(SOAK_SECONDS) \
 	  $(CARGO) test --release --test soak -- --ignored --nocapture
 
 # Two real nginx-rtmp ingest servers and ffmpeg behind Envoy + callback-guard
 # (envoy/nginx-rtmp.yaml); installs nginx, libnginx-mod-rtmp and ffmpeg when missing.
-test-rtmp: wasm bins envoy
+test-rtmp: wasm bins $(ENVOY_DEP)
 	./scripts/test-rtmp.sh
 
 clean:

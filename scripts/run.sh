@@ -10,6 +10,8 @@ RECEIVER=target/release/callback-receiver
 # The demo key; set your own with CALLBACK_GUARD_PUSH_KEY=... make run
 export CALLBACK_GUARD_PUSH_KEY="${CALLBACK_GUARD_PUSH_KEY:-demo0key0123456789}"
 
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
+
 for port in 8080 9901 10000; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port on 127.0.0.1 is busy; stop what uses it and retry" >&2
@@ -39,7 +41,9 @@ done
 curl -fs http://127.0.0.1:9901/ready >/dev/null || { echo "Envoy did not become ready; see /tmp/callback-guard-envoy.log" >&2; exit 1; }
 
 stream="cam$RANDOM"
-now=$(date +%s)
+# The event time is taken when the command is pasted (max_event_age_s is 10 minutes;
+# the token itself is valid for an hour).
+now="'\"\$(date +%s)\"'"
 query=$("$CLI" sign --scheme ks_md5 --key-env CALLBACK_GUARD_PUSH_KEY --app live --stream "$stream" --expires-in 3600)
 t=${query#t=}; t=${t%%&*}; k=${query##*k=}
 body() { printf '{"Version":"1.0","App":"live","Pubdomain":"push.example.com","Stream":"%s","PubStartUnixTime":%s000,"NotifyType":"PubStart","ClientIp":" ","ClientPort":" ","Node":" ","PubParam":{"t":"%s","k":"%s"}}' "$stream" "$now" "$t" "$1"; }

@@ -228,6 +228,34 @@ impl Layout {
     }
 }
 
+/// Creates the buckets that do not exist yet, empty, so that every later write
+/// goes through compare-and-swap: Envoy's shared data cannot guard a key's
+/// first write. Run once per configuration, before any request. Returns the
+/// keys that could not be created, with why.
+pub fn create_buckets(store: &dyn SharedStore, layout: &Layout) -> Vec<(String, StoreError)> {
+    let mut failed = Vec::new();
+    for key in layout.bucket_keys() {
+        match store.get(&key) {
+            Ok((_, Some(_))) => {}
+            Ok((_, None)) => {
+                if let Err(e) = store.set(&key, &[], None) {
+                    failed.push((key, e));
+                }
+            }
+            Err(e) => failed.push((key, e)),
+        }
+    }
+    failed
+}
+
+/// Whether a start's reservation stands once the upstream has answered it:
+/// only a 2xx accepts the publish. Any other status, or none at all (the
+/// request was reset or timed out), means the push does not go ahead, so the
+/// stream must be freed rather than blocked for `ttl_s`.
+pub fn publish_accepted(upstream_status: Option<i64>) -> bool {
+    upstream_status.is_some_and(|s| (200..300).contains(&s))
+}
+
 fn decode(bytes: Option<Vec<u8>>) -> Vec<Entry> {
     bytes
         .unwrap_or_default()
@@ -255,8 +283,9 @@ fn update<T>(
     for _ in 0..CAS_RETRIES {
         let (bytes, cas) = store.get(key)?;
         if cas.is_none() {
-            // Envoy's compare-and-swap cannot guard a key's first write: create
-            // the bucket empty, then come back and update it under CAS.
+            // Normally done by `create_buckets` before any request. Envoy's
+            // compare-and-swap cannot guard a key's first write: create the
+            // bucket empty, then come back and update it under CAS.
             store.set(key, &[], None)?;
             continue;
         }
@@ -518,6 +547,49 @@ mod tests {
         assert_eq!(end(&s, "a", None, 14), Release::Released);
     }
 
+    /// Without an identity and without a client address (the spec samples'
+    /// blank `ClientIp`/`ClientPort`), an end cannot be tied to one push. It
+    /// frees the stream's derived reservation rather than leave the stream
+    /// blocked for `ttl_s` (README, "One live push per stream").
+    #[test]
+    fn an_end_with_no_identity_and_no_address_frees_a_derived_reservation() {
+        let s = MemoryStore::new();
+        let anonymous = |event, time| {
+            let mut c = cb(event, "a", None);
+            c.client_ip = None;
+            c.client_port = None;
+            c.event_time_ms = Some(time);
+            c
+        };
+        let first = anonymous(Event::Start, 1_700_000_000_000);
+        let second = anonymous(Event::Start, 1_700_000_000_500);
+        assert_eq!(
+            reserve(&s, &cfg(), &Claim::of(&first), 10).unwrap(),
+            Reserve::Reserved
+        );
+        assert_eq!(
+            reserve(&s, &cfg(), &Claim::of(&second), 11).unwrap(),
+            Reserve::Busy
+        );
+        let end = anonymous(Event::End, 1_700_000_060_000);
+        assert_eq!(
+            release(&s, &cfg(), &Claim::of(&end), 12, false).unwrap(),
+            Release::Released
+        );
+        assert_eq!(
+            reserve(&s, &cfg(), &Claim::of(&second), 13).unwrap(),
+            Reserve::Reserved
+        );
+        // It still never frees a session the sender named.
+        start(&s, "named", Some("s1"), 14);
+        let mut end = anonymous(Event::End, 1_700_000_060_000);
+        end.stream = "named".into();
+        assert_eq!(
+            release(&s, &cfg(), &Claim::of(&end), 15, false).unwrap(),
+            Release::NotHeld
+        );
+    }
+
     #[test]
     fn an_anonymous_end_cannot_free_a_named_session() {
         let s = MemoryStore::new();
@@ -636,6 +708,9 @@ mod tests {
     #[test]
     fn concurrent_reservations_admit_exactly_one() {
         let s = std::sync::Arc::new(MemoryStore::new());
+        // As the filter does at configuration time: a bucket's first write
+        // cannot be guarded by compare-and-swap.
+        assert!(create_buckets(&*s, &Layout::for_config(&cfg())).is_empty());
         let handles: Vec<_> = (0..8)
             .map(|t| {
                 let s = s.clone();
@@ -653,5 +728,33 @@ mod tests {
             .collect();
         let total: i32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
         assert_eq!(total, 1);
+    }
+
+    #[test]
+    fn create_buckets_keeps_existing_ones() {
+        let s = MemoryStore::new();
+        let layout = Layout::for_config(&cfg());
+        assert!(create_buckets(&s, &layout).is_empty());
+        assert_eq!(
+            s.get(&layout.bucket_keys().next().unwrap()).unwrap().0,
+            Some(vec![])
+        );
+        let c = Claim::of(&cb(Event::Start, "kept", Some("a")));
+        assert_eq!(reserve(&s, &cfg(), &c, 1).unwrap(), Reserve::Reserved);
+        // A second configuration (another worker, a reload) must not wipe it.
+        assert!(create_buckets(&s, &layout).is_empty());
+        let other = Claim::of(&cb(Event::Start, "kept", Some("b")));
+        assert_eq!(reserve(&s, &cfg(), &other, 1).unwrap(), Reserve::Busy);
+    }
+
+    #[test]
+    fn only_a_2xx_upstream_answer_keeps_a_reservation() {
+        for s in [200, 201, 204, 299] {
+            assert!(publish_accepted(Some(s)), "{s}");
+        }
+        for s in [0, 100, 199, 300, 302, 403, 409, 500, 503, 504] {
+            assert!(!publish_accepted(Some(s)), "{s}");
+        }
+        assert!(!publish_accepted(None), "reset or timeout: no answer");
     }
 }

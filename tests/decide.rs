@@ -549,6 +549,32 @@ fn exist_stream_name_and_release() {
     assert_forward(&start("b"));
 }
 
+/// KLS old-version forms with an empty `vdoid` (a shape real senders use)
+/// carry no identity, no client address and no time: a second start cannot be
+/// told from a retry, so both are forwarded (documented in the README).
+#[test]
+fn old_version_starts_without_vdoid_cannot_be_told_apart() {
+    let c = config(r#"{}"#);
+    let store = MemoryStore::new();
+    let body = SEED_V1_START.replace("vdoid=123456", "vdoid=");
+    let first = Req::post(FORM, body.clone()).run_with(&c, NOW, &store);
+    assert!(assert_forward(&first).reservation.is_some());
+    let second = Req::post(FORM, body).run_with(&c, NOW + 5, &store);
+    assert!(
+        assert_forward(&second).reservation.is_none(),
+        "taken for a retry"
+    );
+    // With a vdoid, the second push is refused.
+    let a = SEED_V1_START.replace("name=asdf", "name=other");
+    assert_forward(&Req::post(FORM, a.clone()).run_with(&c, NOW, &store));
+    let b = a.replace("vdoid=123456", "vdoid=654321");
+    assert_code(
+        &Req::post(FORM, b).run_with(&c, NOW, &store),
+        Code::ExistStreamName,
+        "another session",
+    );
+}
+
 #[test]
 fn duplicate_check_can_be_switched_off() {
     let c = config(r#"{"duplicate_streams":{"reject":false}}"#);

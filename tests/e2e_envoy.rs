@@ -280,6 +280,13 @@ fn body_limit_with_and_without_content_length() {
     let mut cfg = base_config();
     cfg["max_body_bytes"] = json!(1024);
     let Some(envoy) = start(cfg, &rx) else { return };
+    // A declared length over the limit is refused from the headers alone:
+    // no byte of the body is ever sent here.
+    let r = http1_raw(
+        envoy.port,
+        b"POST /callback HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n",
+    );
+    assert_eq!((r.status, r.code()), (413, "PayloadTooLarge".to_string()));
     let big = vec![b'x'; 5000];
     let r = http1(
         envoy.port,
@@ -375,6 +382,8 @@ fn counters_move() {
         "callback-guard {} starting",
         env!("CARGO_PKG_VERSION")
     )));
+    // Forwards are logged at debug only: nothing at info.
+    assert!(!log.contains("callback-guard forwarded:"), "{log}");
     // A stream name that imitates the log's fields stays inside its quotes.
     let r = envoy.post(
         "application/x-www-form-urlencoded",

@@ -62,12 +62,42 @@ fn two_hundred_concurrent_starts_admit_exactly_one() {
         responses.iter().map(|r| r.status).collect::<Vec<_>>()
     );
     assert_eq!(rx.received().len(), 1);
-    // both workers took part
+    // Every refusal is the live-stream rule, not a contended or full registry
+    // (those answer the same code with another message).
+    for r in responses.iter().filter(|r| r.status == 409) {
+        assert_eq!(
+            r.json()["Error"]["Message"],
+            "a push of this stream by another session is live"
+        );
+    }
     let log = envoy.log();
-    assert!(
+    assert_eq!(
         log.matches("callback-guard rejected: code=ExistStreamName")
-            .count()
-            == n - 1
+            .count(),
+        n - 1
+    );
+    // Both workers took connections, so the registry was shared between them.
+    let stats = http1(
+        envoy.admin,
+        "GET",
+        "/stats?filter=worker_[0-9]+.downstream_cx_total",
+        &[],
+        b"",
+    );
+    let per_worker: Vec<u64> = String::from_utf8_lossy(&stats.body)
+        .lines()
+        .filter(|l| l.starts_with("listener.127.0.0.1_"))
+        .filter_map(|l| l.rsplit(": ").next()?.trim().parse().ok())
+        .collect();
+    assert_eq!(
+        per_worker.len(),
+        2,
+        "{}",
+        String::from_utf8_lossy(&stats.body)
+    );
+    assert!(
+        per_worker.iter().all(|&n| n > 0),
+        "connections per worker: {per_worker:?}"
     );
 }
 
@@ -199,4 +229,78 @@ fn registry_off_forwards_every_start() {
         );
     }
     assert_eq!(rx.received().len(), 3);
+}
+
+/// A start the upstream never answers must not keep its stream: neither after
+/// a route timeout (Envoy answers 504 itself) nor after the client hangs up
+/// while the upstream is still working (the request is reset, no response at
+/// all). Each time, another session's start gets through.
+#[test]
+fn timeout_and_client_reset_release_the_reservation() {
+    use std::io::Write;
+    let rx = Receiver::start();
+    let mut opts = EnvoyOpts::new(base_config(), rx.port);
+    opts.route_timeout_s = 1;
+    let Some(envoy) = Envoy::start(opts) else {
+        return;
+    };
+    let slow = [("content-type", JSON), ("x-receiver-delay-ms", "3000")];
+    let start = |stream: &str, session: &str| {
+        let body = v2("PubStart", stream, Some(session), KS_KEY);
+        http1(
+            envoy.port,
+            "POST",
+            "/callback",
+            &[("content-type", JSON)],
+            body.as_bytes(),
+        )
+    };
+
+    // Route timeout.
+    let body = v2("PubStart", "timeout", Some("P"), KS_KEY);
+    let r = http1(envoy.port, "POST", "/callback", &slow, body.as_bytes());
+    assert_eq!(r.status, 504);
+    assert_eq!(
+        start("timeout", "Q").status,
+        200,
+        "not 409: the timed-out start was released"
+    );
+
+    // Client reset: hang up once the upstream has the start, before it answers.
+    let body = v2("PubStart", "hangup", Some("P"), KS_KEY);
+    let mut req = String::from("POST /callback HTTP/1.1\r\nhost: 127.0.0.1\r\n");
+    for (k, v) in slow {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !rx
+        .received()
+        .iter()
+        .any(|c| String::from_utf8_lossy(&c.body).contains("\"hangup\""))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the start never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        start("hangup", "Q").status,
+        409,
+        "reserved while the start is in flight"
+    );
+    drop(s);
+    let released = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        envoy.counter("callback_guard_reservations_released") >= 2
+    });
+    assert!(released, "the reset start was not released");
+    assert_eq!(
+        start("hangup", "Q").status,
+        200,
+        "not 409: the reset start was released"
+    );
 }

@@ -309,21 +309,13 @@ fn refuse_unconfigured() -> u32 {
     PAUSE
 }
 
-/// Creates empty buckets that do not exist yet, so that every later write goes
-/// through compare-and-swap (Envoy's CAS cannot guard a key's first write).
+/// Creates the registry's buckets before any request (see [`registry::create_buckets`]).
 fn init_registry(layout: &Layout) {
-    for key in layout.bucket_keys() {
-        if let Ok((None, _)) = host::shared_get(&key) {
-            if let Err(s) = host::shared_set(&key, &[], None) {
-                host::log(
-                    Level::Error,
-                    &format!(
-                        "callback-guard: cannot create registry bucket {key} (status {})",
-                        s.0
-                    ),
-                );
-            }
-        }
+    for (key, e) in registry::create_buckets(&HostStore, layout) {
+        host::log(
+            Level::Error,
+            &format!("callback-guard: cannot create registry bucket {key}: {e}"),
+        );
     }
 }
 
@@ -394,7 +386,7 @@ impl Stream {
             .ok()
             .flatten()
             .and_then(|v| wire::decode_int(&v));
-        if status.is_some_and(|s| (200..300).contains(&s)) {
+        if registry::publish_accepted(status) {
             self.reservation = None;
         } else {
             self.release();
