@@ -282,6 +282,136 @@ fn formats_switch_dialects() {
     );
 }
 
+/// An nginx-rtmp `on_publish` form as nginx-rtmp posts it, from ingest
+/// `port`, with the push URL's `t` and `k` as extra fields.
+fn nginx_form(
+    call: &str,
+    app: &str,
+    stream: &str,
+    port: u16,
+    clientid: u32,
+    t: u64,
+    k: &str,
+) -> String {
+    format!(
+        "app={app}&flashver=FMLE/3.0%20(compatible%3B%20Lavf59.27&swfurl=&tcurl=rtmp://127.0.0.1:{port}/{app}&pageurl=&addr=127.0.0.1&clientid={clientid}&call={call}&name={stream}&type=live&t={t}&k={k}"
+    )
+}
+
+/// The nginx-rtmp dialect gets the same token, `apps` and `ExistStreamName`
+/// rules as KLS callbacks.
+#[test]
+fn nginx_rtmp_callbacks_get_the_same_rules() {
+    let c = config(&format!(
+        r#"{{"formats":["nginx_rtmp"],"apps":["live"],
+            "push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KS_KEY}"}}]}}}}"#
+    ));
+    let store = MemoryStore::new();
+    let t = NOW + 600;
+    let k = |stream: &str, t: u64| {
+        let q = token::sign(Scheme::KsMd5, KS_KEY.as_bytes(), "live", stream, t);
+        q.rsplit("k=").next().unwrap().to_string()
+    };
+    let run = |body: String| Req::post(FORM, body).run_with(&c, NOW, &store);
+
+    // A signed push from ingest A is forwarded and reserves the stream.
+    let f = assert_forward(&run(nginx_form(
+        "publish",
+        "live",
+        "cam1",
+        19350,
+        1,
+        t,
+        &k("cam1", t),
+    )))
+    .clone();
+    assert_eq!(
+        (f.format.as_str(), f.key_id.as_deref()),
+        ("nginx_rtmp", Some("main"))
+    );
+    assert!(f.reservation.is_some());
+    // Ingest B numbers its clients from 1 too: same clientid, other ingest, other session.
+    assert_code(
+        &run(nginx_form(
+            "publish",
+            "live",
+            "cam1",
+            19351,
+            1,
+            t,
+            &k("cam1", t),
+        )),
+        Code::ExistStreamName,
+        "another session",
+    );
+    // A's publish_done frees the stream; then B may push it.
+    assert_forward(&run(nginx_form(
+        "publish_done",
+        "live",
+        "cam1",
+        19350,
+        1,
+        t,
+        &k("cam1", t),
+    )));
+    assert_forward(&run(nginx_form(
+        "publish",
+        "live",
+        "cam1",
+        19351,
+        1,
+        t,
+        &k("cam1", t),
+    )));
+
+    // Forged and expired tokens, and an app not in `apps`.
+    assert_code(
+        &run(nginx_form(
+            "publish",
+            "live",
+            "cam2",
+            19350,
+            2,
+            t,
+            "0123456789abcdef",
+        )),
+        Code::AuthencationFailed,
+        "signature",
+    );
+    let old = NOW - 3600;
+    assert_code(
+        &run(nginx_form(
+            "publish",
+            "live",
+            "cam3",
+            19350,
+            3,
+            old,
+            &k("cam3", old),
+        )),
+        Code::AuthencationFailed,
+        "expired",
+    );
+    assert_code(
+        &run(nginx_form(
+            "publish",
+            "vod",
+            "cam4",
+            19350,
+            4,
+            t,
+            &k("cam4", t),
+        )),
+        Code::NonExistApplication,
+        "apps",
+    );
+    // Another `call` (nginx-rtmp's on_play, on_update) is refused, naming nginx's values.
+    for call in ["play", "update_publish", "user_publish"] {
+        let v = run(nginx_form(call, "live", "cam5", 19350, 5, t, &k("cam5", t)));
+        assert_code(&v, Code::InvalidParameterValue, "publish or publish_done");
+    }
+}
+
 // ---- apps ------------------------------------------------------------------------
 
 #[test]

@@ -14,7 +14,9 @@
 //! signature that the sender presents in a header or the query therefore
 //! shows in those lines of Envoy's own; the test checks that it never shows
 //! in a line of the filter's. Push keys, the webhook secret, expected
-//! signatures and body-borne tokens must appear nowhere at all.
+//! signatures and body-borne tokens must appear nowhere at all. A second test
+//! puts only the filter at trace (`--component-log-level wasm:trace`); then
+//! nothing presented or configured may appear anywhere in the log.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -89,7 +91,7 @@ fn send(
     )
 }
 
-fn start_envoy(scheme: &str, rx: &Receiver) -> Option<Envoy> {
+fn start_envoy(scheme: &str, rx: &Receiver, verbose: Verbose) -> Option<Envoy> {
     let cfg = json!({
         "apps": ["live"],
         "formats": ["kls_v2", "kls_v1"],
@@ -103,7 +105,10 @@ fn start_envoy(scheme: &str, rx: &Receiver) -> Option<Envoy> {
         }
     });
     let mut opts = EnvoyOpts::new(cfg, rx.port);
-    opts.log_level = "trace".into();
+    match verbose {
+        Verbose::All => opts.log_level = "trace".into(),
+        Verbose::FilterOnly => opts.component_log_level = Some("wasm:trace".into()),
+    }
     opts.concurrency = 1;
     let push = if scheme == "ks_md5" { KS } else { HMAC };
     let old = if scheme == "ks_md5" {
@@ -121,6 +126,13 @@ fn start_envoy(scheme: &str, rx: &Receiver) -> Option<Envoy> {
         opts.host_env_keys.push(k.into());
     }
     Envoy::start(opts)
+}
+
+/// Who logs at trace: all of Envoy, or only the filter (`wasm`), the rest at info.
+#[derive(Clone, Copy)]
+enum Verbose {
+    All,
+    FilterOnly,
 }
 
 /// `t`, the signature param and its value, for `stream` signed with `key`.
@@ -274,7 +286,7 @@ fn no_secret_or_token_in_envoys_trace_log() {
         ("ks_md5", Scheme::KsMd5, KS),
         ("hmac_sha256", Scheme::HmacSha256, HMAC),
     ] {
-        let Some(envoy) = start_envoy(scheme_name, &rx) else {
+        let Some(envoy) = start_envoy(scheme_name, &rx, Verbose::All) else {
             return;
         };
         let sent = exercise(&envoy, scheme, key);
@@ -305,5 +317,47 @@ fn no_secret_or_token_in_envoys_trace_log() {
         "{} leaks:\n{}",
         problems.len(),
         problems.join("\n")
+    );
+}
+
+/// The filter at its most verbose (`--component-log-level wasm:trace`) with
+/// the rest of Envoy at info: then nothing presented or configured may show
+/// anywhere in the log, header-borne shared keys and webhook signatures
+/// included.
+#[test]
+fn no_secret_or_token_anywhere_with_the_filter_at_trace() {
+    let rx = Receiver::start();
+    let Some(envoy) = start_envoy("ks_md5", &rx, Verbose::FilterOnly) else {
+        return;
+    };
+    let sent = exercise(&envoy, Scheme::KsMd5, KS);
+    let log = envoy.log();
+    assert!(log.contains("callback-guard rejected: code=AuthencationFailed"));
+    assert!(
+        log.contains("callback-guard forwarded:"),
+        "the filter logs forwards at this level"
+    );
+    assert!(
+        !log.contains("[trace][http]"),
+        "only the filter runs at trace"
+    );
+    let leaks: Vec<String> = log
+        .lines()
+        .filter_map(|line| {
+            let s = sent
+                .never
+                .iter()
+                .chain(&sent.in_headers)
+                .find(|s| line.contains(s.as_str()))?;
+            Some(format!("{s:?} in: {line}"))
+        })
+        .collect();
+    assert!(!sent.in_headers.is_empty() && !sent.never.is_empty());
+    assert_eq!(rx.received().len(), 2, "two valid callbacks");
+    assert!(
+        leaks.is_empty(),
+        "{} leaks:\n{}",
+        leaks.len(),
+        leaks.join("\n")
     );
 }

@@ -141,6 +141,8 @@ pub struct EnvoyOpts {
     pub upstream_port: u16,
     /// Envoy's log level (`-l`).
     pub log_level: String,
+    /// Per-component levels (`--component-log-level`), e.g. `wasm:trace`.
+    pub component_log_level: Option<String>,
     /// Route timeout to the upstream, in seconds.
     pub route_timeout_s: u32,
     /// A whole config instead of the generated one; `{{LISTENER_PORT}}`,
@@ -157,6 +159,7 @@ impl EnvoyOpts {
             host_env_keys: Vec::new(),
             upstream_port,
             log_level: "info".into(),
+            component_log_level: None,
             route_timeout_s: 5,
             raw_yaml: None,
         }
@@ -318,6 +321,11 @@ fn spawn_envoy(opts: &EnvoyOpts, dir: &TempDir, port: u16, admin: u16) -> (Child
         .arg(&cfg)
         .args(["--concurrency", &opts.concurrency.to_string()])
         .args(["-l", &opts.log_level])
+        .args(
+            opts.component_log_level
+                .iter()
+                .flat_map(|c| ["--component-log-level", c.as_str()]),
+        )
         .arg("--disable-hot-restart")
         .current_dir(repo())
         .stdin(Stdio::null())
