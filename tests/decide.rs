@@ -855,3 +855,154 @@ fn log_lines_quote_app_and_stream() {
         .log_line()
         .contains(" app=- stream=- reason=body must be a JSON object"));
 }
+
+/// End times come as a 13-digit string or integer, like start times; anything
+/// else is refused with the field's name.
+#[test]
+fn end_times_as_string_or_integer() {
+    let c = Config::default_config();
+    for t in ["1456800010000", "\"1456800010000\""] {
+        let body = SEED_END
+            .replace("1456800010000", t.trim_matches('"'))
+            .replace(
+                "\"PubEndUnixTime\":1456800010000",
+                &format!("\"PubEndUnixTime\":{t}"),
+            );
+        let f = assert_forward(&Req::post(JSON, body).run(&c)).clone();
+        assert_eq!(f.event.as_str(), "end");
+    }
+    for bad in [
+        "\"145680001000\"",
+        "1456800010000.5",
+        "-1456800010000",
+        "\"abc\"",
+        "[]",
+    ] {
+        let body = SEED_END.replace("1456800010000", bad);
+        assert_code(
+            &Req::post(JSON, body).run(&c),
+            Code::InvalidParameterValue,
+            "PubEndUnixTime",
+        );
+    }
+}
+
+/// The push-token rules (which run after the sender checks) and a CIDR
+/// failure: no reply or log line shows a key, the expected signature or the
+/// presented one, whichever way the token is wrong.
+#[test]
+fn no_token_value_in_push_token_or_cidr_rejections() {
+    use hmac::{Hmac, Mac};
+    let hmac_sig = |key: &str, stream: &str, t: u64| {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+        mac.update(format!("live\n{stream}\n{t}").as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    };
+    let t = NOW + 60;
+    let old = NOW - 3600;
+    let ks = config(&format!(
+        r#"{{"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KS_KEY}"}}]}},
+            "callback_auth":{{"allow_cidrs":["10.0.0.0/8"]}}}}"#
+    ));
+    let hm = config(&format!(
+        r#"{{"push_auth":{{"scheme":"hmac_sha256","keys":[{{"id":"h1","secret":"{HMAC_KEY}"}}]}}}}"#
+    ));
+    let k_good = ks_params("s", t).split("\"k\":\"").nth(1).unwrap()[..16].to_string();
+    let k_old = ks_params("s", old).split("\"k\":\"").nth(1).unwrap()[..16].to_string();
+    let h_good = hmac_sig(HMAC_KEY, "s", t);
+    let h_wrong = hmac_sig("another-key-0123456789", "s", t);
+    let from = |ip: &str, c: &Config, params: String| {
+        let mut r = Req::post(JSON, v2_start("s", &params));
+        r.source = Some(ip.parse().unwrap());
+        r.run(c)
+    };
+    let cases = [
+        (
+            from(
+                "10.0.0.1",
+                &ks,
+                format!(r#"{{"t":"{t}","k":"0123456789abcdef"}}"#),
+            ),
+            "does not match",
+        ),
+        (
+            from(
+                "10.0.0.1",
+                &ks,
+                format!(r#"{{"t":"{t}","k":"{}"}}"#, k_good.to_uppercase()),
+            ),
+            "lowercase hex",
+        ),
+        (
+            from(
+                "10.0.0.1",
+                &ks,
+                format!(r#"{{"t":"{t}","k":"{}"}}"#, &k_good[..15]),
+            ),
+            "16 hex characters",
+        ),
+        (
+            from("10.0.0.1", &ks, format!(r#"{{"t":"{old}","k":"{k_old}"}}"#)),
+            "expired",
+        ),
+        (
+            from("192.0.2.7", &ks, format!(r#"{{"t":"{t}","k":"{k_good}"}}"#)),
+            "sender address not allowed",
+        ),
+        (
+            from(
+                "10.0.0.1",
+                &hm,
+                format!(r#"{{"t":"{t}","sign":"{h_wrong}"}}"#),
+            ),
+            "does not match",
+        ),
+        (
+            from(
+                "10.0.0.1",
+                &hm,
+                format!(r#"{{"t":"{t}","sign":"{}"}}"#, h_good.to_uppercase()),
+            ),
+            "lowercase hex",
+        ),
+        (
+            from(
+                "10.0.0.1",
+                &hm,
+                format!(r#"{{"t":"{t}","sign":"{h_good}","kid":"nope"}}"#),
+            ),
+            "kid",
+        ),
+    ];
+    let values = [
+        KS_KEY,
+        HMAC_KEY,
+        &k_good,
+        &k_good.to_uppercase(),
+        &k_old,
+        &h_good,
+        &h_good.to_uppercase(),
+        &h_wrong,
+        &h_good[..16],
+        "0123456789abcdef",
+    ];
+    for (v, needle) in &cases {
+        let Verdict::Reject(r) = v else {
+            panic!("forwarded: {v:?}")
+        };
+        assert_eq!(r.code, Code::AuthencationFailed, "{}", r.message);
+        assert!(
+            r.message.contains(needle),
+            "{:?} should mention {needle}",
+            r.message
+        );
+        let body = reply::body(r.code, &r.message, "rid");
+        let line = r.log_line();
+        for s in values {
+            assert!(
+                !body.contains(s) && !line.contains(s),
+                "{s} shows in {body} / {line}"
+            );
+        }
+    }
+}

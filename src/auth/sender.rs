@@ -199,6 +199,20 @@ mod tests {
     }
 
     #[test]
+    fn shared_key_under_a_custom_query_param() {
+        let s = sk(Some("cdn_token"), None);
+        assert_eq!(
+            check_shared_key(&s, "/callback?cdn_token=s3cr3t-current", None).unwrap(),
+            "cur"
+        );
+        assert_eq!(
+            check_shared_key(&s, "/callback?auth_key=s3cr3t-current", None),
+            Err(AuthError::SharedKeyMissing),
+            "only the configured name counts"
+        );
+    }
+
+    #[test]
     fn shared_key_in_header() {
         let s = sk(None, Some("x-cdn-key"));
         assert_eq!(

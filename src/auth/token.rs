@@ -391,6 +391,25 @@ mod tests {
                 len: 64
             })
         );
+        let lower = sign(
+            Scheme::HmacSha256,
+            b"0123456789abcdef",
+            "live",
+            "s",
+            1_560_096_712,
+        );
+        let sig = lower.rsplit("sign=").next().unwrap().to_string();
+        for bad in [sig.to_uppercase(), format!("{}z", &sig[..63])] {
+            assert_eq!(
+                verify(
+                    &h,
+                    &cb(Event::Start, &format!("t=1560096712&sign={bad}")),
+                    NOW
+                ),
+                Err(AuthError::SignNotHex("sign")),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ enum Cmd {
         /// Plugin configuration (JSON, as in the Envoy filter's `configuration`).
         #[arg(long)]
         config: String,
-        /// The request's content-type.
+        /// The request's content-type; `--content-type ''` sends none.
         #[arg(long, default_value = "application/json")]
         content_type: String,
         /// The request's method.
@@ -290,7 +290,7 @@ fn check(
     let req = Request {
         method,
         path,
-        content_type: Some(content_type),
+        content_type: Some(content_type).filter(|t| !t.is_empty()),
         headers: &pairs,
         body: &body,
         source,
@@ -303,29 +303,43 @@ fn check(
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), serde_json::Value::String(v)))
                 .collect();
-            println!(
-                "{}",
-                serde_json::json!({
-                    "action": "forward",
-                    "status": 200,
-                    "code": "",
-                    "message": format!("verified: {}", f.verified.join(",")),
-                    "headers": headers,
-                })
-            );
+            print_outcome(&Outcome {
+                action: "forward",
+                status: 200,
+                code: "",
+                message: format!("verified: {}", f.verified.join(",")),
+                headers: Some(headers),
+            });
             ExitCode::SUCCESS
         }
         Verdict::Reject(r) => {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "action": "reject",
-                    "status": r.code.status(),
-                    "code": r.code.as_str(),
-                    "message": r.message,
-                })
-            );
+            print_outcome(&Outcome {
+                action: "reject",
+                status: r.code.status(),
+                code: r.code.as_str(),
+                message: r.message,
+                headers: None,
+            });
             ExitCode::from(1)
         }
+    }
+}
+
+/// The one JSON line `check` prints, keys in this order.
+#[derive(serde::Serialize)]
+struct Outcome {
+    action: &'static str,
+    status: u16,
+    code: &'static str,
+    message: String,
+    /// The `x-callback-guard-*` headers a forward adds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn print_outcome(o: &Outcome) {
+    match serde_json::to_string(o) {
+        Ok(line) => println!("{line}"),
+        Err(e) => eprintln!("cannot print the outcome: {e}"),
     }
 }

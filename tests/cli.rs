@@ -1,0 +1,375 @@
+//! The `callback-guard` command-line tool, run as a user runs it: `check`
+//! (the filter's `decide()` on a body from stdin), `check-config` and `sign`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use sha2::Sha256;
+
+const BIN: &str = env!("CARGO_BIN_EXE_callback-guard");
+const NOW: u64 = 1_700_000_000;
+const KEY: &str = "CliKey123";
+
+fn run(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A usage error exits before reading stdin: a broken pipe is expected then.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
+    (
+        status.code().unwrap(),
+        String::from_utf8(stdout).unwrap(),
+        String::from_utf8(stderr).unwrap(),
+    )
+}
+
+/// A configuration file in a fresh temp dir.
+fn config_file(tag: &str, json: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("cg-cli-{tag}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cfg.json");
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+fn ks_k(stream: &str, t: u64) -> String {
+    hex::encode(Md5::digest(format!("{KEY}{stream}{t}")))[8..24].to_string()
+}
+
+fn start_body(stream: &str, k: &str) -> String {
+    format!(
+        r#"{{"Version":"1.0","App":"live","Pubdomain":"push.example.com","Stream":"{stream}","PubStartUnixTime":{NOW}000,"NotifyType":"PubStart","ClientIp":" ","ClientPort":" ","Node":" ","PubParam":{{"t":"{}","k":"{k}"}}}}"#,
+        NOW + 600
+    )
+}
+
+fn guarded_config() -> std::path::PathBuf {
+    config_file(
+        "check",
+        &format!(
+            r#"{{"apps":["live"],"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KEY}"}}]}}}}"#
+        ),
+    )
+}
+
+#[test]
+fn check_forwards_a_valid_callback_and_prints_the_headers() {
+    let cfg = guarded_config();
+    let now = NOW.to_string();
+    let body = start_body("cam1", &ks_k("cam1", NOW + 600));
+    let (rc, out, _) = run(
+        &["check", "--config", cfg.to_str().unwrap(), "--now", &now],
+        body.as_bytes(),
+    );
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(out.lines().count(), 1, "one JSON line: {out}");
+    assert!(
+        out.starts_with(r#"{"action":"forward","status":200,"code":"","message":"verified: "#),
+        "keys in the documented order: {out}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["headers"]["x-callback-guard-key-id"], "main");
+    assert_eq!(v["headers"]["x-callback-guard-event"], "start");
+    assert!(!out.contains(KEY));
+}
+
+#[test]
+fn check_rejects_with_the_spec_code_and_exit_1() {
+    let cfg = guarded_config();
+    let cfg = cfg.to_str().unwrap();
+    let now = NOW.to_string();
+    let forged = start_body("cam1", "0123456789abcdef");
+    let (rc, out, _) = run(
+        &["check", "--config", cfg, "--now", &now],
+        forged.as_bytes(),
+    );
+    assert_eq!(rc, 1);
+    assert_eq!(
+        out.trim(),
+        r#"{"action":"reject","status":403,"code":"AuthencationFailed","message":"push token signature does not match"}"#
+    );
+    // Expired at the given --now.
+    let later = (NOW + 3600).to_string();
+    let good = start_body("cam1", &ks_k("cam1", NOW + 600));
+    let (rc, out, _) = run(
+        &["check", "--config", cfg, "--now", &later],
+        good.as_bytes(),
+    );
+    assert_eq!((rc, out.contains("expired")), (1, true), "{out}");
+    // Method, content type, sender address and headers reach decide().
+    let (rc, out, _) = run(&["check", "--config", cfg, "--method", "GET"], b"");
+    assert_eq!((rc, out.contains(r#""status":405"#)), (1, true), "{out}");
+    let (rc, out, _) = run(
+        &["check", "--config", cfg, "--content-type", ""],
+        good.as_bytes(),
+    );
+    assert_eq!(
+        (rc, out.contains("UnsupportedMediaType")),
+        (1, true),
+        "{out}"
+    );
+    let cidr = config_file(
+        "cidr",
+        r#"{"callback_auth":{"allow_cidrs":["10.0.0.0/8"]}}"#,
+    );
+    let cidr = cidr.to_str().unwrap();
+    let args = |ip: &'static str| {
+        [
+            "check",
+            "--config",
+            cidr,
+            "--now",
+            &now,
+            "--source-addr",
+            ip,
+        ]
+        .map(String::from)
+    };
+    let (rc, _, _) = run(
+        &args("10.1.2.3").each_ref().map(String::as_str),
+        good.as_bytes(),
+    );
+    assert_eq!(rc, 0);
+    let (rc, out, _) = run(
+        &args("192.0.2.1").each_ref().map(String::as_str),
+        good.as_bytes(),
+    );
+    assert_eq!((rc, out.contains("AuthencationFailed")), (1, true), "{out}");
+    let shared = config_file(
+        "shared",
+        r#"{"callback_auth":{"shared_key":{"header":"x-cdn-key","keys":[{"id":"c","secret":"cdn-secret-1"}]}}}"#,
+    );
+    let shared = shared.to_str().unwrap();
+    let base = ["check", "--config", shared, "--now", &now, "--header"];
+    let (rc, _, _) = run(
+        &[&base[..], &["X-Cdn-Key: cdn-secret-1"]].concat(),
+        good.as_bytes(),
+    );
+    assert_eq!(rc, 0);
+    let (rc, out, _) = run(&[&base[..], &["X-Cdn-Key: nope"]].concat(), good.as_bytes());
+    assert_eq!(rc, 1, "{out}");
+}
+
+#[test]
+fn check_exits_2_on_usage_and_configuration_errors() {
+    let (rc, _, err) = run(&["check"], b"{}");
+    assert_eq!(rc, 2, "{err}");
+    let bad = config_file(
+        "bad",
+        r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"k","secret":"no-dashes-allowed"}]}}"#,
+    );
+    let (rc, out, err) = run(&["check", "--config", bad.to_str().unwrap()], b"{}");
+    assert_eq!((rc, out.as_str()), (2, ""));
+    assert!(err.contains("push_auth.keys[0]"), "{err}");
+    assert!(
+        !err.contains("no-dashes-allowed"),
+        "a secret is never printed: {err}"
+    );
+    let cfg = guarded_config();
+    let (rc, _, err) = run(
+        &[
+            "check",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--header",
+            "no colon",
+        ],
+        b"{}",
+    );
+    assert_eq!((rc, err.contains("Name: value")), (2, true), "{err}");
+}
+
+#[test]
+fn check_config_prints_ok_or_every_problem() {
+    let cfg = guarded_config();
+    let (rc, out, _) = run(&["check-config", cfg.to_str().unwrap()], b"");
+    assert_eq!((rc, out.as_str()), (0, "ok\n"));
+    let bad = config_file(
+        "problems",
+        r#"{"max_body_bytes":0,"push_auth":{"scheme":"hmac_sha256","keys":[{"id":"a","secret":"tiny1"}]},
+            "duplicate_streams":{"ttl_s":0}}"#,
+    );
+    let (rc, out, _) = run(&["check-config", bad.to_str().unwrap()], b"");
+    assert_eq!(rc, 2);
+    for key in [
+        "max_body_bytes",
+        "push_auth.keys[0]",
+        "duplicate_streams.ttl_s",
+    ] {
+        assert!(out.contains(key), "{key} not named in:\n{out}");
+    }
+    assert!(out.lines().count() >= 3, "{out}");
+    assert!(!out.contains("tiny1"), "a secret is never printed: {out}");
+    let (rc, out, _) = run(&["check-config", "/nonexistent/cfg.json"], b"");
+    assert_eq!((rc, out.contains("/nonexistent/cfg.json")), (2, true));
+}
+
+#[test]
+fn sign_mints_tokens_both_schemes_check() {
+    // KLS doc 1062's worked example.
+    let (rc, out, _) = run(
+        &[
+            "sign",
+            "--scheme",
+            "ks_md5",
+            "--key",
+            "123456",
+            "--app",
+            "live",
+            "--stream",
+            "stream",
+            "--expires-at",
+            "1560096712",
+        ],
+        b"",
+    );
+    assert_eq!((rc, out.as_str()), (0, "t=1560096712&k=4f88e741140240e2\n"));
+    // hmac_sha256 with a kid, as in the README.
+    let (rc, out, _) = run(
+        &[
+            "sign",
+            "--scheme",
+            "hmac_sha256",
+            "--key",
+            "0123456789abcdef",
+            "--app",
+            "live",
+            "--stream",
+            "cam1",
+            "--expires-at",
+            "1700000000",
+            "--kid",
+            "k2",
+        ],
+        b"",
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"0123456789abcdef").unwrap();
+    mac.update(b"live\ncam1\n1700000000");
+    let sign = hex::encode(mac.finalize().into_bytes());
+    assert_eq!((rc, out), (0, format!("t=1700000000&sign={sign}&kid=k2\n")));
+    // --url gives the push URL, the stream percent-encoded as one path segment.
+    let (rc, out, _) = run(
+        &[
+            "sign",
+            "--scheme",
+            "ks_md5",
+            "--key",
+            KEY,
+            "--app",
+            "live",
+            "--stream",
+            "a b",
+            "--expires-at",
+            "1700000600",
+            "--url",
+            "rtmp://push.example.com/live/",
+        ],
+        b"",
+    );
+    assert_eq!(
+        (rc, out),
+        (
+            0,
+            format!(
+                "rtmp://push.example.com/live/a%20b?t=1700000600&k={}\n",
+                ks_k("a b", 1_700_000_600)
+            )
+        )
+    );
+    // A token minted by `sign` passes `check`.
+    let (_, minted, _) = run(
+        &[
+            "sign",
+            "--scheme",
+            "ks_md5",
+            "--key",
+            KEY,
+            "--app",
+            "live",
+            "--stream",
+            "cam9",
+            "--expires-at",
+            &(NOW + 600).to_string(),
+        ],
+        b"",
+    );
+    let k = minted.trim().rsplit("k=").next().unwrap();
+    let cfg = guarded_config();
+    let (rc, out, _) = run(
+        &[
+            "check",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--now",
+            &NOW.to_string(),
+        ],
+        start_body("cam9", k).as_bytes(),
+    );
+    assert_eq!(rc, 0, "{out}");
+}
+
+#[test]
+fn sign_refuses_bad_keys_and_options() {
+    let base = [
+        "sign",
+        "--app",
+        "live",
+        "--stream",
+        "s",
+        "--expires-at",
+        "1700000000",
+    ];
+    for (extra, needle) in [
+        (
+            &["--scheme", "ks_md5", "--key", "has-dash"][..],
+            "at most 32 letters or digits",
+        ),
+        (
+            &["--scheme", "ks_md5", "--key", "abc", "--kid", "x"][..],
+            "hmac_sha256 only",
+        ),
+        (
+            &["--scheme", "hmac_sha256", "--key", "short"][..],
+            "at least 16 bytes",
+        ),
+        (
+            &["--scheme", "hmac_sha256", "--key-env", "CG_CLI_UNSET_VAR"][..],
+            "not set or empty",
+        ),
+    ] {
+        let (rc, out, err) = run(&[&base[..], extra].concat(), b"");
+        assert_eq!((rc, out.as_str()), (2, ""), "{extra:?}");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+    }
+    let (rc, _, err) = run(
+        &[
+            "sign",
+            "--scheme",
+            "ks_md5",
+            "--key",
+            "abc",
+            "--app",
+            "live",
+            "--stream",
+            "s",
+            "--expires-at",
+            "99",
+        ],
+        b"",
+    );
+    assert_eq!((rc, err.contains("10-digit")), (2, true), "{err}");
+}
