@@ -20,7 +20,15 @@ RECEIVER=$REPO/target/release/callback-receiver
 WASM=$REPO/target/wasm32-wasip1/release/callback_guard.wasm
 T0=$(date +%s)
 
-die() { echo "test-rtmp: $*" >&2; exit 1; }
+# The nginx, Envoy and ffmpeg logs of this run (on any failure, before $TMP is removed).
+show_logs() {
+  [ -n "${TMP:-}" ] && [ -d "$TMP" ] || return 0
+  for f in "$TMP"/nginx-*/logs/error.log; do [ -f "$f" ] && { echo "---- $f"; tail -n 60 "$f"; }; done
+  [ -f "$TMP/envoy.log" ] && { echo "---- Envoy log"; tail -n 150 "$TMP/envoy.log"; }
+  for f in "$TMP"/ffmpeg-*.log; do [ -f "$f" ] && { echo "---- $f"; tail -n 20 "$f"; }; done
+  return 0
+}
+die() { echo "test-rtmp: $*" >&2; show_logs; exit 1; }
 
 # ---- tools ----------------------------------------------------------------------
 if ! command -v nginx >/dev/null || [ ! -f "$RTMP_MODULE" ] || ! command -v ffmpeg >/dev/null; then
@@ -223,7 +231,7 @@ url=$(sign live cam2 "$P_A")
 push b-forged "${url%k=*}k=0123456789abcdef" 3
 rc=$?
 sleep 1
-check "ffmpeg exited 0, want a failure" test "$rc" -ne 0
+check "ffmpeg exited $rc, want 1 (publish refused)" test "$rc" -eq 1
 check "receiver got callbacks" test "$(received | wc -l)" -eq 0
 check "no AuthencationFailed in Envoy's log" test "$(envoy_codes AuthencationFailed)" -gt "$before"
 result "(b) forged token refused: ffmpeg fails, receiver got nothing"
@@ -235,7 +243,7 @@ url=$(sign live cam3 "$P_A" "$(($(date +%s) - 3600))")
 push b-expired "$url" 3
 rc=$?
 sleep 1
-check "ffmpeg exited 0, want a failure" test "$rc" -ne 0
+check "ffmpeg exited $rc, want 1 (publish refused)" test "$rc" -eq 1
 check "receiver got callbacks" test "$(received | wc -l)" -eq 0
 check "no AuthencationFailed in Envoy's log" test "$(envoy_codes AuthencationFailed)" -gt "$before"
 grep -q 'code=AuthencationFailed.*stream="cam3".*expired' "$TMP/envoy.log" \
@@ -249,7 +257,7 @@ url=$(sign other cam1 "$P_A")
 push c-app "$url" 3
 rc=$?
 sleep 1
-check "ffmpeg exited 0, want a failure" test "$rc" -ne 0
+check "ffmpeg exited $rc, want 1 (publish refused)" test "$rc" -eq 1
 check "receiver got callbacks" test "$(received | wc -l)" -eq 0
 check "no NonExistApplication in Envoy's log" test "$(envoy_codes NonExistApplication)" -gt "$before"
 result "(c) app not in apps refused: NonExistApplication, receiver got nothing"
@@ -266,7 +274,7 @@ url_b=$(sign live cam4 "$P_B")
 push d-ingest-B "$url_b" 3
 rc=$?
 sleep 0.5
-check "ffmpeg on B exited 0, want a failure" test "$rc" -ne 0
+check "ffmpeg on B exited $rc, want 1 (publish refused)" test "$rc" -eq 1
 check "no ExistStreamName in Envoy's log" test "$(envoy_codes ExistStreamName)" -gt "$before"
 check "a callback from B reached the receiver" test "$(received | grep -c "tcurl=rtmp://127.0.0.1:$P_B/")" -eq 0
 check "A's push stopped while B was refused" kill -0 "$a_pid"
@@ -288,9 +296,7 @@ result "(e) after A's push ended, B pushes the same stream"
 
 # ---- summary ----------------------------------------------------------------------
 if [ "$failed" -gt 0 ]; then
-  for f in "$TMP"/nginx-*/logs/error.log; do echo "---- $f"; tail -n 60 "$f"; done
-  echo "---- Envoy log"; tail -n 150 "$TMP/envoy.log"
-  for f in "$TMP"/ffmpeg-*.log; do echo "---- $f"; tail -n 20 "$f"; done
+  show_logs
 fi
 echo "== $(($(date +%s) - T0)) s"
 echo "$passed passed, $failed failed"

@@ -446,6 +446,51 @@ fn catalog() -> Vec<Case> {
         swap(&b, &t, "{\"ms\":1}"),
         bad(INVALID),
     ));
+    for (name, to) in [
+        ("json UniqueName as an array", "\"UniqueName\":[\"u\"]"),
+        (
+            "json UniqueName as an object",
+            "\"UniqueName\":{\"id\":\"u\"}",
+        ),
+    ] {
+        c.push(json_case(
+            name,
+            swap(&b, "\"Sequence\":\"seq-types\"", to),
+            bad(INVALID),
+        ));
+    }
+    let e = v2("PubEnd", "types-end", Some("seq-types-end"), KS_KEY);
+    let end_time = {
+        let i = e.find("\"PubEndUnixTime\":").unwrap() + "\"PubEndUnixTime\":".len();
+        e[i..i + e[i..].find(',').unwrap()].to_string()
+    };
+    for (name, field) in [
+        (
+            "json PubEndMessage as an object",
+            "\"PubEndMessage\":{\"m\":3}",
+        ),
+        (
+            "json PubEndMessage as an array",
+            "\"PubEndMessage\":[\"x\"]",
+        ),
+    ] {
+        c.push(json_case(
+            name,
+            swap(
+                &e,
+                "\"NotifyType\":\"PubEnd\"",
+                &format!("\"NotifyType\":\"PubEnd\",{field}"),
+            ),
+            bad(INVALID),
+        ));
+    }
+    for (name, to) in [
+        ("json end time as true", "true"),
+        ("json end time as an array", "[1]"),
+        ("json end time of 12 digits", "\"145680001000\""),
+    ] {
+        c.push(json_case(name, swap(&e, &end_time, to), bad(INVALID)));
+    }
     c.push(json_case(
         "json PubParam as a number",
         swap(&b, pp, "\"PubParam\":12345"),
