@@ -218,94 +218,53 @@ fn check_config_prints_ok_or_every_problem() {
     assert_eq!((rc, out.contains("/nonexistent/cfg.json")), (2, true));
 }
 
+/// `callback-guard sign` with whitespace-separated `args`, then `extra` (for
+/// values with spaces).
+fn sign(args: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut all: Vec<&str> = std::iter::once("sign")
+        .chain(args.split_whitespace())
+        .collect();
+    all.extend_from_slice(extra);
+    run(&all, b"")
+}
+
 #[test]
 fn sign_mints_tokens_both_schemes_check() {
     // KLS doc 1062's worked example.
-    let (rc, out, _) = run(
-        &[
-            "sign",
-            "--scheme",
-            "ks_md5",
-            "--key",
-            "123456",
-            "--app",
-            "live",
-            "--stream",
-            "stream",
-            "--expires-at",
-            "1560096712",
-        ],
-        b"",
+    let (rc, out, _) = sign(
+        "--scheme ks_md5 --key 123456 --app live --stream stream --expires-at 1560096712",
+        &[],
     );
     assert_eq!((rc, out.as_str()), (0, "t=1560096712&k=4f88e741140240e2\n"));
     // hmac_sha256 with a kid, as in the README.
-    let (rc, out, _) = run(
-        &[
-            "sign",
-            "--scheme",
-            "hmac_sha256",
-            "--key",
-            "0123456789abcdef",
-            "--app",
-            "live",
-            "--stream",
-            "cam1",
-            "--expires-at",
-            "1700000000",
-            "--kid",
-            "k2",
-        ],
-        b"",
+    let (rc, out, _) = sign(
+        "--scheme hmac_sha256 --key 0123456789abcdef --app live --stream cam1 --expires-at 1700000000 --kid k2",
+        &[],
     );
     let mut mac = Hmac::<Sha256>::new_from_slice(b"0123456789abcdef").unwrap();
     mac.update(b"live\ncam1\n1700000000");
-    let sign = hex::encode(mac.finalize().into_bytes());
-    assert_eq!((rc, out), (0, format!("t=1700000000&sign={sign}&kid=k2\n")));
+    let sig = hex::encode(mac.finalize().into_bytes());
+    assert_eq!((rc, out), (0, format!("t=1700000000&sign={sig}&kid=k2\n")));
     // --url gives the push URL, the stream percent-encoded as one path segment.
-    let (rc, out, _) = run(
-        &[
-            "sign",
-            "--scheme",
-            "ks_md5",
-            "--key",
-            KEY,
-            "--app",
-            "live",
-            "--stream",
-            "a b",
-            "--expires-at",
-            "1700000600",
-            "--url",
-            "rtmp://push.example.com/live/",
-        ],
-        b"",
+    let (rc, out, _) = sign(
+        &format!("--scheme ks_md5 --key {KEY} --app live --expires-at 1700000600 --url rtmp://push.example.com/live/"),
+        &["--stream", "a b"],
     );
+    let k = ks_k("a b", 1_700_000_600);
     assert_eq!(
         (rc, out),
         (
             0,
-            format!(
-                "rtmp://push.example.com/live/a%20b?t=1700000600&k={}\n",
-                ks_k("a b", 1_700_000_600)
-            )
+            format!("rtmp://push.example.com/live/a%20b?t=1700000600&k={k}\n")
         )
     );
     // A token minted by `sign` passes `check`.
-    let (_, minted, _) = run(
-        &[
-            "sign",
-            "--scheme",
-            "ks_md5",
-            "--key",
-            KEY,
-            "--app",
-            "live",
-            "--stream",
-            "cam9",
-            "--expires-at",
-            &(NOW + 600).to_string(),
-        ],
-        b"",
+    let (_, minted, _) = sign(
+        &format!(
+            "--scheme ks_md5 --key {KEY} --app live --stream cam9 --expires-at {}",
+            NOW + 600
+        ),
+        &[],
     );
     let k = minted.trim().rsplit("k=").next().unwrap();
     let cfg = guarded_config();
@@ -324,52 +283,26 @@ fn sign_mints_tokens_both_schemes_check() {
 
 #[test]
 fn sign_refuses_bad_keys_and_options() {
-    let base = [
-        "sign",
-        "--app",
-        "live",
-        "--stream",
-        "s",
-        "--expires-at",
-        "1700000000",
-    ];
-    for (extra, needle) in [
+    let base = "--app live --stream s --expires-at 1700000000";
+    for (args, needle) in [
         (
-            &["--scheme", "ks_md5", "--key", "has-dash"][..],
+            "--scheme ks_md5 --key has-dash",
             "at most 32 letters or digits",
         ),
+        ("--scheme ks_md5 --key abc --kid x", "hmac_sha256 only"),
+        ("--scheme hmac_sha256 --key short", "at least 16 bytes"),
         (
-            &["--scheme", "ks_md5", "--key", "abc", "--kid", "x"][..],
-            "hmac_sha256 only",
-        ),
-        (
-            &["--scheme", "hmac_sha256", "--key", "short"][..],
-            "at least 16 bytes",
-        ),
-        (
-            &["--scheme", "hmac_sha256", "--key-env", "CG_CLI_UNSET_VAR"][..],
+            "--scheme hmac_sha256 --key-env CG_CLI_UNSET_VAR",
             "not set or empty",
         ),
     ] {
-        let (rc, out, err) = run(&[&base[..], extra].concat(), b"");
-        assert_eq!((rc, out.as_str()), (2, ""), "{extra:?}");
-        assert!(err.contains(needle), "{extra:?}: {err}");
+        let (rc, out, err) = sign(&format!("{base} {args}"), &[]);
+        assert_eq!((rc, out.as_str()), (2, ""), "{args}");
+        assert!(err.contains(needle), "{args}: {err}");
     }
-    let (rc, _, err) = run(
-        &[
-            "sign",
-            "--scheme",
-            "ks_md5",
-            "--key",
-            "abc",
-            "--app",
-            "live",
-            "--stream",
-            "s",
-            "--expires-at",
-            "99",
-        ],
-        b"",
+    let (rc, _, err) = sign(
+        "--scheme ks_md5 --key abc --app live --stream s --expires-at 99",
+        &[],
     );
     assert_eq!((rc, err.contains("10-digit")), (2, true), "{err}");
 }
