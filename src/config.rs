@@ -312,6 +312,27 @@ impl Config {
         Self::validate(raw, env)
     }
 
+    /// Valid settings that do less than they may seem to: logged once when
+    /// the filter is configured and printed by `check-config`, so nobody
+    /// relies on a check that cannot run.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.max_event_age_s > 0 {
+            let forms: Vec<&str> = [Format::KlsV1, Format::NginxRtmp]
+                .into_iter()
+                .filter(|f| self.formats.allows(*f))
+                .map(Format::as_str)
+                .collect();
+            if !forms.is_empty() {
+                w.push(format!(
+                    "max_event_age_s: {} callbacks carry no event time, so they get no replay guard",
+                    forms.join(" and ")
+                ));
+            }
+        }
+        w
+    }
+
     /// A configuration with every default (any app, no auth, registry on).
     pub fn default_config() -> Config {
         Config {
@@ -1009,5 +1030,22 @@ mod tests {
         assert!(!k.applies_to("vod", Some("push.example.com")));
         assert!(!k.applies_to("live", Some("other.example.com")));
         assert!(!k.applies_to("live", None));
+    }
+
+    #[test]
+    fn warns_when_a_replay_guard_cannot_apply_to_forms() {
+        let parse = |j: &str| Config::from_json(j.as_bytes(), &no_env).unwrap();
+        assert!(parse("{}").warnings().is_empty());
+        assert!(parse(r#"{"max_event_age_s":300,"formats":["kls_v2"]}"#)
+            .warnings()
+            .is_empty());
+        let w = parse(r#"{"max_event_age_s":300}"#).warnings();
+        assert_eq!(
+            w,
+            ["max_event_age_s: kls_v1 callbacks carry no event time, so they get no replay guard"]
+        );
+        let w = parse(r#"{"max_event_age_s":300,"formats":["kls_v2","kls_v1","nginx_rtmp"]}"#)
+            .warnings();
+        assert!(w[0].contains("kls_v1 and nginx_rtmp"), "{w:?}");
     }
 }

@@ -196,8 +196,13 @@ fn check_exits_2_on_usage_and_configuration_errors() {
 #[test]
 fn check_config_prints_ok_or_every_problem() {
     let cfg = guarded_config();
-    let (rc, out, _) = run(&["check-config", cfg.to_str().unwrap()], b"");
+    let (rc, out, err) = run(&["check-config", cfg.to_str().unwrap()], b"");
+    assert_eq!((rc, out.as_str(), err.as_str()), (0, "ok\n", ""));
+    // Valid, but a check that cannot run on forms: ok, with a warning.
+    let weak = config_file("weak", r#"{"max_event_age_s":300}"#);
+    let (rc, out, err) = run(&["check-config", weak.to_str().unwrap()], b"");
     assert_eq!((rc, out.as_str()), (0, "ok\n"));
+    assert!(err.starts_with("warning: max_event_age_s: kls_v1"), "{err}");
     let bad = config_file(
         "problems",
         r#"{"max_body_bytes":0,"push_auth":{"scheme":"hmac_sha256","keys":[{"id":"a","secret":"tiny1"}]},

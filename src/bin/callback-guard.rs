@@ -128,8 +128,11 @@ fn main() -> ExitCode {
     };
     match cli.cmd {
         Cmd::CheckConfig { file } => match load_config(&file) {
-            Ok(_) => {
+            Ok(config) => {
                 println!("ok");
+                for w in config.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(problems) => {

@@ -218,6 +218,9 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
     };
     match Config::from_json(&bytes, &ProcessEnv) {
         Ok(config) => {
+            for w in config.warnings() {
+                host::log(Level::Warn, &format!("callback-guard: {w}"));
+            }
             if config.duplicate_streams.reject {
                 init_registry(&Layout::for_config(&config.duplicate_streams));
             }
