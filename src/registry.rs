@@ -153,7 +153,14 @@ struct Entry {
     peer: [u8; 16],
     expires_at: u64,
     explicit: bool,
+    /// A retry of the same session renewed it. The first start's failure then
+    /// no longer frees it: the retry may have been accepted.
+    renewed: bool,
 }
+
+/// Bits of an entry's last byte.
+const FLAG_EXPLICIT: u8 = 1;
+const FLAG_RENEWED: u8 = 2;
 
 impl Entry {
     fn write(&self, out: &mut Vec<u8>) {
@@ -161,7 +168,14 @@ impl Entry {
         out.extend_from_slice(&self.session);
         out.extend_from_slice(&self.peer);
         out.extend_from_slice(&self.expires_at.to_le_bytes());
-        out.push(u8::from(self.explicit));
+        let mut flags = 0;
+        if self.explicit {
+            flags |= FLAG_EXPLICIT;
+        }
+        if self.renewed {
+            flags |= FLAG_RENEWED;
+        }
+        out.push(flags);
     }
 
     fn read(b: &[u8]) -> Option<Entry> {
@@ -181,7 +195,8 @@ impl Entry {
             session,
             peer,
             expires_at: u64::from_le_bytes(exp),
-            explicit: b[56] == 1,
+            explicit: b[56] & FLAG_EXPLICIT != 0,
+            renewed: b[56] & FLAG_RENEWED != 0,
         })
     }
 }
@@ -320,6 +335,7 @@ pub fn reserve(
         if let Some(e) = entries.iter_mut().find(|e| e.stream == claim.stream) {
             if e.session == claim.session {
                 e.expires_at = expires_at;
+                e.renewed = true;
                 return Ok((Reserve::Renewed, true));
             }
             return Ok((Reserve::Busy, false));
@@ -333,15 +349,20 @@ pub fn reserve(
             peer: claim.peer,
             expires_at,
             explicit: claim.explicit,
+            renewed: false,
         });
         Ok((Reserve::Reserved, true))
     })
 }
 
-/// Frees the stream if this claim's session holds it. Unless `exact` (a
-/// failed start giving back its own reservation), an end without its own
-/// identity also frees a reservation whose identity was derived, when the
-/// client address and port agree. Nothing held by another session is touched.
+/// Frees the stream if this claim's session holds it. Nothing held by another
+/// session is touched.
+/// - An end (`exact` false) without its own identity also frees a reservation
+///   whose identity was derived, when the client address and port agree.
+/// - A failed start giving back its own reservation (`exact` true) frees it
+///   only if no retry of the session renewed it since: the retry may have
+///   been accepted, and its push is then live. (If the retry failed too, the
+///   stream stays held until an end, a later retry, or `ttl_s`.)
 pub fn release(
     store: &dyn SharedStore,
     cfg: &DuplicateStreams,
@@ -354,8 +375,12 @@ pub fn release(
     update(store, &key, now, |entries| {
         let owned = |e: &Entry| {
             e.stream == claim.stream
-                && (e.session == claim.session
-                    || (!exact && !claim.explicit && !e.explicit && e.peer == claim.peer))
+                && if exact {
+                    e.session == claim.session && !e.renewed
+                } else {
+                    e.session == claim.session
+                        || (!claim.explicit && !e.explicit && e.peer == claim.peer)
+                }
         };
         let before = entries.len();
         entries.retain(|e| !owned(e));
@@ -694,6 +719,56 @@ mod tests {
             release(&s, &cfg(), &Claim::of(&first), 12, true).unwrap(),
             Release::Released
         );
+    }
+
+    /// A CDN that timed out on a start retries it. Whatever the order of the
+    /// upstream's answers, the failure of one attempt must not free a stream
+    /// whose other attempt may have been accepted.
+    #[test]
+    fn a_failed_attempt_never_frees_a_stream_a_retry_renewed() {
+        let s = MemoryStore::new();
+        let c = Claim::of(&cb(Event::Start, "a", Some("s1")));
+        let other = Claim::of(&cb(Event::Start, "a", Some("s2")));
+        // The original reserves; its retry renews (and holds no claim of its own).
+        assert_eq!(reserve(&s, &cfg(), &c, 10).unwrap(), Reserve::Reserved);
+        assert_eq!(reserve(&s, &cfg(), &c, 11).unwrap(), Reserve::Renewed);
+        // The retry was accepted; then the original times out upstream.
+        assert_eq!(release(&s, &cfg(), &c, 12, true).unwrap(), Release::NotHeld);
+        assert_eq!(
+            reserve(&s, &cfg(), &other, 13).unwrap(),
+            Reserve::Busy,
+            "the push is live"
+        );
+        // The session's end still frees it.
+        assert_eq!(
+            release(&s, &cfg(), &c, 14, false).unwrap(),
+            Release::Released
+        );
+        // Without a retry, the original's failure frees the stream.
+        assert_eq!(reserve(&s, &cfg(), &c, 20).unwrap(), Reserve::Reserved);
+        assert_eq!(
+            release(&s, &cfg(), &c, 21, true).unwrap(),
+            Release::Released
+        );
+        assert_eq!(reserve(&s, &cfg(), &other, 22).unwrap(), Reserve::Reserved);
+    }
+
+    #[test]
+    fn entry_flags_round_trip() {
+        for (explicit, renewed) in [(false, false), (true, false), (false, true), (true, true)] {
+            let e = Entry {
+                stream: [1; 16],
+                session: [2; 16],
+                peer: [3; 16],
+                expires_at: 99,
+                explicit,
+                renewed,
+            };
+            let mut out = Vec::new();
+            e.write(&mut out);
+            assert_eq!(out.len(), ENTRY_BYTES);
+            assert_eq!(Entry::read(&out), Some(e));
+        }
     }
 
     #[test]
