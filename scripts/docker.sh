@@ -177,7 +177,8 @@ hello() {
   local listener stream now query t k cli=target/release/callback-guard
   listener="$(published envoy 10000)"
   stream="cam$RANDOM"
-  now="$(date +%s)"
+  # The event time is taken when the command is pasted (max_event_age_s is 600).
+  now="'\"\$(date +%s)\"'"
   body() { printf '{"Version":"1.0","App":"live","Pubdomain":"push.example.com","Stream":"%s","PubStartUnixTime":%s000,"NotifyType":"PubStart","ClientIp":" ","ClientPort":" ","Node":" ","PubParam":{"t":"%s","k":"%s"}}' "$stream" "$now" "$1" "$2"; }
   cat <<MSG
 
@@ -194,7 +195,7 @@ A valid new-version PubStart (token from: $cli sign --scheme ks_md5 --key-env CA
   curl -i http://127.0.0.1:$listener/callback -H 'content-type: application/json' -d '$(body "$t" "$k")'
 MSG
   else
-    t=$((now + 3600))
+    t=$(($(date +%s) + 3600))
   fi
   cat <<MSG
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the `make run` demo as a user would use it: starts scripts/run.sh, pastes the
 # two curl commands it prints, expects 200 for the valid one and 403 AuthencationFailed
-# for the forged one, then stops everything. Used by `make run-smoke` (in .ci/run).
+# for the forged one, then 409 ExistStreamName for the valid one pasted again a second
+# later (another push of a live stream, as the README says), then stops everything.
+# Used by `make run-smoke` (in .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +17,8 @@ stop() {
 }
 trap stop EXIT
 
-for _ in $(seq 1 150); do
+# Up to 2 minutes: run.sh may first install curl on a fresh machine.
+for _ in $(seq 1 600); do
   grep -q "Press Ctrl-C" "$out" && break
   kill -0 "$pid" 2>/dev/null || break
   sleep 0.2
@@ -32,13 +35,23 @@ if [ "${#cmds[@]}" -ne 2 ]; then
   echo "FAIL: expected two curl commands in the output of make run" >&2
   exit 1
 fi
+# The event time must be taken when the command is pasted, not when make run started:
+# max_event_age_s would refuse the command ten minutes later.
+for c in "${cmds[@]}"; do
+  case "$c" in
+    *"'\"\$(date +%s)\"'000"*) ;;
+    *) echo "FAIL: a printed command carries a fixed event time: $c" >&2; exit 1 ;;
+  esac
+done
 # Each command as printed, with curl told to append the status after the body.
 with_status='curl -s -w status=%{http_code} '
 paste_cmd() { eval "${1/curl -i /$with_status}"; }
 
 fail=0
-valid=$(paste_cmd "${cmds[0]}")
-forged=$(paste_cmd "${cmds[1]}")
+valid=$(paste_cmd "${cmds[0]}") || true
+forged=$(paste_cmd "${cmds[1]}") || true
+sleep 1.1
+again=$(paste_cmd "${cmds[0]}") || true
 case "$valid" in
   *"}status=200") echo "PASS valid callback forwarded: $valid" ;;
   *) echo "FAIL valid callback: $valid" >&2; fail=1 ;;
@@ -46,6 +59,10 @@ esac
 case "$forged" in
   *'"Code":"AuthencationFailed"'*"}status=403") echo "PASS forged token refused: $forged" ;;
   *) echo "FAIL forged token: $forged" >&2; fail=1 ;;
+esac
+case "$again" in
+  *'"Code":"ExistStreamName"'*"}status=409") echo "PASS valid callback pasted again: another push of a live stream, refused" ;;
+  *) echo "FAIL valid callback pasted again: $again" >&2; fail=1 ;;
 esac
 if [ "$fail" -ne 0 ]; then
   cat "$out"

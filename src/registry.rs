@@ -18,7 +18,7 @@
 //! `buckets × cap × ENTRY_BYTES` whatever the traffic. Expired entries are
 //! dropped whenever their bucket is written.
 
-use crate::callback::{Callback, Event};
+use crate::callback::{Callback, Event, Format};
 use crate::config::DuplicateStreams;
 
 /// Bytes per stored entry.
@@ -28,7 +28,8 @@ pub const MAX_BUCKETS: usize = 1024;
 /// Compare-and-swap attempts before giving up on a contended bucket.
 pub const CAS_RETRIES: usize = 16;
 /// Prefix of the shared-data keys.
-const KEY_PREFIX: &str = "callback_guard.registry.v1.";
+/// `v2`: the last byte of an entry holds the attempts count (`v1` held a bool).
+const KEY_PREFIX: &str = "callback_guard.registry.v2.";
 
 /// Key/value store with compare-and-swap, shaped after proxy-wasm shared data.
 pub trait SharedStore {
@@ -79,6 +80,10 @@ pub enum Reserve {
 pub enum Release {
     /// The session's entry was removed.
     Released,
+    /// A failed start of the session was counted off, but another start of
+    /// the same session (a retry, or the original) may still be accepted, so
+    /// the stream stays held.
+    Kept,
     /// No entry for this stream and session; nothing changed.
     NotHeld,
 }
@@ -153,14 +158,16 @@ struct Entry {
     peer: [u8; 16],
     expires_at: u64,
     explicit: bool,
-    /// A retry of the same session renewed it. The first start's failure then
-    /// no longer frees it: the retry may have been accepted.
-    renewed: bool,
+    /// Starts of this session (the original and its retries) that have not
+    /// failed upstream. A failed start counts itself off; the stream is freed
+    /// when none is left, since any other attempt may have been accepted.
+    attempts: u8,
 }
 
-/// Bits of an entry's last byte.
+/// The last byte of an entry: bit 0 `explicit`, bits 1-7 `attempts`.
 const FLAG_EXPLICIT: u8 = 1;
-const FLAG_RENEWED: u8 = 2;
+/// Most attempts counted; beyond it the stream stays held until an end or `ttl_s`.
+const MAX_ATTEMPTS: u8 = 127;
 
 impl Entry {
     fn write(&self, out: &mut Vec<u8>) {
@@ -168,14 +175,7 @@ impl Entry {
         out.extend_from_slice(&self.session);
         out.extend_from_slice(&self.peer);
         out.extend_from_slice(&self.expires_at.to_le_bytes());
-        let mut flags = 0;
-        if self.explicit {
-            flags |= FLAG_EXPLICIT;
-        }
-        if self.renewed {
-            flags |= FLAG_RENEWED;
-        }
-        out.push(flags);
+        out.push((self.attempts.min(MAX_ATTEMPTS) << 1) | u8::from(self.explicit));
     }
 
     fn read(b: &[u8]) -> Option<Entry> {
@@ -196,7 +196,7 @@ impl Entry {
             peer,
             expires_at: u64::from_le_bytes(exp),
             explicit: b[56] & FLAG_EXPLICIT != 0,
-            renewed: b[56] & FLAG_RENEWED != 0,
+            attempts: b[56] >> 1,
         })
     }
 }
@@ -264,11 +264,16 @@ pub fn create_buckets(store: &dyn SharedStore, layout: &Layout) -> Vec<(String, 
 }
 
 /// Whether a start's reservation stands once the upstream has answered it:
-/// only a 2xx accepts the publish. Any other status, or none at all (the
-/// request was reset or timed out), means the push does not go ahead, so the
-/// stream must be freed rather than blocked for `ttl_s`.
-pub fn publish_accepted(upstream_status: Option<i64>) -> bool {
-    upstream_status.is_some_and(|s| (200..300).contains(&s))
+/// a 2xx accepts the publish; so does a 3xx for nginx-rtmp, which follows it
+/// as a redirect and goes on with the push (under the same name, or a new
+/// one that its `publish_done` does not use). Any other status, or none at
+/// all (the request was reset or timed out), means the push does not go
+/// ahead, so the attempt is given back rather than block the stream for `ttl_s`.
+pub fn publish_accepted(format: Format, upstream_status: Option<i64>) -> bool {
+    upstream_status.is_some_and(|s| match format {
+        Format::NginxRtmp => (200..400).contains(&s),
+        Format::KlsV2 | Format::KlsV1 => (200..300).contains(&s),
+    })
 }
 
 fn decode(bytes: Option<Vec<u8>>) -> Vec<Entry> {
@@ -335,7 +340,7 @@ pub fn reserve(
         if let Some(e) = entries.iter_mut().find(|e| e.stream == claim.stream) {
             if e.session == claim.session {
                 e.expires_at = expires_at;
-                e.renewed = true;
+                e.attempts = e.attempts.saturating_add(1).min(MAX_ATTEMPTS);
                 return Ok((Reserve::Renewed, true));
             }
             return Ok((Reserve::Busy, false));
@@ -349,38 +354,29 @@ pub fn reserve(
             peer: claim.peer,
             expires_at,
             explicit: claim.explicit,
-            renewed: false,
+            attempts: 1,
         });
         Ok((Reserve::Reserved, true))
     })
 }
 
-/// Frees the stream if this claim's session holds it. Nothing held by another
-/// session is touched.
-/// - An end (`exact` false) without its own identity also frees a reservation
-///   whose identity was derived, when the client address and port agree.
-/// - A failed start giving back its own reservation (`exact` true) frees it
-///   only if no retry of the session renewed it since: the retry may have
-///   been accepted, and its push is then live. (If the retry failed too, the
-///   stream stays held until an end, a later retry, or `ttl_s`.)
+/// An end: frees the stream if this claim's session holds it. An end without
+/// its own identity also frees a reservation whose identity was derived, when
+/// the client address and port agree. Nothing held by another session is
+/// touched.
 pub fn release(
     store: &dyn SharedStore,
     cfg: &DuplicateStreams,
     claim: &Claim,
     now: u64,
-    exact: bool,
 ) -> Result<Release, RegistryError> {
     let layout = Layout::for_config(cfg);
     let key = layout.bucket_key(&claim.stream);
     update(store, &key, now, |entries| {
         let owned = |e: &Entry| {
             e.stream == claim.stream
-                && if exact {
-                    e.session == claim.session && !e.renewed
-                } else {
-                    e.session == claim.session
-                        || (!claim.explicit && !e.explicit && e.peer == claim.peer)
-                }
+                && (e.session == claim.session
+                    || (!claim.explicit && !e.explicit && e.peer == claim.peer))
         };
         let before = entries.len();
         entries.retain(|e| !owned(e));
@@ -388,6 +384,41 @@ pub fn release(
             Ok((Release::NotHeld, false))
         } else {
             Ok((Release::Released, true))
+        }
+    })
+}
+
+/// A start the upstream refused or never answered gives its attempt back.
+/// The stream is freed only when no other start of the same session (the
+/// original, or a CDN retry of it) is left that may have been accepted.
+/// Only this exact session's entry is considered.
+pub fn give_back(
+    store: &dyn SharedStore,
+    cfg: &DuplicateStreams,
+    claim: &Claim,
+    now: u64,
+) -> Result<Release, RegistryError> {
+    let layout = Layout::for_config(cfg);
+    let key = layout.bucket_key(&claim.stream);
+    update(store, &key, now, |entries| {
+        let Some(i) = entries
+            .iter()
+            .position(|e| e.stream == claim.stream && e.session == claim.session)
+        else {
+            return Ok((Release::NotHeld, false));
+        };
+        match entries[i].attempts {
+            // Saturated: the count is no longer exact, so keep the stream
+            // (until the session's end or `ttl_s`) rather than guess.
+            MAX_ATTEMPTS => Ok((Release::Kept, false)),
+            n if n > 1 => {
+                entries[i].attempts = n - 1;
+                Ok((Release::Kept, true))
+            }
+            _ => {
+                entries.remove(i);
+                Ok((Release::Released, true))
+            }
         }
     })
 }
@@ -493,14 +524,7 @@ mod tests {
     }
 
     fn end(s: &MemoryStore, stream: &str, session: Option<&str>, now: u64) -> Release {
-        release(
-            s,
-            &cfg(),
-            &Claim::of(&cb(Event::End, stream, session)),
-            now,
-            false,
-        )
-        .unwrap()
+        release(s, &cfg(), &Claim::of(&cb(Event::End, stream, session)), now).unwrap()
     }
 
     #[test]
@@ -566,7 +590,7 @@ mod tests {
         let mut stranger_end = cb(Event::End, "a", None);
         stranger_end.client_port = Some(6000);
         assert_eq!(
-            release(&s, &cfg(), &Claim::of(&stranger_end), 13, false).unwrap(),
+            release(&s, &cfg(), &Claim::of(&stranger_end), 13).unwrap(),
             Release::NotHeld
         );
         assert_eq!(end(&s, "a", None, 14), Release::Released);
@@ -598,7 +622,7 @@ mod tests {
         );
         let end = anonymous(Event::End, 1_700_000_060_000);
         assert_eq!(
-            release(&s, &cfg(), &Claim::of(&end), 12, false).unwrap(),
+            release(&s, &cfg(), &Claim::of(&end), 12).unwrap(),
             Release::Released
         );
         assert_eq!(
@@ -610,7 +634,7 @@ mod tests {
         let mut end = anonymous(Event::End, 1_700_000_060_000);
         end.stream = "named".into();
         assert_eq!(
-            release(&s, &cfg(), &Claim::of(&end), 15, false).unwrap(),
+            release(&s, &cfg(), &Claim::of(&end), 15).unwrap(),
             Release::NotHeld
         );
     }
@@ -700,7 +724,7 @@ mod tests {
     }
 
     #[test]
-    fn an_exact_release_ignores_the_peer_fallback() {
+    fn giving_back_ignores_the_peer_fallback() {
         let s = MemoryStore::new();
         let mut first = cb(Event::Start, "a", None);
         first.event_time_ms = Some(1);
@@ -712,57 +736,74 @@ mod tests {
         let mut late = cb(Event::Start, "a", None);
         late.event_time_ms = Some(2);
         assert_eq!(
-            release(&s, &cfg(), &Claim::of(&late), 11, true).unwrap(),
+            give_back(&s, &cfg(), &Claim::of(&late), 11).unwrap(),
             Release::NotHeld
         );
         assert_eq!(
-            release(&s, &cfg(), &Claim::of(&first), 12, true).unwrap(),
+            give_back(&s, &cfg(), &Claim::of(&first), 12).unwrap(),
             Release::Released
         );
     }
 
     /// A CDN that timed out on a start retries it. Whatever the order of the
     /// upstream's answers, the failure of one attempt must not free a stream
-    /// whose other attempt may have been accepted.
+    /// whose other attempt may have been accepted; when every attempt failed,
+    /// the stream is free again.
     #[test]
-    fn a_failed_attempt_never_frees_a_stream_a_retry_renewed() {
+    fn a_stream_is_given_back_when_every_attempt_failed() {
         let s = MemoryStore::new();
         let c = Claim::of(&cb(Event::Start, "a", Some("s1")));
         let other = Claim::of(&cb(Event::Start, "a", Some("s2")));
-        // The original reserves; its retry renews (and holds no claim of its own).
+        let busy = |now| reserve(&s, &cfg(), &other, now).unwrap() == Reserve::Busy;
+        // The original reserves, its retry renews: two attempts.
         assert_eq!(reserve(&s, &cfg(), &c, 10).unwrap(), Reserve::Reserved);
         assert_eq!(reserve(&s, &cfg(), &c, 11).unwrap(), Reserve::Renewed);
-        // The retry was accepted; then the original times out upstream.
-        assert_eq!(release(&s, &cfg(), &c, 12, true).unwrap(), Release::NotHeld);
-        assert_eq!(
-            reserve(&s, &cfg(), &other, 13).unwrap(),
-            Reserve::Busy,
-            "the push is live"
-        );
-        // The session's end still frees it.
-        assert_eq!(
-            release(&s, &cfg(), &c, 14, false).unwrap(),
-            Release::Released
-        );
-        // Without a retry, the original's failure frees the stream.
+        // One of them fails (either order): the other may be live.
+        assert_eq!(give_back(&s, &cfg(), &c, 12).unwrap(), Release::Kept);
+        assert!(busy(13), "the push may be live");
+        // The other fails too: nothing can be live.
+        assert_eq!(give_back(&s, &cfg(), &c, 14).unwrap(), Release::Released);
+        assert_eq!(reserve(&s, &cfg(), &other, 15).unwrap(), Reserve::Reserved);
+        assert_eq!(release(&s, &cfg(), &other, 16).unwrap(), Release::Released);
+
+        // An accepted start never gives back; a failed duplicate of it keeps it.
         assert_eq!(reserve(&s, &cfg(), &c, 20).unwrap(), Reserve::Reserved);
+        assert_eq!(reserve(&s, &cfg(), &c, 21).unwrap(), Reserve::Renewed);
+        assert_eq!(give_back(&s, &cfg(), &c, 22).unwrap(), Release::Kept);
+        assert!(busy(23));
+        // The session's end frees it, whatever the count.
+        assert_eq!(release(&s, &cfg(), &c, 24).unwrap(), Release::Released);
+        assert!(!busy(25));
+    }
+
+    #[test]
+    fn attempts_saturate_and_keep_the_stream() {
+        let s = MemoryStore::new();
+        let c = Claim::of(&cb(Event::Start, "a", Some("s1")));
+        for _ in 0..200 {
+            reserve(&s, &cfg(), &c, 1).unwrap();
+        }
+        // The count saturated, so it is no longer exact: failures keep the stream.
+        for _ in 0..300 {
+            assert_eq!(give_back(&s, &cfg(), &c, 2).unwrap(), Release::Kept);
+        }
         assert_eq!(
-            release(&s, &cfg(), &c, 21, true).unwrap(),
-            Release::Released
+            release(&s, &cfg(), &c, 3).unwrap(),
+            Release::Released,
+            "an end frees it"
         );
-        assert_eq!(reserve(&s, &cfg(), &other, 22).unwrap(), Reserve::Reserved);
     }
 
     #[test]
     fn entry_flags_round_trip() {
-        for (explicit, renewed) in [(false, false), (true, false), (false, true), (true, true)] {
+        for (explicit, attempts) in [(false, 1), (true, 1), (false, 2), (true, MAX_ATTEMPTS)] {
             let e = Entry {
                 stream: [1; 16],
                 session: [2; 16],
                 peer: [3; 16],
                 expires_at: 99,
                 explicit,
-                renewed,
+                attempts,
             };
             let mut out = Vec::new();
             e.write(&mut out);
@@ -823,13 +864,21 @@ mod tests {
     }
 
     #[test]
-    fn only_a_2xx_upstream_answer_keeps_a_reservation() {
-        for s in [200, 201, 204, 299] {
-            assert!(publish_accepted(Some(s)), "{s}");
+    fn only_an_accepting_upstream_answer_keeps_a_reservation() {
+        for f in [Format::KlsV2, Format::KlsV1, Format::NginxRtmp] {
+            for s in [200, 201, 204, 299] {
+                assert!(publish_accepted(f, Some(s)), "{f:?} {s}");
+            }
+            for s in [0, 100, 199, 400, 403, 409, 500, 503, 504] {
+                assert!(!publish_accepted(f, Some(s)), "{f:?} {s}");
+            }
+            assert!(!publish_accepted(f, None), "reset or timeout: no answer");
         }
-        for s in [0, 100, 199, 300, 302, 403, 409, 500, 503, 504] {
-            assert!(!publish_accepted(Some(s)), "{s}");
+        // nginx-rtmp goes on with a push redirected by a 3xx; KLS does not.
+        for s in [300, 302, 307, 399] {
+            assert!(publish_accepted(Format::NginxRtmp, Some(s)), "{s}");
+            assert!(!publish_accepted(Format::KlsV2, Some(s)), "{s}");
+            assert!(!publish_accepted(Format::KlsV1, Some(s)), "{s}");
         }
-        assert!(!publish_accepted(None), "reset or timeout: no answer");
     }
 }

@@ -251,16 +251,15 @@ fn decide_inner(
                     Code::ExistStreamName,
                     "a push of this stream by another session is live",
                 )),
-                // Only a fresh reservation is this request's to give back if the
-                // upstream refuses it; a retry's failure must not free the stream
-                // that the first, accepted start holds.
-                Reserve::Reserved => {
+                // Each start, fresh or a retry, is one attempt on the stream's
+                // entry, to give back if the upstream refuses it or never
+                // answers (`registry::give_back`).
+                Reserve::Reserved | Reserve::Renewed => {
                     reservation = Some(claim);
                     Ok(())
                 }
-                Reserve::Renewed => Ok(()),
             }),
-            Event::End => registry::release(store, ds, &claim, now_s, false).map(|_| Ok(())),
+            Event::End => registry::release(store, ds, &claim, now_s).map(|_| Ok(())),
         };
         match result {
             Ok(Ok(())) => verified.push("stream_registry"),

@@ -234,42 +234,46 @@ fn registry_off_forwards_every_start() {
 /// A start the upstream never answers must not keep its stream: neither after
 /// a route timeout (Envoy answers 504 itself) nor after the client hangs up
 /// while the upstream is still working (the request is reset, no response at
-/// all). Each time, another session's start gets through.
+/// all). Each time, another session's start gets through. Each case has its
+/// own Envoy, so the reset one cannot pass through a route timeout instead.
 #[test]
 fn timeout_and_client_reset_release_the_reservation() {
     use std::io::Write;
     let rx = Receiver::start();
-    let mut opts = EnvoyOpts::new(base_config(), rx.port);
-    opts.route_timeout_s = 1;
-    let Some(envoy) = Envoy::start(opts) else {
-        return;
+    let envoy_with = |route_timeout_s| {
+        let mut opts = EnvoyOpts::new(base_config(), rx.port);
+        opts.route_timeout_s = route_timeout_s;
+        Envoy::start(opts)
     };
-    let slow = [("content-type", JSON), ("x-receiver-delay-ms", "3000")];
-    let start = |stream: &str, session: &str| {
+    let start = |envoy: &Envoy, stream: &str, session: &str, extra: &[(&str, &str)]| {
         let body = v2("PubStart", stream, Some(session), KS_KEY);
-        http1(
-            envoy.port,
-            "POST",
-            "/callback",
-            &[("content-type", JSON)],
-            body.as_bytes(),
-        )
+        let mut h = vec![("content-type", JSON)];
+        h.extend_from_slice(extra);
+        http1(envoy.port, "POST", "/callback", &h, body.as_bytes())
     };
 
-    // Route timeout.
-    let body = v2("PubStart", "timeout", Some("P"), KS_KEY);
-    let r = http1(envoy.port, "POST", "/callback", &slow, body.as_bytes());
+    // Route timeout: 1 s, the upstream takes 3.
+    let Some(envoy) = envoy_with(1) else {
+        return;
+    };
+    let r = start(&envoy, "timeout", "P", &[("x-receiver-delay-ms", "3000")]);
     assert_eq!(r.status, 504);
     assert_eq!(
-        start("timeout", "Q").status,
+        start(&envoy, "timeout", "Q", &[]).status,
         200,
         "not 409: the timed-out start was released"
     );
+    assert_eq!(envoy.counter("callback_guard_reservations_released"), 1);
+    drop(envoy);
 
-    // Client reset: hang up once the upstream has the start, before it answers.
+    // Client reset: the route would wait 30 s for the upstream's 20; hang up
+    // once the upstream has the start, before it answers.
+    let Some(envoy) = envoy_with(30) else {
+        return;
+    };
     let body = v2("PubStart", "hangup", Some("P"), KS_KEY);
     let mut req = String::from("POST /callback HTTP/1.1\r\nhost: 127.0.0.1\r\n");
-    for (k, v) in slow {
+    for (k, v) in [("content-type", JSON), ("x-receiver-delay-ms", "20000")] {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
@@ -288,18 +292,18 @@ fn timeout_and_client_reset_release_the_reservation() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
-        start("hangup", "Q").status,
+        start(&envoy, "hangup", "Q", &[]).status,
         409,
         "reserved while the start is in flight"
     );
     drop(s);
     let released = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(20));
-        envoy.counter("callback_guard_reservations_released") >= 2
+        envoy.counter("callback_guard_reservations_released") == 1
     });
     assert!(released, "the reset start was not released");
     assert_eq!(
-        start("hangup", "Q").status,
+        start(&envoy, "hangup", "Q", &[]).status,
         200,
         "not 409: the reset start was released"
     );

@@ -283,7 +283,8 @@ fn soak_with_exact_accounting() {
     let critical = log.lines().filter(|l| l.contains("[critical]")).count();
     let panics = log.lines().filter(|l| l.contains("panicked")).count();
 
-    let rss_half = rss_half.lock().unwrap().unwrap_or(0);
+    let rss_half_read = *rss_half.lock().unwrap();
+    let rss_half = rss_half_read.unwrap_or(rss_after);
     let rps = sent as f64 / elapsed.as_secs_f64();
     println!("soak: {sent} requests in {elapsed:.1?} ({rps:.0} req/s), {threads} threads, {connects} connections");
     println!("soak: forwarded {forwarded} (want {want_forwarded}); filter counter {forwarded_by_filter}, upstream completed {upstream_completed}, receiver {receiver_count}");
@@ -301,10 +302,13 @@ fn soak_with_exact_accounting() {
     // leak would show; the first half includes warm-up.
     let second_half_kib = rss_after as i64 - rss_half as i64;
     let grew = second_half_kib > GROWTH_LIMIT_KIB;
-    println!(
-        "soak: memory {} in the second half ({second_half_kib:+} KiB; limit {GROWTH_LIMIT_KIB} KiB)",
-        if grew { "GREW" } else { "did not grow" }
-    );
+    match rss_half_read {
+        Some(_) => println!(
+            "soak: memory {} in the second half ({second_half_kib:+} KiB; limit {GROWTH_LIMIT_KIB} KiB)",
+            if grew { "GREW" } else { "did not grow" }
+        ),
+        None => println!("soak: memory halfway not read: growth not judged"),
+    }
     println!("soak: log: {critical} [critical] lines, {panics} panics");
 
     let mut problems = Vec::new();
@@ -316,7 +320,9 @@ fn soak_with_exact_accounting() {
         };
         problems.push(format!("sent only {sent} of SOAK_REQUESTS={total}{why}"));
     }
-    if grew {
+    if rss_half_read.is_none() || rss_after == 0 {
+        problems.push("Envoy's resident memory could not be read from /proc".into());
+    } else if grew {
         problems.push(format!(
             "Envoy's memory grew by {second_half_kib} KiB in the second half"
         ));

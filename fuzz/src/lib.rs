@@ -18,7 +18,7 @@ use callback_guard::callback::{check_name, Event, Format};
 use callback_guard::config::Config;
 use callback_guard::registry::MemoryStore;
 use callback_guard::reply;
-use callback_guard::{decide, Forward, Request, Verdict};
+use callback_guard::{decide, Request, Verdict};
 use serde::de::{Deserializer, MapAccess, Visitor};
 
 /// The fixed "now" of the body targets (2023-11-14).
@@ -160,26 +160,9 @@ pub fn check(
     let v = decide(config, &r, now, store);
     check_verdict(config, req, &v, secrets);
     let again = decide(config, &r, now, store);
-    // A repeat is a retry: it gets the same verdict, but only the first start
-    // holds the reservation (a failed retry must not free the live stream).
-    let without_claim = |v: &Verdict| match v {
-        Verdict::Forward(f) => Verdict::Forward(Forward {
-            reservation: None,
-            ..f.clone()
-        }),
-        other => other.clone(),
-    };
-    assert_eq!(
-        without_claim(&v),
-        without_claim(&again),
-        "the same request decided twice differs"
-    );
-    if let Verdict::Forward(f) = &again {
-        assert!(
-            f.reservation.is_none(),
-            "a retried start holds a reservation of its own"
-        );
-    }
+    // A repeat is a retry: the same verdict, including the claim it holds on
+    // the stream (each start is one attempt to give back if it fails).
+    assert_eq!(v, again, "the same request decided twice differs");
     v
 }
 
@@ -238,12 +221,15 @@ pub fn check_verdict(config: &Config, req: &OwnedRequest, v: &Verdict, secrets: 
             ] {
                 assert_eq!(f.verified.contains(&name), on, "verified {:?}", f.verified);
             }
-            // A forwarded start reserved its stream ("stream_registry" above);
-            // it carries the claim only when the reservation is new, not for a
-            // retry of a start that already holds it.
-            if f.event != Event::Start {
-                assert!(f.reservation.is_none(), "an end carries a reservation");
-            }
+            // A forwarded start holds a claim on its stream, to give back if
+            // the upstream refuses it; an end, or the registry off, none.
+            assert_eq!(
+                f.reservation.is_some(),
+                config.duplicate_streams.reject && f.event == Event::Start,
+                "reservation {:?} for a forwarded {:?}",
+                f.reservation,
+                f.event
+            );
             for (name, value) in f.headers() {
                 assert!(
                     value.bytes().all(|b| (0x21..0x7f).contains(&b)),

@@ -31,6 +31,7 @@ use std::rc::Rc;
 
 use host::{Buffer, Level, Map};
 
+use crate::callback::Format;
 use crate::config::{Config, ProcessEnv};
 use crate::registry::{self, Claim, Layout, SharedStore, StoreError};
 use crate::reply::{self, Code};
@@ -102,8 +103,9 @@ struct Stream {
     body_size: usize,
     /// True once `decide()` ran (or the request was refused early).
     decided: bool,
-    /// A start's stream reservation, released if the publish does not go through.
-    reservation: Option<Claim>,
+    /// A start's claim on its stream, with the callback's dialect: given back
+    /// if the publish does not go through.
+    reservation: Option<(Claim, Format)>,
 }
 
 #[derive(Default)]
@@ -382,14 +384,14 @@ impl Stream {
     /// reservation only if the upstream accepted the publish (2xx); after any
     /// other answer, or none (reset, timeout), the stream is freed again.
     fn on_end(&mut self) {
-        if self.reservation.is_none() {
+        let Some((_, format)) = self.reservation else {
             return;
-        }
+        };
         let status = host::property(&["response", "code"])
             .ok()
             .flatten()
             .and_then(|v| wire::decode_int(&v));
-        if registry::publish_accepted(status) {
+        if registry::publish_accepted(format, status) {
             self.reservation = None;
         } else {
             self.release();
@@ -485,7 +487,7 @@ impl Stream {
                         );
                     }
                 }
-                self.reservation = f.reservation;
+                self.reservation = f.reservation.map(|c| (c, f.format));
                 if self.plugin.log_forwards {
                     host::log(Level::Debug, &f.log_line());
                 }
@@ -495,10 +497,11 @@ impl Stream {
     }
 
     fn release(&mut self) {
-        if let Some(claim) = self.reservation.take() {
+        if let Some((claim, _)) = self.reservation.take() {
             let ds = &self.plugin.config.duplicate_streams;
-            match registry::release(&HostStore, ds, &claim, host::now_s().unwrap_or(0), true) {
-                Ok(_) => host::bump(self.plugin.metrics.released),
+            match registry::give_back(&HostStore, ds, &claim, host::now_s().unwrap_or(0)) {
+                Ok(registry::Release::Released) => host::bump(self.plugin.metrics.released),
+                Ok(_) => {}
                 Err(e) => host::log(Level::Warn, &format!("callback-guard: release failed: {e}")),
             }
         }
