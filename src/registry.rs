@@ -360,6 +360,18 @@ pub fn reserve(
     })
 }
 
+/// [`update`] on the bucket of the claim's stream.
+fn update_bucket_of<T>(
+    store: &dyn SharedStore,
+    cfg: &DuplicateStreams,
+    claim: &Claim,
+    now: u64,
+    f: impl FnMut(&mut Vec<Entry>) -> Result<(T, bool), RegistryError>,
+) -> Result<T, RegistryError> {
+    let key = Layout::for_config(cfg).bucket_key(&claim.stream);
+    update(store, &key, now, f)
+}
+
 /// An end: frees the stream if this claim's session holds it. An end without
 /// its own identity also frees a reservation whose identity was derived, when
 /// the client address and port agree. Nothing held by another session is
@@ -370,9 +382,7 @@ pub fn release(
     claim: &Claim,
     now: u64,
 ) -> Result<Release, RegistryError> {
-    let layout = Layout::for_config(cfg);
-    let key = layout.bucket_key(&claim.stream);
-    update(store, &key, now, |entries| {
+    update_bucket_of(store, cfg, claim, now, |entries| {
         let owned = |e: &Entry| {
             e.stream == claim.stream
                 && (e.session == claim.session
@@ -398,9 +408,7 @@ pub fn give_back(
     claim: &Claim,
     now: u64,
 ) -> Result<Release, RegistryError> {
-    let layout = Layout::for_config(cfg);
-    let key = layout.bucket_key(&claim.stream);
-    update(store, &key, now, |entries| {
+    update_bucket_of(store, cfg, claim, now, |entries| {
         let Some(i) = entries
             .iter()
             .position(|e| e.stream == claim.stream && e.session == claim.session)
