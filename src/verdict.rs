@@ -36,11 +36,17 @@ pub struct Request<'a> {
 impl Request<'_> {
     /// First value of a header.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header(self.headers, name)
     }
+}
+
+/// First value of header `name` in `headers`, names compared
+/// case-insensitively (the filter reads the same list before `decide()`).
+pub fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Forward or reject.

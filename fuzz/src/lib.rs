@@ -28,7 +28,8 @@ pub const KS_KEY: &str = "fuzzKs0123456789";
 /// Shared key of the fixed configurations.
 pub const SHARED: &str = "fuzzSharedKey-77";
 
-/// The core fields of a KLS new-version body.
+/// The core fields of a KLS new-version body, written out here rather than
+/// taken from the parser, so that the oracle does not inherit its mistakes.
 pub const CORE_JSON_FIELDS: &[&str] = &[
     "Version",
     "App",

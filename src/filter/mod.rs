@@ -328,10 +328,7 @@ fn init_registry(layout: &Layout) {
 
 impl Stream {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        verdict::header(&self.headers, name)
     }
 
     fn on_headers(&mut self, end_of_stream: bool) -> u32 {
