@@ -2,9 +2,9 @@
 //! stream registry, forward the callback or reject it with a spec code.
 //!
 //! Order of the rules (the first failure answers):
-//! method → size → sender checks (`callback_auth`) → media type → parsing and
-//! validation → dialect switched on → `apps` → event age → push token →
-//! stream registry. Sender checks come before the body is read so that an
+//! method → size → sender checks (`callback_auth`) → media type (the label,
+//! or the body when unlabelled) → parsing and validation → dialect switched
+//! on → `apps` → event age → push token → stream registry. Sender checks come before the body is read so that an
 //! unauthenticated sender learns nothing about what a valid body looks like.
 
 use std::net::IpAddr;
@@ -22,7 +22,8 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// Request path with query (where a shared key may be).
     pub path: &'a str,
-    /// The `content-type` header.
+    /// The `content-type` header; `None` when the sender sent none (KLS's
+    /// old-version sender does not), and the body then picks the parser.
     pub content_type: Option<&'a str>,
     /// Request headers (the filter passes all of them); names compared
     /// case-insensitively.
@@ -189,10 +190,10 @@ fn decide_inner(
     let mut verified = Vec::new();
     check_sender(config, req, now_s, &mut verified)?;
 
-    let media = callback::media_type(req.content_type).ok_or_else(|| {
+    let media = callback::classify(req.content_type, req.body).ok_or_else(|| {
         Rejection::new(
             Code::UnsupportedMediaType,
-            "content-type must be application/json or application/x-www-form-urlencoded",
+            "content-type must be application/json or application/x-www-form-urlencoded (or absent)",
         )
     })?;
     let cb = match media {

@@ -114,7 +114,7 @@ fn check_rejects_with_the_spec_code_and_exit_1() {
     let (rc, out, _) = run(&["check", "--config", cfg, "--method", "GET"], b"");
     assert_eq!((rc, out.contains(r#""status":405"#)), (1, true), "{out}");
     let (rc, out, _) = run(
-        &["check", "--config", cfg, "--content-type", ""],
+        &["check", "--config", cfg, "--content-type", "text/plain"],
         good.as_bytes(),
     );
     assert_eq!(
@@ -310,4 +310,35 @@ fn sign_refuses_bad_keys_and_options() {
         &[],
     );
     assert_eq!((rc, err.contains("10-digit")), (2, true), "{err}");
+}
+
+/// KLS's old-version sender posts with no content-type: `--content-type ''`
+/// decides the spec's sample as the filter does (forwarded, as `kls_v1`), and
+/// `--help` says how an unlabelled body is read.
+#[test]
+fn check_without_a_content_type_reads_the_body() {
+    let cfg = config_file("sniff", "{}");
+    let cfg = cfg.to_str().unwrap();
+    let seed_end = "app=live&name=asdf&swfurl=nil&flashver=nil&tcurl=rtmp://test.uplive.ks-cdn.com/live&call=user_publish_done&close_mode=nil&vdoid=123456";
+    let (rc, out, _) = run(
+        &["check", "--config", cfg, "--content-type", ""],
+        seed_end.as_bytes(),
+    );
+    assert_eq!(rc, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["action"], "forward");
+    assert_eq!(v["headers"]["x-callback-guard-format"], "kls_v1", "{out}");
+    // An explicit label that is neither JSON nor a form is still refused.
+    let (rc, out, _) = run(
+        &["check", "--config", cfg, "--content-type", "text/plain"],
+        seed_end.as_bytes(),
+    );
+    assert_eq!(rc, 1, "{out}");
+    assert!(out.contains("\"status\":415"), "{out}");
+    let (rc, help, _) = run(&["check", "--help"], b"");
+    assert_eq!(rc, 0);
+    assert!(
+        help.contains("--content-type ''") && help.contains("the body then picks the parser"),
+        "{help}"
+    );
 }

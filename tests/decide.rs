@@ -193,21 +193,180 @@ fn media_type_picks_the_format() {
         "text/plain",
         "multipart/form-data; boundary=x",
         "application/xml",
+        "application/json, text/plain",
     ] {
-        assert_code(
-            &Req::post(ct, SEED_START).run(&c),
-            Code::UnsupportedMediaType,
-            "content-type",
-        );
+        for body in [SEED_START, SEED_V1_START] {
+            assert_code(
+                &Req::post(ct, body).run(&c),
+                Code::UnsupportedMediaType,
+                "content-type",
+            );
+        }
     }
-    let mut r = Req::post(JSON, SEED_START);
-    r.content_type = None;
-    assert_code(&r.run(&c), Code::UnsupportedMediaType, "content-type");
-    // a JSON body sent as a form is not guessed at
+    // a JSON body sent as a form is not guessed at: a label wins over the body
     assert_code(
         &Req::post(FORM, SEED_START).run(&c),
         Code::MissingParameter,
         "call",
+    );
+    assert_code(
+        &Req::post(JSON, SEED_V1_START).run(&c),
+        Code::InvalidParameterValue,
+        "JSON",
+    );
+}
+
+/// `Req` without a `content-type` header (KLS's old-version sender sends none).
+fn unlabelled(body: impl Into<Vec<u8>>) -> Req<'static> {
+    let mut r = Req::post(JSON, body);
+    r.content_type = None;
+    r
+}
+
+/// The spec's old-version samples come with no content-type: the body picks
+/// the parser, and the detected dialect is what the forward says.
+#[test]
+fn unlabelled_callbacks_are_read_by_their_body() {
+    let c = config(r#"{"formats":["kls_v2","kls_v1","nginx_rtmp"]}"#);
+    for (body, format) in [
+        (SEED_V1_START, "kls_v1"),
+        (SEED_V1_END, "kls_v1"),
+        (SEED_START, "kls_v2"),
+        (SEED_END, "kls_v2"),
+    ] {
+        let f = assert_forward(&unlabelled(body).run(&c)).clone();
+        assert_eq!(f.format.as_str(), format);
+        let h = f.headers();
+        assert!(h.contains(&("x-callback-guard-format", format.to_string())));
+        // An empty header value labels nothing either.
+        let mut r = unlabelled(body);
+        r.content_type = Some("");
+        assert_eq!(r.run(&c), unlabelled(body).run(&c));
+    }
+    let nginx = nginx_form("publish", "live", "cam1", 1935, 1, NOW + 60, "k");
+    let f = assert_forward(&unlabelled(nginx).run(&c)).clone();
+    assert_eq!(f.format.as_str(), "nginx_rtmp");
+    // Leading JSON whitespace before the object is skipped.
+    let f = assert_forward(&unlabelled(format!(" \r\n\t{SEED_START}")).run(&c)).clone();
+    assert_eq!(f.format.as_str(), "kls_v2");
+}
+
+/// Without a label, a body that is neither a KLS JSON callback nor a form
+/// callback is refused by the strict parsers with their 400 codes, never 415.
+#[test]
+fn unlabelled_garbage_gets_the_parsers_codes() {
+    let c = config("");
+    for (body, code, needle) in [
+        ("", Code::MissingParameter, "call"),
+        ("hello world", Code::MissingParameter, "call"),
+        ("[1,2]", Code::MissingParameter, "call"),
+        ("{\"App\":", Code::InvalidParameterValue, "truncated"),
+        ("{}", Code::MissingParameter, "NotifyType"),
+        ("app=live&call=user_publish", Code::MissingParameter, "name"),
+        (
+            "app=%FF&name=a&tcurl=rtmp://h/live&call=user_publish",
+            Code::InvalidParameterValue,
+            "UTF-8",
+        ),
+        // A BOM before the object marks JSON: refused as under application/json.
+        (
+            "\u{feff}{\"App\":\"live\"}",
+            Code::InvalidParameterValue,
+            "JSON",
+        ),
+    ] {
+        let v = unlabelled(body).run(&c);
+        assert_code(&v, code, needle);
+    }
+    let bom = format!("\u{feff}{SEED_START}");
+    assert_eq!(
+        rejected(&unlabelled(bom.clone()).run(&c)),
+        rejected(&Req::post(JSON, bom).run(&c)),
+        "a BOM is refused the same with or without the label"
+    );
+}
+
+/// A dialect switched off stays off when it arrives unlabelled.
+#[test]
+fn unlabelled_callbacks_respect_formats() {
+    let c = config(r#"{"formats":["kls_v2"]}"#);
+    assert_code(
+        &unlabelled(SEED_V1_START).run(&c),
+        Code::UnsupportedMediaType,
+        "form",
+    );
+    let c = config(r#"{"formats":["kls_v1"]}"#);
+    assert_code(
+        &unlabelled(SEED_START).run(&c),
+        Code::UnsupportedMediaType,
+        "kls_v2",
+    );
+    let c = config(r#"{"formats":["nginx_rtmp"]}"#);
+    assert_code(
+        &unlabelled(SEED_V1_START).run(&c),
+        Code::InvalidParameterValue,
+        "call",
+    );
+}
+
+/// Token, apps and registry rules apply to a sniffed callback exactly as to a
+/// labelled one: the same requests on the same registry, with and without
+/// the label, get the same verdicts step by step.
+#[test]
+fn sniffed_callbacks_get_the_same_rules_as_labelled_ones() {
+    let c = config(&format!(
+        r#"{{"apps":["live"],"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KS_KEY}"}}]}}}}"#
+    ));
+    let q = token::sign(Scheme::KsMd5, KS_KEY.as_bytes(), "live", "asdf", NOW + 60);
+    let forged = q.replace(&q[q.len() - 4..], "0000");
+    let steps: Vec<(&str, String)> = vec![
+        (FORM, format!("{SEED_V1_START}&{q}")),
+        (FORM, format!("{SEED_V1_START}&{forged}")),
+        (
+            FORM,
+            format!("{}&{q}", SEED_V1_START.replace("vdoid=123456", "vdoid=999")),
+        ),
+        (
+            FORM,
+            format!("{}&{q}", SEED_V1_START.replace("app=live", "app=vod")),
+        ),
+        (FORM, format!("{SEED_V1_END}&{q}")),
+        (
+            FORM,
+            format!("{}&{q}", SEED_V1_START.replace("vdoid=123456", "vdoid=999")),
+        ),
+        (JSON, v2_start("s", &ks_params("s", NOW + 60))),
+        (JSON, v2_start("s", &ks_params("s", NOW - 1))),
+        (JSON, v2_start("s", &ks_params("other", NOW + 60))),
+        (JSON, v2_end("s", &ks_params("s", NOW + 60))),
+    ];
+    let labelled_store = MemoryStore::new();
+    let sniffed_store = MemoryStore::new();
+    let mut codes = Vec::new();
+    for (ct, body) in &steps {
+        let labelled = Req::post(ct, body.clone()).run_with(&c, NOW, &labelled_store);
+        let sniffed = unlabelled(body.clone()).run_with(&c, NOW, &sniffed_store);
+        assert_eq!(labelled, sniffed, "{body}");
+        codes.push(match sniffed {
+            Verdict::Forward(_) => None,
+            Verdict::Reject(r) => Some(r.code),
+        });
+    }
+    // The steps exercise each rule, not only forwards.
+    assert_eq!(
+        codes,
+        [
+            None,
+            Some(Code::AuthencationFailed),
+            Some(Code::ExistStreamName),
+            Some(Code::NonExistApplication),
+            None,
+            None,
+            None,
+            Some(Code::AuthencationFailed),
+            Some(Code::AuthencationFailed),
+            None,
+        ]
     );
 }
 
@@ -814,6 +973,27 @@ proptest! {
     #[test]
     fn arbitrary_form_text_always_gets_a_verdict(s in "[a-z_=&%+?:/0-9]{0,200}") {
         let _ = Req::post(FORM, s).run(&any_config());
+    }
+
+    /// Unlabelled bytes get the verdict of the label their first byte picks
+    /// (JSON for `{` after whitespace, else a form), and never a 415.
+    #[test]
+    fn unlabelled_bytes_get_the_verdict_of_the_sniffed_label(
+        lead in "[ \t\r\n]{0,3}", body in proptest::collection::vec(any::<u8>(), 0..300), object in any::<bool>()
+    ) {
+        let mut b = lead.into_bytes();
+        if object {
+            b.push(b'{');
+        }
+        b.extend_from_slice(&body);
+        let c = any_config();
+        let first = b.iter().find(|x| !b" \t\r\n".contains(x));
+        let label = if first == Some(&b'{') { JSON } else { FORM };
+        let sniffed = unlabelled(b.clone()).run(&c);
+        prop_assert_eq!(&sniffed, &Req::post(label, b).run(&c));
+        if let Verdict::Reject(r) = &sniffed {
+            prop_assert_ne!(r.code, Code::UnsupportedMediaType);
+        }
     }
 }
 

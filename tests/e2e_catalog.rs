@@ -713,19 +713,58 @@ fn catalog() -> Vec<Case> {
             "content-type two types in one value",
             "application/json, text/plain",
         ),
-        ("content-type empty", ""),
     ] {
         c.push(post(name, ct, b.clone(), bad("UnsupportedMediaType")));
     }
-    c.push(Case {
-        name: "content-type missing",
+    // No content-type (KLS's old-version sender sends none): the body picks the
+    // parser, and the strict parsers refuse what is not a callback with 400.
+    let unlabelled = |name: &'static str, body: Vec<u8>, expect: Expect| Case {
+        name,
         send: Send::Http1 {
             method: "POST",
             headers: Vec::new(),
-            body: b.clone().into_bytes(),
+            body,
         },
-        expect: bad("UnsupportedMediaType"),
-    });
+        expect,
+    };
+    c.push(unlabelled(
+        "no content-type, plain text",
+        b"hello, callback".to_vec(),
+        bad(MISSING),
+    ));
+    c.push(unlabelled(
+        "no content-type, truncated JSON",
+        br#"{"App":"live","Stream":"#.to_vec(),
+        bad(INVALID),
+    ));
+    c.push(unlabelled(
+        "no content-type, JSON array of a callback",
+        format!("[{}]", start("unl-arr")).into_bytes(),
+        bad(MISSING),
+    ));
+    c.push(unlabelled(
+        "no content-type, BOM before a valid JSON callback",
+        format!("\u{feff}{}", start("unl-bom")).into_bytes(),
+        bad(INVALID),
+    ));
+    c.push(unlabelled(
+        "no content-type, form with a forged token",
+        v1("user_publish", "unl-forged", "vd-unl", "someOtherKey").into_bytes(),
+        bad(AUTH),
+    ));
+    c.push(unlabelled(
+        "no content-type, JSON for an unknown app",
+        start("unl-app")
+            .replace("\"App\":\"live\"", "\"App\":\"vod\"")
+            .into_bytes(),
+        bad("NonExistApplication"),
+    ));
+    c.push(post(
+        "content-type empty, form with a forged token",
+        "",
+        v1("user_publish", "unl-forged2", "vd-unl2", "someOtherKey"),
+        bad(AUTH),
+    ));
     c.push(Case {
         name: "multipart body holding a valid callback",
         send: Send::Http1 {
@@ -943,6 +982,39 @@ fn catalog() -> Vec<Case> {
         },
         expect: Expect::Forward("kls_v2", "start"),
     });
+    for (name, body, format) in [
+        (
+            "no content-type, JSON start",
+            start("ok-unl-json"),
+            "kls_v2",
+        ),
+        (
+            "no content-type, JSON start after CR LF and tabs",
+            format!("\r\n\t {}", start("ok-unl-ws")),
+            "kls_v2",
+        ),
+        (
+            "no content-type, KLS form start",
+            form_start("ok-unl-form"),
+            "kls_v1",
+        ),
+    ] {
+        c.push(Case {
+            name,
+            send: Send::Http1 {
+                method: "POST",
+                headers: Vec::new(),
+                body: body.into_bytes(),
+            },
+            expect: Expect::Forward(format, "start"),
+        });
+    }
+    c.push(post(
+        "content-type empty, KLS form start",
+        "",
+        form_start("ok-unl-empty"),
+        Expect::Forward("kls_v1", "start"),
+    ));
     let uni = "直播流-😀-ü";
     c.push(json_case(
         "unicode stream name",

@@ -274,6 +274,58 @@ fn http_1_0_senders_are_served() {
     assert_eq!(rx.received().len(), 1);
 }
 
+/// The spec's callbacks exactly as KLS sends them: `POST /callback HTTP/1.0`,
+/// `Host`, `Connection: close`, `Content-Length` and the body, with no
+/// `Content-Type` (written to a raw socket so no client adds one). They are
+/// forwarded with the body unchanged and the detected dialect named; an
+/// explicit `text/plain` label is still refused.
+#[test]
+fn unlabelled_kls_samples_pass_byte_for_byte() {
+    let rx = Receiver::start();
+    let Some(envoy) = start(json!({}), &rx) else {
+        return;
+    };
+    let raw = |body: &[u8], extra: &str| {
+        let mut req = format!(
+            "POST /callback HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
+            envoy.port,
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        http1_raw(envoy.port, &req)
+    };
+    let samples: [(&[u8], &str, &str); 4] = [
+        (b"app=live&name=asdf&swfurl=nil&flashver=nil&tcurl=rtmp://test.uplive.ks-cdn.com/live&call=user_publish&vdoid=123456", "kls_v1", "start"),
+        (b"app=live&name=asdf&swfurl=nil&flashver=nil&tcurl=rtmp://test.uplive.ks-cdn.com/live&call=user_publish_done&close_mode=nil&vdoid=123456", "kls_v1", "end"),
+        (include_bytes!("fixtures/kls_v2_start.json"), "kls_v2", "start"),
+        (include_bytes!("fixtures/kls_v2_end.json"), "kls_v2", "end"),
+    ];
+    for (body, format, event) in samples {
+        let r = raw(body, "");
+        assert_eq!(
+            r.status,
+            200,
+            "{format} {event}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let got = rx.received();
+        let last = got.last().expect("the callback reached the upstream");
+        assert_eq!(last.body, body, "{format} {event}: body unchanged");
+        assert_eq!(last.header("content-type"), None, "no label was added");
+        assert_eq!(last.header("x-callback-guard-format"), Some(format));
+        assert_eq!(last.header("x-callback-guard-event"), Some(event));
+    }
+    assert_eq!(rx.received().len(), 4);
+    let r = raw(samples[0].0, "Content-Type: text/plain\r\n");
+    assert_rejected(&r, 415, "UnsupportedMediaType");
+    assert_eq!(
+        rx.received().len(),
+        4,
+        "the refused one never reached the upstream"
+    );
+}
+
 #[test]
 fn body_limit_with_and_without_content_length() {
     let rx = Receiver::start();

@@ -34,7 +34,9 @@ enum Cmd {
         /// Plugin configuration (JSON, as in the Envoy filter's `configuration`).
         #[arg(long)]
         config: String,
-        /// The request's content-type; `--content-type ''` sends none.
+        /// The request's content-type. `--content-type ''` sends none, as KLS's
+        /// old-version sender does: the body then picks the parser, as in the
+        /// filter (`{` after whitespace is JSON, anything else a form).
         #[arg(long, default_value = "application/json")]
         content_type: String,
         /// The request's method.

@@ -10,7 +10,7 @@ mod media;
 
 pub use form::parse_form;
 pub use json::parse_json;
-pub use media::{media_type, MediaType};
+pub use media::{classify, media_type, sniff, MediaType};
 
 /// Longest app, stream or domain name accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
