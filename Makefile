@@ -164,3 +164,19 @@ docker-down:
 # compose logs on failure; always torn down.
 docker-test: wasm $(ENVOY_DEP) docker-config
 	ENVOY_VERSION=$(ENVOY_VERSION) ./scripts/docker.sh test
+
+# ---- OCI image (scripts/oci.py) ----
+# `make oci`: the module as an OCI image for Istio WasmPlugin / Envoy Gateway
+# (oci://...): target/oci/layout/ (OCI image layout; push it with skopeo/crane/oras to keep
+# the printed digest) and target/oci/callback-guard-wasm.tar (for `docker load -i`).
+# Prints the manifest digest to pin and the wasm's own sha256. Deterministic: the same
+# module gives the same digests. `make test-oci` checks that, the fetchers' extraction
+# rules and, when a Docker daemon answers, docker load (CI=true: no daemon is a failure).
+OCI_DIR ?= target/oci
+OCI_TAG ?= callback-guard-wasm:$(shell grep -m1 '^version' Cargo.toml | cut -d'"' -f2)
+.PHONY: oci test-oci
+oci: wasm
+	$(PYTHON) scripts/oci.py build --wasm $(WASM) --out $(OCI_DIR) --tag $(OCI_TAG)
+
+test-oci: wasm
+	WASM=$(WASM) PYTHON=$(PYTHON) ./scripts/test-oci.sh

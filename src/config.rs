@@ -18,6 +18,9 @@ use crate::secret::Secret;
 
 /// Default `max_body_bytes`: callbacks are small; 64 KiB is generous.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 65536;
+/// Envoy's default `per_connection_buffer_limit_bytes`: what a filter may
+/// buffer of a body before Envoy answers 413 itself.
+pub const ENVOY_DEFAULT_BUFFER_LIMIT: usize = 1 << 20;
 /// Default reservation lifetime of a live stream in the registry (one day).
 pub const DEFAULT_TTL_S: u64 = 86400;
 /// Default bound on the number of live streams held in the registry.
@@ -329,6 +332,13 @@ impl Config {
                     forms.join(" and ")
                 ));
             }
+        }
+        if self.max_body_bytes > ENVOY_DEFAULT_BUFFER_LIMIT {
+            w.push(format!(
+                "max_body_bytes: {} is over Envoy's default per_connection_buffer_limit_bytes (1 MiB); \
+                 larger bodies get Envoy's own 413 unless the listener's limit is raised",
+                self.max_body_bytes
+            ));
         }
         w
     }
@@ -1047,5 +1057,14 @@ mod tests {
         let w = parse(r#"{"max_event_age_s":300,"formats":["kls_v2","kls_v1","nginx_rtmp"]}"#)
             .warnings();
         assert!(w[0].contains("kls_v1 and nginx_rtmp"), "{w:?}");
+    }
+
+    #[test]
+    fn warns_when_max_body_bytes_is_over_envoys_buffer_limit() {
+        let parse = |j: &str| Config::from_json(j.as_bytes(), &no_env).unwrap();
+        assert!(parse(r#"{"max_body_bytes":1048576}"#).warnings().is_empty());
+        let w = parse(r#"{"max_body_bytes":1048577}"#).warnings();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("per_connection_buffer_limit_bytes"), "{w:?}");
     }
 }

@@ -20,11 +20,14 @@ pub enum Code {
     NonExistApplication,
     /// Another session is pushing this stream.
     ExistStreamName,
+    /// The filter is deployed in a way that cannot check callbacks (the
+    /// request body never reaches it: `allow_on_headers_stop_iteration`).
+    InternalError,
 }
 
 impl Code {
     /// All codes, for metrics set-up.
-    pub const ALL: [Code; 8] = [
+    pub const ALL: [Code; 9] = [
         Code::MethodNotAllowed,
         Code::UnsupportedMediaType,
         Code::PayloadTooLarge,
@@ -33,6 +36,7 @@ impl Code {
         Code::AuthencationFailed,
         Code::NonExistApplication,
         Code::ExistStreamName,
+        Code::InternalError,
     ];
 
     /// The code as written in replies and logs.
@@ -46,6 +50,7 @@ impl Code {
             Code::AuthencationFailed => "AuthencationFailed",
             Code::NonExistApplication => "NonExistApplication",
             Code::ExistStreamName => "ExistStreamName",
+            Code::InternalError => "InternalError",
         }
     }
 
@@ -59,6 +64,18 @@ impl Code {
             Code::AuthencationFailed => 403,
             Code::NonExistApplication => 404,
             Code::ExistStreamName => 409,
+            Code::InternalError => 500,
+        }
+    }
+
+    /// Who is at fault, in the body's `Error.Type`: `Sender` for a refused
+    /// callback (4xx), `Receiver` when the edge itself cannot decide (5xx),
+    /// as in the OpenAPI error convention KLS follows.
+    pub fn fault(self) -> &'static str {
+        if self.status() >= 500 {
+            "Receiver"
+        } else {
+            "Sender"
         }
     }
 }
@@ -78,14 +95,15 @@ struct ErrorBody<'a> {
     message: &'a str,
 }
 
-/// The reply body: `{"RequestId","Error":{"Type":"Sender","Code","Message"}}`.
+/// The reply body: `{"RequestId","Error":{"Type","Code","Message"}}`, with
+/// `Type` from [`Code::fault`].
 /// `request_id` is the request's `x-request-id` (empty when absent).
 /// (Typed structs rather than `json!`: no float-printing code in the wasm.)
 pub fn body(code: Code, message: &str, request_id: &str) -> String {
     let b = Body {
         request_id,
         error: ErrorBody {
-            r#type: "Sender",
+            r#type: code.fault(),
             code: code.as_str(),
             message,
         },
@@ -93,7 +111,8 @@ pub fn body(code: Code, message: &str, request_id: &str) -> String {
     // Serializing string fields cannot fail; the fallback keeps the shape anyway.
     serde_json::to_string(&b).unwrap_or_else(|_| {
         format!(
-            r#"{{"RequestId":"","Error":{{"Type":"Sender","Code":"{}","Message":""}}}}"#,
+            r#"{{"RequestId":"","Error":{{"Type":"{}","Code":"{}","Message":""}}}}"#,
+            code.fault(),
             code.as_str()
         )
     })
@@ -114,6 +133,7 @@ mod tests {
             (Code::AuthencationFailed, 403),
             (Code::NonExistApplication, 404),
             (Code::ExistStreamName, 409),
+            (Code::InternalError, 500),
         ];
         for (code, status) in want {
             assert_eq!(code.status(), status, "{code:?}");
@@ -130,6 +150,9 @@ mod tests {
         assert_eq!(v["Error"]["Code"], "NonExistApplication");
         assert_eq!(v["Error"]["Message"], "app is not configured");
         assert_eq!(v.as_object().unwrap().len(), 2);
+        let b = body(Code::InternalError, "m", "req-2");
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["Error"]["Type"], "Receiver", "the edge's own failure");
     }
 
     #[test]

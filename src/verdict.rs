@@ -92,13 +92,14 @@ impl Forward {
         )
     }
 
-    /// The `x-callback-guard-*` headers for the forwarded request (always all four).
+    /// The `x-callback-guard-*` headers for the forwarded request; the filter
+    /// adds those with a value (the key id is empty when tokens are not checked).
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         vec![
             ("x-callback-guard-format", self.format.as_str().to_string()),
             ("x-callback-guard-event", self.event.as_str().to_string()),
             ("x-callback-guard-verified", self.verified.join(",")),
-            // Empty when push tokens are not checked (Envoy then drops the header).
+            // Empty when push tokens are not checked: not added.
             (
                 "x-callback-guard-key-id",
                 self.key_id.clone().unwrap_or_default(),

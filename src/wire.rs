@@ -38,6 +38,20 @@ pub fn decode_map(bytes: &[u8]) -> Vec<(String, String)> {
     out
 }
 
+/// The bytes of the names and values in a serialized map (what Envoy counts
+/// as a header map's byte size), without decoding it: the map's length less
+/// its count, the two lengths and the two NULs of each pair. 0 when malformed.
+pub fn map_payload_bytes(bytes: &[u8]) -> usize {
+    let Some(count) = read_u32(bytes, 0) else {
+        return 0;
+    };
+    (count as usize)
+        .checked_mul(10)
+        .and_then(|n| n.checked_add(4))
+        .and_then(|framing| bytes.len().checked_sub(framing))
+        .unwrap_or(0)
+}
+
 /// Encodes a header map in the same format.
 pub fn encode_map(pairs: &[(&str, &str)]) -> Vec<u8> {
     let size = 4 + pairs
@@ -126,6 +140,15 @@ mod tests {
         let dec = decode_map(&enc);
         assert_eq!(dec[0].0, "x");
         assert!(dec[0].1.contains('\u{fffd}'));
+    }
+
+    #[test]
+    fn payload_bytes_count_names_and_values_only() {
+        let enc = encode_map(&[(":method", "POST"), ("x-empty", ""), ("k", "\u{e9}")]);
+        assert_eq!(map_payload_bytes(&enc), 7 + 4 + 7 + 1 + 2);
+        assert_eq!(map_payload_bytes(&encode_map(&[])), 0);
+        assert_eq!(map_payload_bytes(&[]), 0);
+        assert_eq!(map_payload_bytes(&[0xff, 0xff, 0xff, 0xff]), 0);
     }
 
     #[test]

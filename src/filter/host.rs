@@ -64,17 +64,20 @@ extern "C" {
         return_map_size: *mut usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_add_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
-    ) -> u32;
-    fn proxy_set_property(
-        path_data: *const u8,
-        path_size: usize,
-        value_data: *const u8,
-        value_size: usize,
     ) -> u32;
     fn proxy_get_shared_data(
         key_data: *const u8,
@@ -175,15 +178,16 @@ pub fn buffer(kind: Buffer, start: usize, max: usize) -> Result<Vec<u8>, Status>
     }
 }
 
-/// All pairs of a header map.
-pub fn headers(map: Map) -> Result<Vec<(String, String)>, Status> {
+/// All pairs of a header map, and the bytes of its names and values as the
+/// host counts them (before any lossy UTF-8 decoding).
+pub fn headers(map: Map) -> Result<(Vec<(String, String)>, usize), Status> {
     let mut data = null_mut();
     let mut size = 0;
     // SAFETY: as in `buffer`.
     unsafe {
         ok(proxy_get_header_map_pairs(map as u32, &mut data, &mut size))?;
         Ok(owned(data, size)
-            .map(|b| wire::decode_map(&b))
+            .map(|b| (wire::decode_map(&b), wire::map_payload_bytes(&b)))
             .unwrap_or_default())
     }
 }
@@ -192,6 +196,33 @@ pub fn headers(map: Map) -> Result<Vec<(String, String)>, Status> {
 pub fn remove_header(map: Map, name: &str) -> Result<(), Status> {
     // SAFETY: pointer and length describe a live &str.
     ok(unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
+}
+
+/// Adds a header (only while the headers are still held by this filter).
+pub fn add_header(map: Map, name: &str, value: &str) -> Result<(), Status> {
+    // SAFETY: pointers and lengths describe live &strs.
+    ok(unsafe {
+        proxy_add_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
+/// Asks for `proxy_on_tick` on the root context every `ms` milliseconds.
+pub fn set_tick_period_ms(ms: u32) -> Result<(), Status> {
+    // SAFETY: a plain value.
+    ok(unsafe { proxy_set_tick_period_milliseconds(ms) })
+}
+
+/// Makes later hostcalls of this VM call act on another context (a request,
+/// from the root context's tick).
+pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    // SAFETY: a plain value.
+    ok(unsafe { proxy_set_effective_context(context_id) })
 }
 
 /// Reads a property such as `source.address`.
@@ -212,12 +243,6 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
             Err(e) => Err(e),
         }
     }
-}
-
-/// Sets a property; Envoy keeps it as filter state `wasm.<name>`.
-pub fn set_property(name: &str, value: &[u8]) -> Result<(), Status> {
-    // SAFETY: pointers and lengths describe live slices.
-    ok(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 /// Reads shared data: the value and its CAS version.

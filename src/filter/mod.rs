@@ -5,26 +5,28 @@
 //! request costs no VM calls for response bodies, trailers and the like; and
 //! every hostcall returns a `Result` (see [`host`]), so nothing here can panic.
 //!
-//! Per request: the headers are read in one hostcall while the filter still
-//! holds them, spoofed `x-callback-guard-*` headers are removed, and the
-//! headers continue (pausing there would keep the body from this filter too:
-//! proxy-wasm turns `StopIteration` into `StopAllIteration`). The body is
-//! buffered (`Pause` until the end of the stream, or until trailers, which end
-//! an HTTP/2 body without `end_of_stream`), then `decide()` runs:
+//! Per request, as the one HTTP filter before the router:
+//! - headers: read in one hostcall, spoofed `x-callback-guard-*` headers
+//!   removed, a declared `content-length` over the limit refused; then the
+//!   headers are held (`Pause`). With the Wasm `PluginConfig` flag
+//!   `allow_on_headers_stop_iteration: true` (Envoy >= 1.35), that keeps them
+//!   from the router while the body still reaches this filter;
+//! - body: buffered (`Pause`) until the end of the stream, or until trailers
+//!   (which end an HTTP/2 body without `end_of_stream`), refused with 413 as
+//!   soon as it grows past the limit; then `decide()` runs;
 //! - reject: a local reply with the spec code, and `Pause`;
-//! - forward: the verification facts are set as filter state
-//!   (`wasm.x-callback-guard-*`) and the body continues unchanged.
+//! - forward: the `x-callback-guard-*` headers are added to the held headers,
+//!   and the request continues with its body unchanged.
 //!
-//! Two stock Envoy filters must follow this one (see `envoy/envoy.yaml`):
-//! `envoy.filters.http.buffer` holds the headers back from the router until
-//! the body is decided, so the upstream sees nothing of a rejected callback;
-//! `envoy.filters.http.header_mutation` turns the filter state into the
-//! forwarded `x-callback-guard-*` headers (request headers cannot be changed
-//! by a wasm filter once they have continued).
+//! Without the flag, Envoy turns the header `Pause` into "stop everything":
+//! the body never arrives and the request would hang. The root context's
+//! tick finds such requests (body bytes received, none delivered), answers
+//! them with `InternalError`, and logs one line that names the flag; later
+//! requests with a body are then refused at once (see [`Stream::on_tick`]).
 
 mod host;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -92,6 +94,24 @@ struct Plugin {
     /// Envoy's log level when the plugin was configured: forwards are logged
     /// only at debug, so the line is not even formatted otherwise.
     log_forwards: bool,
+    /// Set once a request's body was seen held back from this filter: the
+    /// Wasm filter lacks `allow_on_headers_stop_iteration`, so no body can
+    /// be checked (see [`Stream::on_tick`]).
+    body_withheld: Cell<bool>,
+}
+
+/// How often the root context looks for requests whose body is withheld.
+const TICK_MS: u32 = 250;
+
+/// Where a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Headers held, no body callback yet.
+    AwaitingBody,
+    /// Body callbacks arriving.
+    Body,
+    /// Decided (forwarded or answered).
+    Decided,
 }
 
 /// One request.
@@ -99,10 +119,11 @@ struct Stream {
     plugin: Rc<Plugin>,
     /// All request headers, read once.
     headers: Vec<(String, String)>,
+    /// Bytes of the names and values of the held headers, as Envoy counts them.
+    header_bytes: usize,
     /// Body bytes buffered so far (Envoy reports the running total).
     body_size: usize,
-    /// True once `decide()` ran (or the request was refused early).
-    decided: bool,
+    phase: Phase,
     /// A start's claim on its stream, with the callback's dialect: given back
     /// if the publish does not go through.
     reservation: Option<(Claim, Format)>,
@@ -185,8 +206,9 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
             let stream = Stream {
                 plugin: plugin.clone(),
                 headers: Vec::new(),
+                header_bytes: 0,
                 body_size: 0,
-                decided: false,
+                phase: Phase::AwaitingBody,
                 reservation: None,
             };
             s.streams.insert(context_id, Rc::new(RefCell::new(stream)));
@@ -230,7 +252,17 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
                 config,
                 metrics: Metrics::define(),
                 log_forwards: host::log_level() <= Level::Debug as u32,
+                body_withheld: Cell::new(false),
             });
+            if let Err(s) = host::set_tick_period_ms(TICK_MS) {
+                host::log(
+                    Level::Warn,
+                    &format!(
+                        "callback-guard: no tick (status {}): a missing allow_on_headers_stop_iteration will not be detected",
+                        s.0
+                    ),
+                );
+            }
             STATE.with(|s| {
                 if let Ok(mut s) = s.try_borrow_mut() {
                     s.roots.insert(root_context_id, Some(plugin));
@@ -292,6 +324,45 @@ pub extern "C" fn proxy_on_log(context_id: u32) {
     });
 }
 
+/// The root context's tick: answers the requests whose body Envoy holds
+/// back from this filter (see [`Stream::on_tick`]).
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(root_context_id: u32) {
+    let plugin = STATE.with(|s| {
+        s.try_borrow()
+            .ok()
+            .and_then(|s| s.roots.get(&root_context_id).cloned().flatten())
+    });
+    let Some(plugin) = plugin else {
+        return;
+    };
+    let waiting: Vec<u32> = STATE.with(|s| {
+        s.try_borrow().map_or_else(
+            |_| Vec::new(),
+            |s| {
+                s.streams
+                    .iter()
+                    .filter(|(_, st)| {
+                        st.try_borrow().is_ok_and(|st| {
+                            st.phase == Phase::AwaitingBody && Rc::ptr_eq(&st.plugin, &plugin)
+                        })
+                    })
+                    .map(|(id, _)| *id)
+                    .collect()
+            },
+        )
+    });
+    if waiting.is_empty() {
+        return;
+    }
+    for id in waiting {
+        if host::set_effective_context(id).is_ok() {
+            with_stream(id, (), Stream::on_tick);
+        }
+    }
+    let _ = host::set_effective_context(root_context_id);
+}
+
 fn known(context_id: u32) -> bool {
     STATE.with(|s| {
         s.try_borrow()
@@ -301,13 +372,10 @@ fn known(context_id: u32) -> bool {
 
 /// Fail closed when a request arrives for a plugin that is not configured.
 fn refuse_unconfigured() -> u32 {
-    let body = reply::body(
-        Code::InvalidParameterValue,
-        "callback-guard is not configured",
-        "",
-    );
+    let code = Code::InternalError;
+    let body = reply::body(code, "callback-guard is not configured", "");
     let _ = host::send_response(
-        503,
+        code.status(),
         &[("content-type", "application/json")],
         body.as_bytes(),
     );
@@ -333,11 +401,14 @@ impl Stream {
 
     fn on_headers(&mut self, end_of_stream: bool) -> u32 {
         host::bump(self.plugin.metrics.received);
-        self.headers = host::headers(Map::HttpRequestHeaders).unwrap_or_default();
-        // Strip spoofed verification headers while this filter still holds the headers.
-        for (name, _) in &self.headers {
+        let (headers, bytes) = host::headers(Map::HttpRequestHeaders).unwrap_or_default();
+        self.headers = headers;
+        self.header_bytes = bytes;
+        // Strip spoofed verification headers while this filter holds the headers.
+        for (name, value) in &self.headers {
             if name.starts_with("x-callback-guard") {
                 let _ = host::remove_header(Map::HttpRequestHeaders, name);
+                self.header_bytes = self.header_bytes.saturating_sub(name.len() + value.len());
             }
         }
         let limit = self.plugin.config.max_body_bytes;
@@ -350,13 +421,20 @@ impl Stream {
         if end_of_stream {
             return self.decide();
         }
-        CONTINUE
+        if self.plugin.body_withheld.get() {
+            return self.reject(&body_withheld());
+        }
+        // Hold the headers until the body is decided (needs the flag, see the
+        // module docs; the tick catches its absence).
+        self.phase = Phase::AwaitingBody;
+        PAUSE
     }
 
     fn on_body(&mut self, body_size: usize, end_of_stream: bool) -> u32 {
-        if self.decided {
+        if self.phase == Phase::Decided {
             return CONTINUE;
         }
+        self.phase = Phase::Body;
         self.body_size = body_size;
         let limit = self.plugin.config.max_body_bytes;
         if body_size > limit {
@@ -370,11 +448,43 @@ impl Stream {
     }
 
     fn on_trailers(&mut self) -> u32 {
-        if self.decided {
+        if self.phase == Phase::Decided {
             CONTINUE
         } else {
             self.decide()
         }
+    }
+
+    /// Called from the root context's tick (this request made the effective
+    /// context) while the request still waits for its first body callback.
+    /// With `allow_on_headers_stop_iteration`, Envoy hands body bytes to this
+    /// filter as they arrive, on this very worker; so body bytes received
+    /// (`request.total_size` less the held headers) with none delivered mean
+    /// the flag is missing. The request is answered, one line says why, and
+    /// later requests with a body are refused at their headers. A sender that
+    /// has sent no body byte yet is left alone (Envoy's timeouts apply).
+    fn on_tick(&mut self) {
+        if self.phase != Phase::AwaitingBody {
+            return;
+        }
+        let total = host::property(&["request", "total_size"])
+            .ok()
+            .flatten()
+            .and_then(|v| wire::decode_int(&v))
+            .and_then(|n| usize::try_from(n).ok());
+        let Some(total) = total else {
+            return;
+        };
+        if total <= self.header_bytes {
+            return;
+        }
+        if !self.plugin.body_withheld.replace(true) {
+            host::log(
+                Level::Critical,
+                "callback-guard: Envoy holds the request body back from the filter, so no callback can be checked: set `allow_on_headers_stop_iteration: true` in the Wasm filter's config (Envoy >= 1.35); until then callbacks with a body are refused with InternalError",
+            );
+        }
+        self.reject(&body_withheld());
     }
 
     /// The request is over. A start that reserved its stream keeps the
@@ -405,7 +515,7 @@ impl Stream {
     }
 
     fn reject(&mut self, r: &Rejection) -> u32 {
-        self.decided = true;
+        self.phase = Phase::Decided;
         self.plugin.metrics.reject(r.code);
         host::log(Level::Info, &r.log_line());
         let body = reply::body(
@@ -474,13 +584,18 @@ impl Stream {
         match verdict::decide(config, &req, now, &HostStore) {
             Verdict::Reject(r) => self.reject(&r),
             Verdict::Forward(f) => {
-                self.decided = true;
+                self.phase = Phase::Decided;
                 host::bump(self.plugin.metrics.forwarded);
+                // The headers are still held here, so they can be written.
+                // Spoofed ones were removed on arrival: add, do not replace.
                 for (name, value) in f.headers() {
-                    if let Err(s) = host::set_property(name, value.as_bytes()) {
+                    if value.is_empty() {
+                        continue;
+                    }
+                    if let Err(s) = host::add_header(Map::HttpRequestHeaders, name, &value) {
                         host::log(
                             Level::Error,
-                            &format!("callback-guard: cannot record {name} (status {})", s.0),
+                            &format!("callback-guard: cannot add {name} (status {})", s.0),
                         );
                     }
                 }
@@ -502,5 +617,15 @@ impl Stream {
                 Err(e) => host::log(Level::Warn, &format!("callback-guard: release failed: {e}")),
             }
         }
+    }
+}
+
+/// The answer while the request body is held back from the filter.
+fn body_withheld() -> Rejection {
+    Rejection {
+        code: Code::InternalError,
+        message: "the callback body cannot be checked: the filter is deployed without allow_on_headers_stop_iteration".into(),
+        app: None,
+        stream: None,
     }
 }

@@ -148,6 +148,10 @@ pub struct EnvoyOpts {
     /// A whole config instead of the generated one; `{{LISTENER_PORT}}`,
     /// `{{ADMIN_PORT}}`, `{{UPSTREAM_PORT}}` and `{{WASM}}` are substituted.
     pub raw_yaml: Option<String>,
+    /// Drop `allow_on_headers_stop_iteration` from the shipped filter.
+    pub without_stop_iteration_flag: bool,
+    /// The listener's `per_connection_buffer_limit_bytes` (Envoy: 1 MiB).
+    pub buffer_limit_bytes: Option<u32>,
 }
 
 impl EnvoyOpts {
@@ -162,6 +166,8 @@ impl EnvoyOpts {
             component_log_level: None,
             route_timeout_s: 5,
             raw_yaml: None,
+            without_stop_iteration_flag: false,
+            buffer_limit_bytes: None,
         }
     }
 }
@@ -192,114 +198,101 @@ impl Drop for TempDir {
     }
 }
 
-/// The filter chain every generated config uses: callback-guard, the buffer
-/// filter that holds headers until the body is decided, and header_mutation
-/// that writes the verification headers.
-pub fn filter_chain_yaml(
-    plugin_config: &serde_json::Value,
-    host_env_keys: &[String],
-    wasm: &str,
-    max_body: u64,
-) -> String {
-    let config = serde_json::to_string(&plugin_config.to_string()).unwrap();
-    let keys = serde_json::to_string(host_env_keys).unwrap();
-    let mutation = |h: &str| {
-        format!(
-            "                - append:\n                    header: {{ key: {h}, value: \"%FILTER_STATE(wasm.{h}:PLAIN)%\" }}\n                    append_action: OVERWRITE_IF_EXISTS_OR_ADD\n"
-        )
-    };
-    let mutations: String = [
-        "x-callback-guard-format",
-        "x-callback-guard-event",
-        "x-callback-guard-verified",
-        "x-callback-guard-key-id",
-    ]
-    .iter()
-    .map(|h| mutation(h))
-    .collect();
-    format!(
-        r#"          http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: callback_guard
-                root_id: callback_guard
-                fail_open: false
-                vm_config:
-                  vm_id: callback_guard
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: "{wasm}" }} }}
-                  environment_variables: {{ host_env_keys: {keys} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {config}
-          - name: envoy.filters.http.buffer
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
-              max_request_bytes: {max_body}
-          - name: envoy.filters.http.header_mutation
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
-              mutations:
-                request_mutations:
-{mutations}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
-    )
+/// The callback-guard HTTP filter exactly as `envoy/envoy.yaml` ships it
+/// (the one place the filter chain is written), as JSON.
+pub fn shipped_guard_filter() -> serde_json::Value {
+    let text = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    let doc: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    let filters = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"];
+    let list = filters.as_array().expect("envoy/envoy.yaml: http_filters");
+    assert_eq!(
+        list.len(),
+        2,
+        "envoy/envoy.yaml: callback-guard then the router, nothing else"
+    );
+    assert_eq!(list[1]["name"], "envoy.filters.http.router");
+    list[0].clone()
 }
 
-pub fn envoy_yaml(opts: &EnvoyOpts, port: u16, admin: u16, wasm: &str) -> String {
-    let max_body = opts
-        .plugin_config
-        .get("max_body_bytes")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(65536)
-        .max(1024);
-    let chain = filter_chain_yaml(&opts.plugin_config, &opts.host_env_keys, wasm, max_body * 2);
-    format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
-static_resources:
-  listeners:
-  - name: callbacks
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: callbacks
-          codec_type: AUTO
-          http_protocol_options: {{ accept_http_10: true }}
-          route_config:
-            virtual_hosts:
-            - name: callbacks
-              domains: ["*"]
-              routes:
-              - match: {{ path: /healthz }}
-                direct_response: {{ status: 200, body: {{ inline_string: "ok" }} }}
-                typed_per_filter_config:
-                  envoy.filters.http.wasm:
-                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
-                    disabled: true
-              - match: {{ prefix: / }}
-                route: {{ cluster: upstream, timeout: {timeout}s }}
-{chain}
-  clusters:
-  - name: upstream
-    type: STATIC
-    connect_timeout: 2s
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {up} }} }} }}
-"#,
-        timeout = opts.route_timeout_s,
-        up = opts.upstream_port,
-    )
+/// The shipped filter with a test's plugin configuration, variables and
+/// module path; without `allow_on_headers_stop_iteration` when asked.
+pub fn guard_filter(opts: &EnvoyOpts, wasm: &str) -> serde_json::Value {
+    let mut f = shipped_guard_filter();
+    let cfg = &mut f["typed_config"]["config"];
+    cfg["configuration"]["value"] = opts.plugin_config.to_string().into();
+    cfg["vm_config"]["code"]["local"]["filename"] = wasm.into();
+    cfg["vm_config"]["environment_variables"]["host_env_keys"] =
+        serde_json::json!(opts.host_env_keys);
+    if opts.without_stop_iteration_flag {
+        cfg.as_object_mut()
+            .unwrap()
+            .remove("allow_on_headers_stop_iteration")
+            .expect("the shipped filter sets allow_on_headers_stop_iteration");
+    }
+    f
+}
+
+/// A whole Envoy config (JSON) around the shipped filter: one listener whose
+/// every path but /healthz goes through the filter to the upstream.
+pub fn envoy_config(opts: &EnvoyOpts, port: u16, admin: u16, wasm: &str) -> String {
+    let addr =
+        |p: u16| serde_json::json!({"socket_address": {"address": "127.0.0.1", "port_value": p}});
+    let mut listener = serde_json::json!({
+        "name": "callbacks",
+        "address": addr(port),
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "callbacks",
+                "codec_type": "AUTO",
+                "http_protocol_options": {"accept_http_10": true},
+                "route_config": {"virtual_hosts": [{
+                    "name": "callbacks",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"path": "/healthz"},
+                            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+                            "typed_per_filter_config": {"envoy.filters.http.wasm": {
+                                "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                                "disabled": true
+                            }}
+                        },
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {"cluster": "upstream", "timeout": format!("{}s", opts.route_timeout_s)}
+                        }
+                    ]
+                }]},
+                "http_filters": [
+                    guard_filter(opts, wasm),
+                    {"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    }}
+                ]
+            }
+        }]}]
+    });
+    if let Some(limit) = opts.buffer_limit_bytes {
+        listener["per_connection_buffer_limit_bytes"] = limit.into();
+    }
+    let config = serde_json::json!({
+        "admin": {"address": addr(admin)},
+        "static_resources": {
+            "listeners": [listener],
+            "clusters": [{
+                "name": "upstream",
+                "type": "STATIC",
+                "connect_timeout": "2s",
+                "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": addr(opts.upstream_port)}}
+                ]}]}
+            }]
+        }
+    });
+    serde_json::to_string_pretty(&config).unwrap()
 }
 
 fn spawn_envoy(opts: &EnvoyOpts, dir: &TempDir, port: u16, admin: u16) -> (Child, PathBuf) {
@@ -311,9 +304,14 @@ fn spawn_envoy(opts: &EnvoyOpts, dir: &TempDir, port: u16, admin: u16) -> (Child
             .replace("{{ADMIN_PORT}}", &admin.to_string())
             .replace("{{UPSTREAM_PORT}}", &opts.upstream_port.to_string())
             .replace("{{WASM}}", &wasm.display().to_string()),
-        None => envoy_yaml(opts, port, admin, &wasm.display().to_string()),
+        None => envoy_config(opts, port, admin, &wasm.display().to_string()),
     };
-    let cfg = dir.0.join("envoy.yaml");
+    // JSON is YAML too; the extension tells Envoy which parser to use.
+    let cfg = dir.0.join(if opts.raw_yaml.is_some() {
+        "envoy.yaml"
+    } else {
+        "envoy.json"
+    });
     std::fs::write(&cfg, yaml).unwrap();
     let log_path = dir.0.join("envoy.log");
     let mut cmd = Command::new(bin);
@@ -1063,4 +1061,93 @@ impl Shipped {
             body,
         )
     }
+}
+
+// ---- the upstream socket itself ------------------------------------------------------
+
+/// A raw TCP upstream that records every byte any connection sends it, and
+/// answers each complete HTTP/1.1 request (content-length or chunked) with
+/// `200 ok`. "The upstream sees nothing" is then checked at the socket: not a
+/// request line, not a header, not a body byte.
+pub struct SocketSpy {
+    pub port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<(u64, Vec<u8>)>>,
+}
+
+impl SocketSpy {
+    pub fn start() -> SocketSpy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new((0u64, Vec::new())));
+        let shared = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let shared = shared.clone();
+                shared.lock().unwrap().0 += 1;
+                std::thread::spawn(move || {
+                    let mut pending = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        shared.lock().unwrap().1.extend_from_slice(&buf[..n]);
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(len) = complete_request_len(&pending) {
+                            pending.drain(..len);
+                            let _ = conn.write_all(
+                                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
+                            );
+                        }
+                    }
+                });
+            }
+        });
+        SocketSpy { port, seen }
+    }
+
+    /// Connections accepted and bytes received so far.
+    pub fn seen(&self) -> (u64, Vec<u8>) {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// The length of the first complete HTTP/1.1 request in `buf`, if there is one.
+fn complete_request_len(buf: &[u8]) -> Option<usize> {
+    // (`parse_head` reads a request head too; its "status" is then 0.)
+    let (_, headers, body_at) = parse_head(buf)?;
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let mut at = body_at;
+        loop {
+            let eol = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&buf[at..eol]).ok()?.trim(), 16).ok()?;
+            at = eol + 2;
+            if size == 0 {
+                // trailers, then an empty line
+                let end = buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+                if end == 0 {
+                    return Some(at + 2);
+                }
+                let rest = buf.get(at..)?.windows(4).position(|w| w == b"\r\n\r\n")?;
+                return Some(at + rest + 4);
+            }
+            at += size + 2;
+            if at > buf.len() {
+                return None;
+            }
+        }
+    }
+    let len: usize = get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (buf.len() >= body_at + len).then_some(body_at + len)
 }
