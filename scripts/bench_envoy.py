@@ -1,15 +1,24 @@
 #!/usr/bin/env python3
-"""`make bench-envoy`: bare Envoy vs Envoy + callback-guard vs Envoy + a Lua check.
+"""`make bench-envoy`: bare Envoy vs Envoy + callback-guard vs its alternatives.
 
-All three Envoys (--concurrency 1) share one fast upstream: a fourth Envoy whose
-listener answers every request with a `direct_response`. wrk drives each in
-alternating rounds (A B C A B C ...), with the same connection count and the
-same body: the seed's PubStart with a valid ks_md5 token. Requests alternate
-between that start and its end (same session), so the registry forwards all of
-them. A last run measures the reject path (forged token).
+Five Envoys (--concurrency 1), side by side, share one fast upstream: a sixth
+Envoy whose listener answers every request with a `direct_response`:
+- bare: no HTTP filter;
+- floor: the least a wasm filter doing this job must do (bench/floor: hold the
+  headers, read the body once, set one header);
+- guard: callback-guard exactly as envoy/envoy.yaml ships its filter (read from
+  that file), with the bench's plugin configuration;
+- lua-kls: what a user would write instead: bench/kls_token.lua checks the
+  KLS token itself (JSON fields by pattern, pure-Lua MD5, expiry, app);
+- lua: a Lua filter that only checks the body contains `NotifyType`.
+wrk drives each in alternating rounds (A B C D E A B ...), with the same
+connection count and body: the seed's PubStart with a valid ks_md5 token,
+alternating with its end (same session), so the registry forwards all of them.
+A last run measures the guard's reject path (forged token).
 
-Bounded: ROUNDS x 3 x ROUND_SECONDS plus the reject run (default under 2 minutes).
-Everything listens and sends on 127.0.0.1 only.
+Bounded: ROUNDS x 5 x ROUND_SECONDS plus warm-up and the reject run (about 3
+minutes by default). Everything listens and sends on 127.0.0.1 only.
+Run with a Python that has PyYAML (`make bench-envoy` uses .venv's).
 """
 
 import json
@@ -24,14 +33,23 @@ import tempfile
 import time
 import urllib.request
 
+import yaml
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENVOY = os.environ.get("ENVOY_BIN", os.path.join(ROOT, ".venv/bin/envoy"))
-WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/callback_guard.wasm")
+WASM = os.environ.get("CALLBACK_GUARD_WASM", os.path.join(ROOT, "target/wasm32-wasip1/release/callback_guard.wasm"))
+# Another build of the module, benched as a row of its own ("guard-b") in the
+# same run: how a change is measured before/after on a noisy machine.
+WASM_B = os.environ.get("BENCH_GUARD_B")
+FLOOR_WASM = os.path.join(ROOT, "bench/floor/target/wasm32-wasip1/release/floor.wasm")
+LUA_KLS = os.path.join(ROOT, "bench/kls_token.lua")
 CLI = os.path.join(ROOT, "target/release/callback-guard")
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 ROUND_SECONDS = int(os.environ.get("ROUND_SECONDS", "6"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "16"))
+# bench/kls_token.lua has the same key.
 KEY = "benchKey0123456789"
+NAMES = ["bare", "floor", "guard", "lua-kls", "lua"] + (["guard-b"] if WASM_B else [])
 
 
 def free_port():
@@ -42,63 +60,70 @@ def free_port():
     return p
 
 
-def hcm(port, filters, route, stat="bench"):
-    return f"""
-  - name: l{port}
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {stat}
-          codec_type: AUTO
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: / }}
-                {route}
-          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"""
+def addr(port):
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-UPSTREAM_BUFFER = """          - name: envoy.filters.http.buffer
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
-              max_request_bytes: 65536
-"""
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
 
 
-def config(admin, listener, upstream_port=None, filters=""):
+def config(admin, listener, upstream_port=None, filters=()):
+    """A whole Envoy config (JSON): one listener with `filters` before the router."""
     if upstream_port is None:
         # The upstream reads the whole request before answering; a direct
         # response sent after the headers alone would make every proxy close
         # its upstream connection and reconnect for each request.
-        route = 'direct_response: { status: 200, body: { inline_string: "{\\"ok\\":true}" } }'
-        filters = UPSTREAM_BUFFER
-        clusters = ""
+        route = {"direct_response": {"status": 200, "body": {"inline_string": '{"ok":true}'}}}
+        filters = [
+            {
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                    "max_request_bytes": 65536,
+                },
+            }
+        ]
     else:
-        route = "route: { cluster: upstream }"
-        clusters = f"""
-  clusters:
-  - name: upstream
-    type: STATIC
-    connect_timeout: 2s
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }} }}
-"""
-    return f"""admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
-static_resources:
-  listeners:{hcm(listener, filters, route)}{clusters}"""
+        route = {"route": {"cluster": "upstream"}}
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "bench",
+        "codec_type": "AUTO",
+        "route_config": {
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [dict(match={"prefix": "/"}, **route)]}]
+        },
+        "http_filters": list(filters) + [ROUTER],
+    }
+    cfg = {
+        "admin": {"address": addr(admin)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "bench",
+                    "address": addr(listener),
+                    "filter_chains": [
+                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+                    ],
+                }
+            ]
+        },
+    }
+    if upstream_port is not None:
+        cfg["static_resources"]["clusters"] = [
+            {
+                "name": "upstream",
+                "type": "STATIC",
+                "connect_timeout": "2s",
+                "load_assignment": {
+                    "cluster_name": "upstream",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr(upstream_port)}}]}],
+                },
+            }
+        ]
+    return cfg
 
 
 PLUGIN = json.dumps(
@@ -111,67 +136,78 @@ PLUGIN = json.dumps(
 )
 
 
-def guard_filters():
-    mutations = "".join(
-        f"""                - append:
-                    header: {{ key: {h}, value: "%FILTER_STATE(wasm.{h}:PLAIN)%" }}
-                    append_action: OVERWRITE_IF_EXISTS_OR_ADD
-"""
-        for h in [
-            "x-callback-guard-format",
-            "x-callback-guard-event",
-            "x-callback-guard-verified",
-            "x-callback-guard-key-id",
-        ]
-    )
-    return f"""          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: callback_guard
-                root_id: callback_guard
-                fail_open: false
-                vm_config:
-                  vm_id: callback_guard
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: "{WASM}" }} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {json.dumps(PLUGIN)}
-          - name: envoy.filters.http.buffer
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
-              max_request_bytes: 65536
-          - name: envoy.filters.http.header_mutation
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
-              mutations:
-                request_mutations:
-{mutations}"""
+def shipped_guard_filter():
+    """callback-guard's HTTP filter exactly as envoy/envoy.yaml ships it."""
+    with open(os.path.join(ROOT, "envoy/envoy.yaml")) as f:
+        doc = yaml.safe_load(f)
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    chain = hcm["http_filters"]
+    if [f["name"] for f in chain] != ["envoy.filters.http.wasm", "envoy.filters.http.router"]:
+        sys.exit("envoy/envoy.yaml: expected callback-guard then the router")
+    return chain[0]
 
 
-LUA_FILTERS = """          - name: envoy.filters.http.lua
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
-              default_source_code:
-                inline_string: |
-                  function envoy_on_request(handle)
-                    local body = handle:body()
-                    if body == nil or not string.find(body:getBytes(0, body:length()), "NotifyType", 1, true) then
-                      handle:respond({[":status"] = "403"}, "forbidden")
-                    end
-                  end
+def guard_filters(wasm=WASM):
+    f = shipped_guard_filter()
+    cfg = f["typed_config"]["config"]
+    cfg["configuration"]["value"] = PLUGIN
+    cfg["vm_config"]["code"]["local"]["filename"] = wasm
+    cfg["vm_config"]["environment_variables"]["host_env_keys"] = []
+    return [f]
+
+
+def floor_filters():
+    return [
+        {
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "floor",
+                    "root_id": "floor",
+                    "allow_on_headers_stop_iteration": True,
+                    "vm_config": {
+                        "vm_id": "floor",
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": FLOOR_WASM}},
+                    },
+                },
+            },
+        }
+    ]
+
+
+def lua_filters(source):
+    return [
+        {
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": source,
+            },
+        }
+    ]
+
+
+LUA_SUBSTRING = {
+    "inline_string": """function envoy_on_request(handle)
+  local body = handle:body()
+  if body == nil or not string.find(body:getBytes(0, body:length()), "NotifyType", 1, true) then
+    handle:respond({[":status"] = "403"}, "forbidden")
+  end
+end
 """
+}
 
 
 class EnvoyProc:
-    def __init__(self, name, yaml, tmp):
+    def __init__(self, name, cfg, tmp):
         self.name = name
-        path = os.path.join(tmp, f"{name}.yaml")
+        path = os.path.join(tmp, f"{name}.json")
         with open(path, "w") as f:
-            f.write(yaml)
+            json.dump(cfg, f)
         self.log = open(os.path.join(tmp, f"{name}.log"), "w")
-        self.admin = int(re.search(r"port_value: (\d+)", yaml).group(1))
+        self.admin = cfg["admin"]["address"]["socket_address"]["port_value"]
         self.proc = subprocess.Popen(
             [ENVOY, "-c", path, "--concurrency", "1", "--disable-hot-restart", "-l", "warning"],
             stdout=subprocess.DEVNULL,
@@ -264,7 +300,12 @@ def run_wrk(port, script, seconds):
 
 
 def main():
-    for path, how in [(ENVOY, "make envoy"), (WASM, "make wasm"), (CLI, "make bins")]:
+    for path, how in [
+        (ENVOY, "make envoy"),
+        (WASM, "make wasm"),
+        (CLI, "make bins"),
+        (FLOOR_WASM, "make bench-floor"),
+    ]:
         if not os.path.exists(path):
             sys.exit(f"{path} missing: run `{how}`")
     if not shutil.which("wrk"):
@@ -272,12 +313,17 @@ def main():
     tmp = tempfile.mkdtemp(prefix="cg-bench-")
     up_port = free_port()
     upstream = EnvoyProc("upstream", config(free_port(), up_port), tmp)
-    ports = {name: free_port() for name in ["bare", "guard", "lua"]}
-    envoys = {
-        "bare": EnvoyProc("bare", config(free_port(), ports["bare"], up_port), tmp),
-        "guard": EnvoyProc("guard", config(free_port(), ports["guard"], up_port, guard_filters()), tmp),
-        "lua": EnvoyProc("lua", config(free_port(), ports["lua"], up_port, LUA_FILTERS), tmp),
+    filters = {
+        "bare": [],
+        "floor": floor_filters(),
+        "guard": guard_filters(),
+        "lua-kls": lua_filters({"filename": LUA_KLS}),
+        "lua": lua_filters(LUA_SUBSTRING),
     }
+    if WASM_B:
+        filters["guard-b"] = guard_filters(WASM_B)
+    ports = {name: free_port() for name in NAMES}
+    envoys = {name: EnvoyProc(name, config(free_port(), ports[name], up_port, filters[name]), tmp) for name in NAMES}
     try:
         upstream.wait_ready()
         for e in envoys.values():
@@ -286,18 +332,18 @@ def main():
         script = wrk_script(tmp, start, end, "valid")
         bad_start, bad_end = bodies(valid=False)
         reject_script = wrk_script(tmp, bad_start, bad_end, "reject")
-        # warm up every Envoy (and the wasm VM's JIT)
-        for name, e in envoys.items():
+        # warm up every Envoy (and the wasm VMs' JIT)
+        for name in NAMES:
             run_wrk(ports[name], script, 2)
-        results = {name: [] for name in envoys}
+        results = {name: [] for name in NAMES}
         for rnd in range(ROUNDS):
-            for name in ["bare", "guard", "lua"]:
+            for name in NAMES:
                 cpu0 = envoys[name].cpu_seconds()
                 r = run_wrk(ports[name], script, ROUND_SECONDS)
                 r["cpu_us"] = (envoys[name].cpu_seconds() - cpu0) * 1e6 / max(r["requests"], 1)
                 results[name].append(r)
                 print(
-                    f"round {rnd + 1} {name:5s} {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:.3f} ms  p99 {r['p99_us'] / 1000:.3f} ms  Envoy CPU {r['cpu_us']:.1f} us/req  non-2xx {r['non2xx']}",
+                    f"round {rnd + 1} {name:7s} {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:.3f} ms  p99 {r['p99_us'] / 1000:.3f} ms  Envoy CPU {r['cpu_us']:.1f} us/req  non-2xx {r['non2xx']}",
                     flush=True,
                 )
         reject = run_wrk(ports["guard"], reject_script, ROUND_SECONDS)
@@ -311,20 +357,30 @@ def main():
     print()
     version = re.search(r"/(\d+\.\d+\.\d+)/", subprocess.check_output([ENVOY, "--version"], text=True)).group(1)
     print(f"Envoy {version}, --concurrency 1, wrk -t1 -c{CONNECTIONS}, {ROUNDS} rounds x {ROUND_SECONDS}s")
-    print("| configuration | median req/s | p50 ms | p99 ms | Envoy CPU us/req | non-2xx |")
-    print("|---|---|---|---|---|---|")
-    for name in ["bare", "guard", "lua"]:
+    print("| configuration | median req/s | x bare | p50 ms | p99 ms | Envoy CPU us/req | non-2xx |")
+    print("|---|---|---|---|---|---|---|")
+    bare_rps = med("bare", "rps")
+    for name in NAMES:
         non2xx = sum(r["non2xx"] for r in results[name])
-        print(f"| {name} | {med(name, 'rps'):.0f} | {med(name, 'p50_us') / 1000:.3f} | {med(name, 'p99_us') / 1000:.3f} | {med(name, 'cpu_us'):.1f} | {non2xx} |")
-    print(f"| guard, reject path (forged token) | {reject['rps']:.0f} | {reject['p50_us'] / 1000:.3f} | {reject['p99_us'] / 1000:.3f} | - | {reject['non2xx']} (all 403 expected) |")
+        print(
+            f"| {name} | {med(name, 'rps'):.0f} | {med(name, 'rps') / bare_rps:.3f} | {med(name, 'p50_us') / 1000:.3f} | "
+            f"{med(name, 'p99_us') / 1000:.3f} | {med(name, 'cpu_us'):.1f} | {non2xx} |"
+        )
+    print(
+        f"| guard, reject path (forged token) | {reject['rps']:.0f} | {reject['rps'] / bare_rps:.3f} | {reject['p50_us'] / 1000:.3f} | "
+        f"{reject['p99_us'] / 1000:.3f} | - | {reject['non2xx']} (all 403 expected) |"
+    )
     print()
-    print(f"guard/bare throughput: {med('guard', 'rps') / med('bare', 'rps'):.3f}")
-    print(f"guard/lua  throughput: {med('guard', 'rps') / med('lua', 'rps'):.3f}")
+    for other in ["floor", "lua-kls", "lua"] + (["guard-b"] if WASM_B else []):
+        print(f"guard/{other} throughput: {med('guard', 'rps') / med(other, 'rps'):.3f}")
     print(f"guard p99 - bare p99: {(med('guard', 'p99_us') - med('bare', 'p99_us')) / 1000:+.3f} ms")
-    print(f"Envoy CPU per request, guard - bare: {med('guard', 'cpu_us') - med('bare', 'cpu_us'):+.1f} us")
-    bad = sum(r["non2xx"] + r["errors"] for n in ["bare", "guard", "lua"] for r in results[n])
+    for other in ["bare", "floor"] + (["guard-b"] if WASM_B else []):
+        print(f"Envoy CPU per request, guard - {other}: {med('guard', 'cpu_us') - med(other, 'cpu_us'):+.1f} us")
+    bad = sum(r["non2xx"] + r["errors"] for n in NAMES for r in results[n])
     if bad:
         sys.exit(f"{bad} non-2xx or errors on valid callbacks: the benchmark is invalid")
+    if reject["non2xx"] != reject["requests"]:
+        sys.exit("the reject run got some 2xx: the benchmark is invalid")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -119,8 +119,9 @@ struct Stream {
     plugin: Rc<Plugin>,
     /// All request headers, read once.
     headers: Vec<(String, String)>,
-    /// Bytes of the names and values of the held headers, as Envoy counts them.
-    header_bytes: usize,
+    /// The same, as the host serialized them: rewritten byte for byte on a
+    /// forward, so no header the filter does not own changes.
+    raw_headers: Vec<u8>,
     /// Body bytes buffered so far (Envoy reports the running total).
     body_size: usize,
     phase: Phase,
@@ -206,7 +207,7 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
             let stream = Stream {
                 plugin: plugin.clone(),
                 headers: Vec::new(),
-                header_bytes: 0,
+                raw_headers: Vec::new(),
                 body_size: 0,
                 phase: Phase::AwaitingBody,
                 reservation: None,
@@ -401,16 +402,10 @@ impl Stream {
 
     fn on_headers(&mut self, end_of_stream: bool) -> u32 {
         host::bump(self.plugin.metrics.received);
-        let (headers, bytes) = host::headers(Map::HttpRequestHeaders).unwrap_or_default();
-        self.headers = headers;
-        self.header_bytes = bytes;
-        // Strip spoofed verification headers while this filter holds the headers.
-        for (name, value) in &self.headers {
-            if name.starts_with("x-callback-guard") {
-                let _ = host::remove_header(Map::HttpRequestHeaders, name);
-                self.header_bytes = self.header_bytes.saturating_sub(name.len() + value.len());
-            }
-        }
+        // Spoofed x-callback-guard-* headers stay in the held map for now: they
+        // are dropped when a forward rewrites it, and nothing else is sent on.
+        self.raw_headers = host::header_map(Map::HttpRequestHeaders).unwrap_or_default();
+        self.headers = wire::decode_map(&self.raw_headers);
         let limit = self.plugin.config.max_body_bytes;
         let declared = self
             .header("content-length")
@@ -475,7 +470,7 @@ impl Stream {
         let Some(total) = total else {
             return;
         };
-        if total <= self.header_bytes {
+        if total <= wire::map_payload_bytes(&self.raw_headers) {
             return;
         }
         if !self.plugin.body_withheld.replace(true) {
@@ -584,21 +579,40 @@ impl Stream {
         match verdict::decide(config, &req, now, &HostStore) {
             Verdict::Reject(r) => self.reject(&r),
             Verdict::Forward(f) => {
+                // The headers are still held here, so they can be written:
+                // the whole map in one hostcall, without any header a client
+                // sent under our prefix, with what was verified. If that
+                // fails, the callback is not sent on with spoofable headers.
+                let facts = f.headers();
+                let adds: Vec<(&str, &str)> = facts
+                    .iter()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .collect();
+                let written = wire::rewrite_map(&self.raw_headers, "x-callback-guard", &adds)
+                    .ok_or(host::Status(0))
+                    .and_then(|m| host::set_header_map(Map::HttpRequestHeaders, &m));
+                if let Err(s) = written {
+                    host::log(
+                        Level::Error,
+                        &format!(
+                            "callback-guard: cannot write the forwarded headers (status {})",
+                            s.0
+                        ),
+                    );
+                    if let Some(claim) = f.reservation {
+                        self.reservation = Some((claim, f.format));
+                        self.release();
+                    }
+                    return self.reject(&Rejection {
+                        code: Code::InternalError,
+                        message: "the verified headers could not be written".into(),
+                        app: None,
+                        stream: None,
+                    });
+                }
                 self.phase = Phase::Decided;
                 host::bump(self.plugin.metrics.forwarded);
-                // The headers are still held here, so they can be written.
-                // Spoofed ones were removed on arrival: add, do not replace.
-                for (name, value) in f.headers() {
-                    if value.is_empty() {
-                        continue;
-                    }
-                    if let Err(s) = host::add_header(Map::HttpRequestHeaders, name, &value) {
-                        host::log(
-                            Level::Error,
-                            &format!("callback-guard: cannot add {name} (status {})", s.0),
-                        );
-                    }
-                }
                 self.reservation = f.reservation.map(|c| (c, f.format));
                 if self.plugin.log_forwards {
                     host::log(Level::Debug, &f.log_line());
