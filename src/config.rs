@@ -11,7 +11,6 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 use ipnet::IpNet;
-use serde::Deserialize;
 
 use crate::callback::Format;
 use crate::secret::Secret;
@@ -63,8 +62,7 @@ fn one_line(s: String) -> String {
 }
 
 /// Push-token scheme (see the `token` module).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
     /// KLS "simple authentication": `t` expiry and `k` = md5(key+stream+t)[8..24].
     KsMd5,
@@ -89,6 +87,8 @@ pub struct Config {
     pub duplicate_streams: DuplicateStreams,
     /// Replay guard on the event timestamp, in seconds; 0 = off.
     pub max_event_age_s: u64,
+    /// Enforce refusals, or only report them.
+    pub mode: Mode,
 }
 
 /// Which callback dialects are accepted.
@@ -195,20 +195,48 @@ pub struct WebhookSignature {
 }
 
 /// The duplicate-stream rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DuplicateStreams {
     /// Refuse a second live push of a stream.
     pub reject: bool,
     /// How long a reservation lives without an end event.
     pub ttl_s: u64,
-    /// Bound on the number of live streams remembered.
+    /// Bound on the number of live streams remembered (shared-data store).
     pub max_streams: usize,
+    /// Where the registry lives: `None` is Proxy-Wasm shared data (one Envoy).
+    pub etcd: Option<EtcdStore>,
 }
 
-// ---- the raw, serde-facing shape -------------------------------------------------
+/// `duplicate_streams.store.etcd`: the registry on etcd, shared by a fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdStore {
+    /// The Envoy cluster that reaches etcd's client port (HTTP/1.1).
+    pub cluster: String,
+    /// Prefix of every key the registry writes.
+    pub key_prefix: String,
+    /// How long a registry op may take, all round trips included.
+    pub timeout_ms: u64,
+    /// The `:authority` of the requests to etcd.
+    pub authority: String,
+}
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Default `duplicate_streams.store.etcd.key_prefix`.
+pub const DEFAULT_ETCD_KEY_PREFIX: &str = "/callback-guard/";
+/// Default `duplicate_streams.store.etcd.timeout_ms`.
+pub const DEFAULT_ETCD_TIMEOUT_MS: u64 = 1500;
+
+/// `mode`: whether refusals are enforced or only reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Refused callbacks are answered at the edge (the default).
+    Enforce,
+    /// Every callback is forwarded; one that would have been refused carries
+    /// `x-callback-guard-would-reject`, and is counted and logged as refused.
+    Observe,
+}
+
+// ---- the raw shape, read by `read` ---------------------------------------------------
+
 struct RawConfig {
     max_body_bytes: Option<u64>,
     apps: Option<Vec<String>>,
@@ -217,18 +245,15 @@ struct RawConfig {
     callback_auth: Option<RawCallbackAuth>,
     duplicate_streams: Option<RawDuplicateStreams>,
     max_event_age_s: Option<u64>,
+    mode: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawPushAuth {
     scheme: Scheme,
     keys: Vec<RawKey>,
     clock_skew_s: Option<u64>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawKey {
     id: String,
     secret: Option<String>,
@@ -237,8 +262,6 @@ struct RawKey {
     domains: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawCallbackAuth {
     allow_cidrs: Option<Vec<String>>,
     trusted_xff_hops: Option<usize>,
@@ -246,27 +269,336 @@ struct RawCallbackAuth {
     webhook_signature: Option<RawWebhook>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSharedKey {
     query_param: Option<String>,
     header: Option<String>,
     keys: Vec<RawKey>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawWebhook {
     keys: Vec<RawKey>,
     tolerance_s: Option<u64>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawDuplicateStreams {
     reject: Option<bool>,
     ttl_s: Option<u64>,
     max_streams: Option<usize>,
+    etcd: Option<RawEtcd>,
+}
+
+struct RawEtcd {
+    cluster: String,
+    key_prefix: Option<String>,
+    timeout_ms: Option<u64>,
+    authority: Option<String>,
+}
+
+/// Reads the raw configuration out of parsed JSON. Every problem names its
+/// key path (`push_auth.keys[1].secret_env`) and the kind of value found,
+/// never the value itself: a secret put in the wrong place must not reach a
+/// log line. Unknown keys are refused. Written by hand rather than with
+/// serde's derive: the derive's path tracking and error formatting made up
+/// more than a tenth of the module.
+mod read {
+    use serde_json::{Map, Value};
+
+    use super::{
+        ConfigError, RawCallbackAuth, RawConfig, RawDuplicateStreams, RawEtcd, RawKey, RawPushAuth,
+        RawSharedKey, RawWebhook, Scheme,
+    };
+
+    type R<T> = Result<T, ConfigError>;
+
+    /// What a value is, for messages.
+    fn kind(v: &Value) -> &'static str {
+        match v {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_u64() || n.is_i64() => "integer",
+            Value::Number(_) => "number with a fraction or an exponent",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        }
+    }
+
+    fn invalid_type(path: &str, v: &Value, expected: &str) -> ConfigError {
+        ConfigError::new(
+            path,
+            format!("invalid type: {}, expected {expected}", kind(v)),
+        )
+    }
+
+    /// An object being read: each key asked for is marked as known.
+    pub(super) struct Obj<'a> {
+        map: &'a Map<String, Value>,
+        path: String,
+        known: Vec<&'static str>,
+    }
+
+    impl<'a> Obj<'a> {
+        fn new(v: &'a Value, path: &str) -> R<Obj<'a>> {
+            match v {
+                Value::Object(map) => Ok(Obj {
+                    map,
+                    path: path.to_string(),
+                    known: Vec::new(),
+                }),
+                other => Err(invalid_type(path, other, "an object")),
+            }
+        }
+
+        fn at(&self, key: &str) -> String {
+            if self.path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{}.{key}", self.path)
+            }
+        }
+
+        /// The value of `key` and its path, unless absent (null counts as absent).
+        fn get(&mut self, key: &'static str) -> Option<(&'a Value, String)> {
+            self.known.push(key);
+            match self.map.get(key) {
+                None | Some(Value::Null) => None,
+                Some(v) => Some((v, self.at(key))),
+            }
+        }
+
+        fn u64(&mut self, key: &'static str) -> R<Option<u64>> {
+            self.get(key).map(|(v, p)| as_u64(v, &p)).transpose()
+        }
+
+        fn usize(&mut self, key: &'static str) -> R<Option<usize>> {
+            self.get(key)
+                .map(|(v, p)| {
+                    as_u64(v, &p).and_then(|n| {
+                        usize::try_from(n)
+                            .map_err(|_| ConfigError::new(&p, "invalid value: integer too large"))
+                    })
+                })
+                .transpose()
+        }
+
+        fn bool(&mut self, key: &'static str) -> R<Option<bool>> {
+            self.get(key)
+                .map(|(v, p)| v.as_bool().ok_or_else(|| invalid_type(&p, v, "a boolean")))
+                .transpose()
+        }
+
+        fn string(&mut self, key: &'static str) -> R<Option<String>> {
+            self.get(key).map(|(v, p)| as_string(v, &p)).transpose()
+        }
+
+        fn required_string(&mut self, key: &'static str) -> R<String> {
+            self.string(key)?.ok_or_else(|| {
+                ConfigError::new(self.path_or_root(), format!("missing field `{key}`"))
+            })
+        }
+
+        fn strings(&mut self, key: &'static str) -> R<Option<Vec<String>>> {
+            self.get(key)
+                .map(|(v, p)| {
+                    list(v, &p, "an array of strings")?
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| as_string(x, &format!("{p}[{i}]")))
+                        .collect()
+                })
+                .transpose()
+        }
+
+        fn object(&mut self, key: &'static str) -> R<Option<Obj<'a>>> {
+            self.get(key).map(|(v, p)| Obj::new(v, &p)).transpose()
+        }
+
+        fn keys(&mut self, key: &'static str) -> R<Vec<RawKey>> {
+            let (v, p) = self.get(key).ok_or_else(|| {
+                ConfigError::new(self.path_or_root(), format!("missing field `{key}`"))
+            })?;
+            list(v, &p, "an array of key objects")?
+                .iter()
+                .enumerate()
+                .map(|(i, k)| raw_key(k, &format!("{p}[{i}]")))
+                .collect()
+        }
+
+        fn path_or_root(&self) -> &str {
+            if self.path.is_empty() {
+                "configuration"
+            } else {
+                &self.path
+            }
+        }
+
+        /// Refuses keys that were not asked for.
+        fn done(self) -> R<()> {
+            match self.map.keys().find(|k| !self.known.contains(&k.as_str())) {
+                None => Ok(()),
+                Some(k) => {
+                    let expected: Vec<String> =
+                        self.known.iter().map(|k| format!("`{k}`")).collect();
+                    Err(ConfigError::new(
+                        self.path_or_root(),
+                        format!(
+                            "unknown field `{}`, expected one of {}",
+                            crate::callback::printable(k),
+                            expected.join(", ")
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn as_u64(v: &Value, path: &str) -> R<u64> {
+        match v {
+            Value::Number(n) if n.is_u64() => n
+                .as_u64()
+                .ok_or_else(|| invalid_type(path, v, "an integer")),
+            Value::Number(n) if n.is_i64() => Err(ConfigError::new(
+                path,
+                "invalid value: negative integer, expected a non-negative integer",
+            )),
+            other => Err(invalid_type(path, other, "a non-negative integer")),
+        }
+    }
+
+    fn as_string(v: &Value, path: &str) -> R<String> {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| invalid_type(path, v, "a string"))
+    }
+
+    fn list<'v>(v: &'v Value, path: &str, expected: &str) -> R<&'v Vec<Value>> {
+        v.as_array().ok_or_else(|| invalid_type(path, v, expected))
+    }
+
+    fn raw_key(v: &Value, path: &str) -> R<RawKey> {
+        let mut o = Obj::new(v, path)?;
+        let key = RawKey {
+            id: o.required_string("id")?,
+            secret: o.string("secret")?,
+            secret_env: o.string("secret_env")?,
+            apps: o.strings("apps")?,
+            domains: o.strings("domains")?,
+        };
+        o.done()?;
+        Ok(key)
+    }
+
+    fn push_auth(mut o: Obj<'_>) -> R<RawPushAuth> {
+        let scheme = match o.get("scheme") {
+            None => return Err(ConfigError::new(o.path_or_root(), "missing field `scheme`")),
+            Some((v, p)) => match as_string(v, &p)?.as_str() {
+                "ks_md5" => Scheme::KsMd5,
+                "hmac_sha256" => Scheme::HmacSha256,
+                _ => {
+                    return Err(ConfigError::new(
+                        p,
+                        "unknown variant, expected `ks_md5` or `hmac_sha256`",
+                    ))
+                }
+            },
+        };
+        let pa = RawPushAuth {
+            scheme,
+            keys: o.keys("keys")?,
+            clock_skew_s: o.u64("clock_skew_s")?,
+        };
+        o.done()?;
+        Ok(pa)
+    }
+
+    fn callback_auth(mut o: Obj<'_>) -> R<RawCallbackAuth> {
+        let shared_key = match o.object("shared_key")? {
+            None => None,
+            Some(mut sk) => {
+                let r = RawSharedKey {
+                    query_param: sk.string("query_param")?,
+                    header: sk.string("header")?,
+                    keys: sk.keys("keys")?,
+                };
+                sk.done()?;
+                Some(r)
+            }
+        };
+        let webhook_signature = match o.object("webhook_signature")? {
+            None => None,
+            Some(mut ws) => {
+                let r = RawWebhook {
+                    keys: ws.keys("keys")?,
+                    tolerance_s: ws.u64("tolerance_s")?,
+                };
+                ws.done()?;
+                Some(r)
+            }
+        };
+        let ca = RawCallbackAuth {
+            allow_cidrs: o.strings("allow_cidrs")?,
+            trusted_xff_hops: o.usize("trusted_xff_hops")?,
+            shared_key,
+            webhook_signature,
+        };
+        o.done()?;
+        Ok(ca)
+    }
+
+    fn duplicate_streams(mut o: Obj<'_>) -> R<RawDuplicateStreams> {
+        let etcd = match o.object("store")? {
+            None => None,
+            Some(mut store) => {
+                let etcd =
+                    match store.object("etcd")? {
+                        None => return Err(ConfigError::new(
+                            store.path_or_root(),
+                            "missing field `etcd` (the only store besides the default shared data)",
+                        )),
+                        Some(mut e) => {
+                            let r = RawEtcd {
+                                cluster: e.required_string("cluster")?,
+                                key_prefix: e.string("key_prefix")?,
+                                timeout_ms: e.u64("timeout_ms")?,
+                                authority: e.string("authority")?,
+                            };
+                            e.done()?;
+                            r
+                        }
+                    };
+                store.done()?;
+                Some(etcd)
+            }
+        };
+        let ds = RawDuplicateStreams {
+            reject: o.bool("reject")?,
+            ttl_s: o.u64("ttl_s")?,
+            max_streams: o.usize("max_streams")?,
+            etcd,
+        };
+        o.done()?;
+        Ok(ds)
+    }
+
+    /// The whole configuration.
+    pub(super) fn config(v: &Value) -> R<RawConfig> {
+        let mut o = Obj::new(v, "").map_err(|_| invalid_type("configuration", v, "an object"))?;
+        let raw = RawConfig {
+            max_body_bytes: o.u64("max_body_bytes")?,
+            apps: o.strings("apps")?,
+            formats: o.strings("formats")?,
+            push_auth: o.object("push_auth")?.map(push_auth).transpose()?,
+            callback_auth: o.object("callback_auth")?.map(callback_auth).transpose()?,
+            duplicate_streams: o
+                .object("duplicate_streams")?
+                .map(duplicate_streams)
+                .transpose()?,
+            max_event_age_s: o.u64("max_event_age_s")?,
+            mode: o.string("mode")?,
+        };
+        o.done()?;
+        Ok(raw)
+    }
 }
 
 /// Where secrets named by `secret_env` are looked up.
@@ -297,21 +629,17 @@ impl Config {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| vec![ConfigError::new("configuration", "is not valid UTF-8")])?;
         let text = if text.trim().is_empty() { "{}" } else { text };
-        let mut de = serde_json::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let key = if path == "." || path.is_empty() {
-                "configuration".to_string()
-            } else {
-                path
-            };
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
             vec![ConfigError::new(
-                key,
-                strip_position(&e.inner().to_string()),
+                "configuration",
+                format!(
+                    "is not valid JSON (line {} column {})",
+                    e.line(),
+                    e.column()
+                ),
             )]
         })?;
-        de.end()
-            .map_err(|e| vec![ConfigError::new("configuration", e.to_string())])?;
+        let raw = read::config(&value).map_err(|e| vec![e])?;
         Self::validate(raw, env)
     }
 
@@ -332,6 +660,12 @@ impl Config {
                     forms.join(" and ")
                 ));
             }
+        }
+        if !self.duplicate_streams.reject && self.duplicate_streams.etcd.is_some() {
+            w.push(
+                "duplicate_streams.store: unused, since duplicate_streams.reject is false"
+                    .to_string(),
+            );
         }
         if self.max_body_bytes > ENVOY_DEFAULT_BUFFER_LIMIT {
             w.push(format!(
@@ -359,8 +693,10 @@ impl Config {
                 reject: true,
                 ttl_s: DEFAULT_TTL_S,
                 max_streams: DEFAULT_MAX_STREAMS,
+                etcd: None,
             },
             max_event_age_s: 0,
+            mode: Mode::Enforce,
         }
     }
 
@@ -451,6 +787,20 @@ impl Config {
                     cfg.duplicate_streams.max_streams = m;
                 }
             }
+            if let Some(e) = ds.etcd {
+                cfg.duplicate_streams.etcd = validate_etcd(e, &mut errs);
+            }
+        }
+
+        if let Some(m) = raw.mode {
+            match m.as_str() {
+                "enforce" => cfg.mode = Mode::Enforce,
+                "observe" => cfg.mode = Mode::Observe,
+                _ => errs.push(ConfigError::new(
+                    "mode",
+                    "unknown mode, expected `enforce` or `observe`",
+                )),
+            }
         }
 
         if let Some(age) = raw.max_event_age_s {
@@ -472,27 +822,47 @@ impl Config {
     }
 }
 
-/// serde's message without what must not be logged. serde_json appends
-/// " at line L column C" (the key path already says where), and serde quotes
-/// the offending value (`invalid type: string "…", expected …`), which may be
-/// a secret put in the wrong place: only its kind is kept.
-fn strip_position(msg: &str) -> String {
-    let msg = match msg.rfind(" at line ") {
-        Some(i) => &msg[..i],
-        None => msg,
-    };
-    for prefix in ["invalid type: ", "invalid value: "] {
-        if let (Some(rest), Some(at)) = (msg.strip_prefix(prefix), msg.find(", expected")) {
-            let described = &rest[..at.saturating_sub(prefix.len()).min(rest.len())];
-            let kind = described
-                .split(['"', '`'])
-                .next()
-                .unwrap_or_default()
-                .trim();
-            return format!("{prefix}{kind}{}", &msg[at..]);
-        }
+/// `duplicate_streams.store.etcd`, with its defaults.
+fn validate_etcd(e: RawEtcd, errs: &mut Vec<ConfigError>) -> Option<EtcdStore> {
+    let path = "duplicate_streams.store.etcd";
+    let before = errs.len();
+    let token =
+        |v: &str| !v.is_empty() && v.len() <= 256 && v.bytes().all(|b| b.is_ascii_graphic());
+    if !token(&e.cluster) {
+        errs.push(ConfigError::new(
+            format!("{path}.cluster"),
+            "must name the Envoy cluster that reaches etcd (1 to 256 printable characters, no spaces)",
+        ));
     }
-    msg.to_string()
+    let key_prefix = e
+        .key_prefix
+        .unwrap_or_else(|| DEFAULT_ETCD_KEY_PREFIX.to_string());
+    if !token(&key_prefix) {
+        errs.push(ConfigError::new(
+            format!("{path}.key_prefix"),
+            "must be 1 to 256 printable characters, no spaces",
+        ));
+    }
+    let timeout_ms = e.timeout_ms.unwrap_or(DEFAULT_ETCD_TIMEOUT_MS);
+    if !(1..=60_000).contains(&timeout_ms) {
+        errs.push(ConfigError::new(
+            format!("{path}.timeout_ms"),
+            "must be between 1 and 60000",
+        ));
+    }
+    let authority = e.authority.unwrap_or_else(|| e.cluster.clone());
+    if !token(&authority) {
+        errs.push(ConfigError::new(
+            format!("{path}.authority"),
+            "must be a host name (1 to 256 printable characters, no spaces)",
+        ));
+    }
+    (errs.len() == before).then_some(EtcdStore {
+        cluster: e.cluster,
+        key_prefix,
+        timeout_ms,
+        authority,
+    })
 }
 
 /// Resolves `secret` / `secret_env` of one key into bytes.
@@ -1057,6 +1427,120 @@ mod tests {
         let w = parse(r#"{"max_event_age_s":300,"formats":["kls_v2","kls_v1","nginx_rtmp"]}"#)
             .warnings();
         assert!(w[0].contains("kls_v1 and nginx_rtmp"), "{w:?}");
+    }
+
+    #[test]
+    fn etcd_store_with_defaults_and_checks() {
+        let parse = |j: &str| Config::from_json(j.as_bytes(), &no_env);
+        let c = parse(r#"{"duplicate_streams":{"store":{"etcd":{"cluster":"etcd"}}}}"#).unwrap();
+        assert_eq!(
+            c.duplicate_streams.etcd,
+            Some(EtcdStore {
+                cluster: "etcd".into(),
+                key_prefix: "/callback-guard/".into(),
+                timeout_ms: 1500,
+                authority: "etcd".into(),
+            })
+        );
+        let c = parse(
+            r#"{"duplicate_streams":{"ttl_s":60,"store":{"etcd":{"cluster":"e","key_prefix":"/cg/a/","timeout_ms":300,"authority":"etcd.internal"}}}}"#,
+        )
+        .unwrap();
+        let e = c.duplicate_streams.etcd.unwrap();
+        assert_eq!(
+            (e.key_prefix.as_str(), e.timeout_ms, e.authority.as_str()),
+            ("/cg/a/", 300, "etcd.internal")
+        );
+        assert!(
+            parse("{}").unwrap().duplicate_streams.etcd.is_none(),
+            "shared data by default"
+        );
+
+        for (json, key) in [
+            (
+                r#"{"duplicate_streams":{"store":{"etcd":{}}}}"#,
+                "duplicate_streams.store.etcd",
+            ),
+            (
+                r#"{"duplicate_streams":{"store":{"etcd":{"cluster":""}}}}"#,
+                "duplicate_streams.store.etcd.cluster",
+            ),
+            (
+                r#"{"duplicate_streams":{"store":{"etcd":{"cluster":"a b"}}}}"#,
+                "duplicate_streams.store.etcd.cluster",
+            ),
+            (
+                r#"{"duplicate_streams":{"store":{"etcd":{"cluster":"e","timeout_ms":0}}}}"#,
+                "duplicate_streams.store.etcd.timeout_ms",
+            ),
+            (
+                r#"{"duplicate_streams":{"store":{"etcd":{"cluster":"e","key_prefix":""}}}}"#,
+                "duplicate_streams.store.etcd.key_prefix",
+            ),
+            (
+                r#"{"duplicate_streams":{"store":{"redis":{}}}}"#,
+                "duplicate_streams.store",
+            ),
+            (
+                r#"{"duplicate_streams":{"store":{}}}"#,
+                "duplicate_streams.store",
+            ),
+            (
+                r#"{"duplicate_streams":{"store":{"etcd":{"cluster":"e","tls":true}}}}"#,
+                "duplicate_streams.store.etcd",
+            ),
+        ] {
+            let e = errs(json);
+            assert_eq!(e[0].key, key, "{json}: {}", e[0]);
+        }
+        let w = parse(r#"{"duplicate_streams":{"reject":false,"store":{"etcd":{"cluster":"e"}}}}"#)
+            .unwrap()
+            .warnings();
+        assert!(w[0].contains("unused"), "{w:?}");
+    }
+
+    #[test]
+    fn mode_is_enforce_or_observe() {
+        let parse = |j: &str| Config::from_json(j.as_bytes(), &no_env);
+        assert_eq!(parse("{}").unwrap().mode, Mode::Enforce);
+        assert_eq!(parse(r#"{"mode":"observe"}"#).unwrap().mode, Mode::Observe);
+        assert_eq!(parse(r#"{"mode":"enforce"}"#).unwrap().mode, Mode::Enforce);
+        assert_eq!(errs(r#"{"mode":"audit"}"#)[0].key, "mode");
+        assert_eq!(errs(r#"{"mode":1}"#)[0].key, "mode");
+    }
+
+    #[test]
+    fn type_errors_name_the_kind_never_the_value() {
+        for (json, key, kind) in [
+            (
+                r#"{"max_body_bytes":1.5}"#,
+                "max_body_bytes",
+                "number with a fraction",
+            ),
+            (
+                r#"{"max_body_bytes":-1}"#,
+                "max_body_bytes",
+                "negative integer",
+            ),
+            (r#"{"apps":["live",7]}"#, "apps[1]", "integer"),
+            (r#"{"apps":"live"}"#, "apps", "string"),
+            (r#"{"push_auth":[]}"#, "push_auth", "array"),
+            (
+                r#"{"duplicate_streams":{"reject":"yes"}}"#,
+                "duplicate_streams.reject",
+                "string",
+            ),
+            (r#"[]"#, "configuration", "array"),
+        ] {
+            let e = errs(json);
+            assert_eq!(e[0].key, key, "{json}");
+            assert!(e[0].problem.contains(kind), "{json}: {}", e[0]);
+            assert!(
+                !e[0].problem.contains("live") && !e[0].problem.contains("yes"),
+                "{}",
+                e[0]
+            );
+        }
     }
 
     #[test]

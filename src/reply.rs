@@ -23,11 +23,15 @@ pub enum Code {
     /// The filter is deployed in a way that cannot check callbacks (the
     /// request body never reaches it: `allow_on_headers_stop_iteration`).
     InternalError,
+    /// The stream registry could not answer (etcd unreachable, without a
+    /// leader, slow, or answering garbage; shared data contended or full),
+    /// so a start cannot be checked for a live duplicate.
+    ServiceUnavailable,
 }
 
 impl Code {
     /// All codes, for metrics set-up.
-    pub const ALL: [Code; 9] = [
+    pub const ALL: [Code; 10] = [
         Code::MethodNotAllowed,
         Code::UnsupportedMediaType,
         Code::PayloadTooLarge,
@@ -37,6 +41,7 @@ impl Code {
         Code::NonExistApplication,
         Code::ExistStreamName,
         Code::InternalError,
+        Code::ServiceUnavailable,
     ];
 
     /// The code as written in replies and logs.
@@ -51,6 +56,7 @@ impl Code {
             Code::NonExistApplication => "NonExistApplication",
             Code::ExistStreamName => "ExistStreamName",
             Code::InternalError => "InternalError",
+            Code::ServiceUnavailable => "ServiceUnavailable",
         }
     }
 
@@ -65,6 +71,7 @@ impl Code {
             Code::NonExistApplication => 404,
             Code::ExistStreamName => 409,
             Code::InternalError => 500,
+            Code::ServiceUnavailable => 503,
         }
     }
 
@@ -134,6 +141,7 @@ mod tests {
             (Code::NonExistApplication, 404),
             (Code::ExistStreamName, 409),
             (Code::InternalError, 500),
+            (Code::ServiceUnavailable, 503),
         ];
         for (code, status) in want {
             assert_eq!(code.status(), status, "{code:?}");

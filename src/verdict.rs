@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use crate::auth::{self, webhook::WebhookHeaders, AuthError};
 use crate::callback::{self, printable, Callback, CallbackError, Event, Format, MediaType};
 use crate::config::Config;
-use crate::registry::{self, Claim, RegistryError, Reserve, SharedStore};
+use crate::registry::{self, Answer, Claim, Op, RegistryError, Reserve, SharedStore};
 use crate::reply::Code;
 
 /// What the decision sees of an HTTP request.
@@ -77,6 +77,9 @@ pub struct Forward {
     /// For a start that reserved its stream: the claim to release if the
     /// upstream refuses the publish or never answers.
     pub reservation: Option<Claim>,
+    /// An end or update forwarded although the registry could not record it
+    /// (the backend must learn that a push stopped): logged and counted.
+    pub registry_error: Option<RegistryError>,
 }
 
 impl Forward {
@@ -119,15 +122,20 @@ pub struct Rejection {
     pub app: Option<String>,
     /// Stream, when the body got that far (for the log line).
     pub stream: Option<String>,
+    /// Why the registry could not check a start, when that is the reason
+    /// (counted by kind).
+    pub registry_error: Option<RegistryError>,
 }
 
 impl Rejection {
-    fn new(code: Code, message: impl Into<String>) -> Self {
+    /// A rejection with its code and message (no app or stream known).
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         Rejection {
             code,
             message: message.into(),
             app: None,
             stream: None,
+            registry_error: None,
         }
     }
 
@@ -146,9 +154,13 @@ impl Rejection {
         )
     }
 
-    fn about(mut self, cb: &Callback) -> Self {
-        self.app = Some(printable(&cb.app));
-        self.stream = Some(printable(&cb.stream));
+    fn about(self, cb: &Callback) -> Self {
+        self.about_names(&cb.app, &cb.stream)
+    }
+
+    fn about_names(mut self, app: &str, stream: &str) -> Self {
+        self.app = Some(printable(app));
+        self.stream = Some(printable(stream));
         self
     }
 }
@@ -165,20 +177,90 @@ fn auth_rejection(e: AuthError) -> Rejection {
     Rejection::new(Code::AuthencationFailed, e.to_string())
 }
 
-/// Decides one request. Pure apart from the registry store; never panics.
+/// Decides one request against a shared-data registry. Pure apart from the
+/// registry store; never panics.
 pub fn decide(config: &Config, req: &Request<'_>, now_s: u64, store: &dyn SharedStore) -> Verdict {
-    match decide_inner(config, req, now_s, store) {
-        Ok(f) => Verdict::Forward(f),
-        Err(r) => Verdict::Reject(r),
+    match check(config, req, now_s) {
+        Decision::Final(v) => v,
+        Decision::Registry(p) => {
+            let ds = &config.duplicate_streams;
+            let answer = registry::shared::run(store, ds, p.op, &p.claim, now_s);
+            p.conclude(answer)
+        }
     }
 }
 
-fn decide_inner(
+/// Where [`check`] leaves a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Decided without the registry (refused, or the registry is off).
+    Final(Verdict),
+    /// Every other check passed; the registry must answer [`Pending::op`].
+    Registry(Pending),
+}
+
+/// A callback that passed every check but the stream registry's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// What to ask the registry.
+    pub op: Op,
+    /// About which stream and session.
+    pub claim: Claim,
+    forward: Forward,
+}
+
+impl Pending {
+    /// The verdict, given the registry's answer. A start the registry could
+    /// not check is refused (503 `ServiceUnavailable`, never mistaken for a
+    /// duplicate's 409); an end or update is forwarded anyway, marked with
+    /// the error, since the backend must learn that a push stopped.
+    pub fn conclude(self, answer: Result<Answer, RegistryError>) -> Verdict {
+        let Pending {
+            op,
+            claim,
+            mut forward,
+        } = self;
+        let about = |r: Rejection| r.about_names(&forward.app, &forward.stream);
+        match (op, answer) {
+            (_, Ok(Answer::Reserve(Reserve::Busy))) => Verdict::Reject(about(Rejection::new(
+                Code::ExistStreamName,
+                "a push of this stream by another session is live",
+            ))),
+            (Op::Reserve, Ok(_)) => {
+                // Each start, fresh or a retry, is one attempt on the stream's
+                // entry, to give back if the upstream refuses it or never
+                // answers (`registry::give_back`).
+                forward.reservation = Some(claim);
+                forward.verified.push("stream_registry");
+                Verdict::Forward(forward)
+            }
+            (_, Ok(_)) => {
+                forward.verified.push("stream_registry");
+                Verdict::Forward(forward)
+            }
+            (Op::Reserve, Err(e)) => Verdict::Reject(about(registry_rejection(&e))),
+            (_, Err(e)) => {
+                forward.registry_error = Some(e);
+                Verdict::Forward(forward)
+            }
+        }
+    }
+}
+
+/// Every check but the registry's: the verdict, or what to ask the registry.
+pub fn check(config: &Config, req: &Request<'_>, now_s: u64) -> Decision {
+    match check_inner(config, req, now_s) {
+        Ok(Ok(f)) => Decision::Final(Verdict::Forward(f)),
+        Ok(Err(p)) => Decision::Registry(p),
+        Err(r) => Decision::Final(Verdict::Reject(r)),
+    }
+}
+
+fn check_inner(
     config: &Config,
     req: &Request<'_>,
     now_s: u64,
-    store: &dyn SharedStore,
-) -> Result<Forward, Rejection> {
+) -> Result<Result<Forward, Pending>, Rejection> {
     if req.method != "POST" {
         return Err(Rejection::new(
             Code::MethodNotAllowed,
@@ -249,42 +331,29 @@ fn decide_inner(
         None => None,
     };
 
-    let mut reservation = None;
-    if config.duplicate_streams.reject {
-        let claim = Claim::of(&cb);
-        let ds = &config.duplicate_streams;
-        let result = match cb.event {
-            Event::Start => registry::reserve(store, ds, &claim, now_s).map(|r| match r {
-                Reserve::Busy => Err(Rejection::new(
-                    Code::ExistStreamName,
-                    "a push of this stream by another session is live",
-                )),
-                // Each start, fresh or a retry, is one attempt on the stream's
-                // entry, to give back if the upstream refuses it or never
-                // answers (`registry::give_back`).
-                Reserve::Reserved | Reserve::Renewed => {
-                    reservation = Some(claim);
-                    Ok(())
-                }
-            }),
-            Event::End => registry::release(store, ds, &claim, now_s).map(|_| Ok(())),
-        };
-        match result {
-            Ok(Ok(())) => verified.push("stream_registry"),
-            Ok(Err(r)) => return Err(r.about(&cb)),
-            Err(e) => return Err(registry_rejection(&e).about(&cb)),
-        }
-    }
-
-    Ok(Forward {
+    let forward = Forward {
         format: cb.format,
         event: cb.event,
-        app: cb.app,
-        stream: cb.stream,
+        app: cb.app.clone(),
+        stream: cb.stream.clone(),
         key_id,
         verified,
-        reservation,
-    })
+        reservation: None,
+        registry_error: None,
+    };
+    if !config.duplicate_streams.reject {
+        return Ok(Ok(forward));
+    }
+    let op = match cb.event {
+        Event::Start => Op::Reserve,
+        Event::End => Op::Release,
+        Event::Update => Op::Refresh,
+    };
+    Ok(Err(Pending {
+        op,
+        claim: Claim::of(&cb),
+        forward,
+    }))
 }
 
 /// The rejection for a body over the limit (also used by the filter before buffering).
@@ -298,7 +367,10 @@ pub fn too_large(limit: usize) -> Rejection {
 fn dialect_off(config: &Config) -> Rejection {
     let allowed: Vec<&str> = [
         (config.formats.kls_v1, "user_publish or user_publish_done"),
-        (config.formats.nginx_rtmp, "publish or publish_done"),
+        (
+            config.formats.nginx_rtmp,
+            "publish, publish_done or update_publish",
+        ),
     ]
     .iter()
     .filter(|(on, _)| *on)
@@ -316,9 +388,14 @@ fn dialect_off(config: &Config) -> Rejection {
     )
 }
 
-/// The registry could not answer: fail closed, and say why.
+/// The registry could not answer a start: fail closed, and say why.
 fn registry_rejection(e: &RegistryError) -> Rejection {
-    Rejection::new(Code::ExistStreamName, e.to_string())
+    let mut r = Rejection::new(
+        Code::ServiceUnavailable,
+        format!("the stream registry cannot check this start: {e}"),
+    );
+    r.registry_error = Some(e.clone());
+    r
 }
 
 fn check_sender(

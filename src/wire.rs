@@ -52,28 +52,8 @@ pub fn map_payload_bytes(bytes: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
-/// A serialized map with every pair whose name starts with `drop_prefix`
-/// left out and `add` appended, re-serialized from the raw bytes so no other
-/// name or value changes by a byte (values need not be UTF-8). `None` when
-/// `raw` is malformed.
-pub fn rewrite_map(raw: &[u8], drop_prefix: &str, add: &[(&str, &str)]) -> Option<Vec<u8>> {
-    let count = read_u32(raw, 0)? as usize;
-    let mut p = count.checked_mul(8)?.checked_add(4)?;
-    let mut kept: Vec<(&[u8], &[u8])> = Vec::with_capacity(count.min(256) + add.len());
-    for n in 0..count {
-        let klen = read_u32(raw, 4 + n * 8)? as usize;
-        let vlen = read_u32(raw, 8 + n * 8)? as usize;
-        let key = take(raw, &mut p, klen)?;
-        let value = take(raw, &mut p, vlen)?;
-        if !key.starts_with(drop_prefix.as_bytes()) {
-            kept.push((key, value));
-        }
-    }
-    kept.extend(add.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
-    Some(encode_pairs(&kept))
-}
-
-fn encode_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+/// Encodes a header map in the same format.
+pub fn encode_map(pairs: &[(&str, &str)]) -> Vec<u8> {
     let size = 4 + pairs
         .iter()
         .map(|(k, v)| 10 + k.len() + v.len())
@@ -85,21 +65,12 @@ fn encode_pairs(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
         out.extend_from_slice(&(v.len() as u32).to_le_bytes());
     }
     for (k, v) in pairs {
-        out.extend_from_slice(k);
+        out.extend_from_slice(k.as_bytes());
         out.push(0);
-        out.extend_from_slice(v);
+        out.extend_from_slice(v.as_bytes());
         out.push(0);
     }
     out
-}
-
-/// Encodes a header map in the same format.
-pub fn encode_map(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let bytes: Vec<(&[u8], &[u8])> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
-        .collect();
-    encode_pairs(&bytes)
 }
 
 /// An integer property (such as `response.code`): Envoy sends it as 8 bytes,
@@ -181,43 +152,6 @@ mod tests {
     }
 
     #[test]
-    fn rewriting_drops_a_prefix_adds_pairs_and_keeps_other_bytes() {
-        let mut raw = encode_map(&[
-            (":method", "POST"),
-            ("x-callback-guard-key-id", "spoof"),
-            ("x-other", "vX"),
-            ("x-callback-guard", "bare"),
-            ("x-dup", "1"),
-            ("x-dup", "2"),
-        ]);
-        // a value that is not UTF-8 must come back byte for byte
-        let at = raw.windows(2).position(|w| w == b"vX").unwrap();
-        raw[at + 1] = 0xff;
-        let out = rewrite_map(
-            &raw,
-            "x-callback-guard",
-            &[("x-callback-guard-format", "kls_v1")],
-        )
-        .unwrap();
-        let mut want = encode_map(&[
-            (":method", "POST"),
-            ("x-other", "vX"),
-            ("x-dup", "1"),
-            ("x-dup", "2"),
-            ("x-callback-guard-format", "kls_v1"),
-        ]);
-        let at = want.windows(2).position(|w| w == b"vX").unwrap();
-        want[at + 1] = 0xff;
-        assert_eq!(out, want);
-        assert_eq!(
-            rewrite_map(&raw[..raw.len() - 4], "x", &[]),
-            None,
-            "truncated"
-        );
-        assert_eq!(rewrite_map(&[], "x", &[]), None);
-    }
-
-    #[test]
     fn integer_properties() {
         assert_eq!(decode_int(&200i64.to_le_bytes()), Some(200));
         assert_eq!(decode_int(b"503"), Some(503));
@@ -235,16 +169,6 @@ mod tests {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_map(&bytes);
-            let _ = rewrite_map(&bytes, "x-callback-guard", &[("a", "b")]);
-            let _ = map_payload_bytes(&bytes);
-        }
-
-        #[test]
-        fn rewriting_without_changes_is_the_identity(pairs in proptest::collection::vec(("[a-z:-]{1,12}", "[ -~]{0,20}"), 0..12)) {
-            let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let raw = encode_map(&refs);
-            prop_assert_eq!(rewrite_map(&raw, "\u{0}never", &[]), Some(raw.clone()));
-            prop_assert_eq!(decode_map(&raw).len(), refs.len());
         }
     }
 }

@@ -564,11 +564,88 @@ fn nginx_rtmp_callbacks_get_the_same_rules() {
         Code::NonExistApplication,
         "apps",
     );
-    // Another `call` (nginx-rtmp's on_play, on_update) is refused, naming nginx's values.
-    for call in ["play", "update_publish", "user_publish"] {
+    // Another `call` (nginx-rtmp's on_play, a KLS call) is refused, naming nginx's values.
+    for call in ["play", "user_publish"] {
         let v = run(nginx_form(call, "live", "cam5", 19350, 5, t, &k("cam5", t)));
-        assert_code(&v, Code::InvalidParameterValue, "publish or publish_done");
+        assert_code(
+            &v,
+            Code::InvalidParameterValue,
+            "publish, publish_done or update_publish",
+        );
     }
+}
+
+/// nginx-rtmp's `on_update` (`call=update_publish`) renews the reservation of
+/// the session that holds the stream, so a short `ttl_s` keeps a live push
+/// reserved; another session's update is refused as a duplicate; the token's
+/// signature is checked but not its expiry (the push is already live).
+#[test]
+fn nginx_rtmp_updates_renew_the_holders_reservation() {
+    let c = config(&format!(
+        r#"{{"formats":["nginx_rtmp"],"duplicate_streams":{{"ttl_s":60}},
+            "push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KS_KEY}"}}]}}}}"#
+    ));
+    let store = MemoryStore::new();
+    // Session 1 pushes with a token that expires 30 s in; session 2's is fresh.
+    let t_of = |clientid: u32| {
+        if clientid == 1 {
+            NOW + 30
+        } else {
+            NOW + 10_000
+        }
+    };
+    let k = |t: u64| {
+        let q = token::sign(Scheme::KsMd5, KS_KEY.as_bytes(), "live", "cam", t);
+        q.split_once("&k=").unwrap().1.to_string()
+    };
+    let at = |body: String, now: u64| Req::post(FORM, body).run_with(&c, now, &store);
+    let form = |call: &str, clientid: u32| {
+        let t = t_of(clientid);
+        nginx_form(call, "live", "cam", 19350, clientid, t, &k(t))
+    };
+    let publish = |clientid, now| at(form("publish", clientid), now);
+    let update = |clientid, now| at(form("update_publish", clientid), now);
+
+    let f = assert_forward(&publish(1, NOW)).clone();
+    assert!(f.reservation.is_some());
+    // Updates every 50 s keep it held well past ttl_s, even after the token's expiry.
+    for i in 1..=4 {
+        let f = assert_forward(&update(1, NOW + 50 * i)).clone();
+        assert_eq!(f.event.as_str(), "update");
+        assert!(
+            f.reservation.is_none(),
+            "an update holds no attempt to give back"
+        );
+        assert!(f.verified.contains(&"stream_registry"));
+        assert_code(
+            &publish(2, NOW + 50 * i + 1),
+            Code::ExistStreamName,
+            "another session",
+        );
+    }
+    // Another session's update is a duplicate push.
+    assert_code(
+        &update(2, NOW + 201),
+        Code::ExistStreamName,
+        "another session",
+    );
+    // Without updates the reservation lapses after ttl_s.
+    assert_forward(&publish(2, NOW + 200 + 61));
+    // A forged token on an update is refused.
+    let forged = nginx_form(
+        "update_publish",
+        "live",
+        "cam",
+        19350,
+        2,
+        t_of(2),
+        "0123456789abcdef",
+    );
+    assert_code(
+        &at(forged, NOW + 262),
+        Code::AuthencationFailed,
+        "does not match",
+    );
 }
 
 // ---- apps ------------------------------------------------------------------------
@@ -862,6 +939,74 @@ fn old_version_starts_without_vdoid_cannot_be_told_apart() {
         Code::ExistStreamName,
         "another session",
     );
+}
+
+/// A registry that cannot answer.
+struct Broken(callback_guard::registry::StoreError);
+
+impl callback_guard::registry::SharedStore for Broken {
+    fn get(
+        &self,
+        _: &str,
+    ) -> Result<(Option<Vec<u8>>, Option<u32>), callback_guard::registry::StoreError> {
+        match &self.0 {
+            callback_guard::registry::StoreError::CasMismatch => Ok((Some(Vec::new()), Some(1))),
+            e => Err(e.clone()),
+        }
+    }
+    fn set(
+        &self,
+        _: &str,
+        _: &[u8],
+        _: Option<u32>,
+    ) -> Result<(), callback_guard::registry::StoreError> {
+        Err(self.0.clone())
+    }
+}
+
+/// When the registry cannot answer, a start is refused with 503
+/// `ServiceUnavailable` (never mistaken for a duplicate's 409) and an end is
+/// forwarded anyway, marked with the error: the backend must learn that a
+/// push stopped.
+#[test]
+fn a_registry_that_cannot_answer_refuses_starts_and_forwards_ends() {
+    use callback_guard::registry::StoreError;
+    let c = config("");
+    for store in [
+        Broken(StoreError::Host("status 9".into())),
+        Broken(StoreError::CasMismatch),
+    ] {
+        let start = Req::post(JSON, SEED_START).run_with(&c, NOW, &MemoryStore::new());
+        assert_forward(&start);
+        let v = decide(&c, &as_request(&Req::post(JSON, SEED_START)), NOW, &store);
+        let (code, msg) = rejected(&v);
+        assert_eq!(code, Code::ServiceUnavailable, "{msg}");
+        assert_eq!(code.status(), 503);
+        assert!(msg.contains("stream registry"), "{msg}");
+        // An end is forwarded either way: marked when the store failed; a
+        // contended store had nothing to write (no entry of this session).
+        let v = decide(&c, &as_request(&Req::post(JSON, SEED_END)), NOW, &store);
+        let f = assert_forward(&v);
+        let failed = matches!(store.0, StoreError::Host(_));
+        assert_eq!(f.registry_error.is_some(), failed);
+        assert_eq!(
+            f.verified.contains(&"stream_registry"),
+            !failed,
+            "{:?}",
+            f.verified
+        );
+    }
+}
+
+fn as_request<'a>(r: &'a Req<'a>) -> Request<'a> {
+    Request {
+        method: r.method,
+        path: r.path,
+        content_type: r.content_type,
+        headers: &r.headers,
+        body: &r.body,
+        source: r.source,
+    }
 }
 
 #[test]

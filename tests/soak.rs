@@ -265,6 +265,8 @@ fn soak_with_exact_accounting() {
         }
     }
 
+    // The filter hands its counters to Envoy once per tick: let them settle.
+    let _ = envoy.counter("callback_guard_requests_received");
     let stats = envoy.stats();
     let received_by_filter = prom(&stats, "callback_guard_requests_received", None);
     let forwarded_by_filter = prom(&stats, "callback_guard_requests_forwarded", None);

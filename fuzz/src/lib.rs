@@ -330,10 +330,10 @@ fn json_agrees(body: &[u8], app: &str, stream: &str, event: Event) {
         serde_json::from_slice(body).expect("a forwarded JSON body parses as a serde_json Value");
     assert_eq!(v["App"], app);
     assert_eq!(v["Stream"], stream);
-    let notify = if event == Event::Start {
-        "PubStart"
-    } else {
-        "PubEnd"
+    let notify = match event {
+        Event::Start => "PubStart",
+        Event::End => "PubEnd",
+        Event::Update => panic!("a JSON callback has no update event"),
     };
     assert_eq!(v["NotifyType"], notify);
     // Every core field is named by exactly one member, whoever reads it:
@@ -382,6 +382,8 @@ fn form_agrees(body: &[u8], format: Format, app: &str, stream: &str, event: Even
         (Format::KlsV1, Event::End) => "user_publish_done",
         (Format::NginxRtmp, Event::Start) => "publish",
         (Format::NginxRtmp, Event::End) => "publish_done",
+        (Format::NginxRtmp, Event::Update) => "update_publish",
+        (Format::KlsV1, Event::Update) => panic!("a KLS form has no update event"),
         (Format::KlsV2, _) => unreachable!(),
     };
     assert_eq!(call, expected);

@@ -20,8 +20,21 @@ const KLS_FIELDS: &[&str] = &[
     "swfurl",
     "flashver",
 ];
+/// nginx-rtmp's own fields; `time` and `timestamp` come with `on_update`
+/// (seconds since the publish began, stream time in ms).
 const NGINX_FIELDS: &[&str] = &[
-    "app", "name", "tcurl", "call", "addr", "clientid", "type", "flashver", "swfurl", "pageurl",
+    "app",
+    "name",
+    "tcurl",
+    "call",
+    "addr",
+    "clientid",
+    "type",
+    "flashver",
+    "swfurl",
+    "pageurl",
+    "time",
+    "timestamp",
 ];
 
 /// Parses a form callback body. The `call` value decides the dialect; whether
@@ -35,6 +48,7 @@ pub fn parse_form(body: &[u8]) -> Result<Callback, CallbackError> {
         "user_publish_done" => (Format::KlsV1, Event::End),
         "publish" => (Format::NginxRtmp, Event::Start),
         "publish_done" => (Format::NginxRtmp, Event::End),
+        "update_publish" => (Format::NginxRtmp, Event::Update),
         _ => return Err(CallbackError::UnknownCall),
     };
     let core = match format {
@@ -307,6 +321,20 @@ mod tests {
         assert_eq!(c.session.as_deref(), Some("1@127.0.0.1/127.0.0.1:19350"));
         let done = NGINX.replace("call=publish", "call=publish_done");
         assert_eq!(parse_form(done.as_bytes()).unwrap().event, Event::End);
+    }
+
+    /// nginx-rtmp's `on_update`, as captured from Debian's module: the same
+    /// session as the publish, `time`/`timestamp` its own fields, not params.
+    #[test]
+    fn nginx_rtmp_update_parses() {
+        let update = "app=live&flashver=FMLE/3.0%20(compatible%3B%20Lavf59.27&swfurl=&tcurl=rtmp://127.0.0.1:19351/live&pageurl=&addr=127.0.0.1&clientid=1&call=update_publish&time=2&timestamp=1500&name=cam9&t=123&k=abc";
+        let c = parse_form(update.as_bytes()).unwrap();
+        assert_eq!((c.format, c.event), (Format::NginxRtmp, Event::Update));
+        assert_eq!(c.stream, "cam9");
+        assert_eq!(c.params.len(), 2, "{:?}", c.params);
+        assert_eq!(c.session.as_deref(), Some("1@127.0.0.1/127.0.0.1:19351"));
+        let twice = format!("{update}&time=3");
+        assert!(parse_form(twice.as_bytes()).is_err(), "time given twice");
     }
 
     #[test]

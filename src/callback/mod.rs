@@ -22,7 +22,8 @@ pub enum Format {
     KlsV2,
     /// KLS old version: form with `call` `user_publish` / `user_publish_done`.
     KlsV1,
-    /// nginx-rtmp `on_publish`: form with `call` `publish` / `publish_done`.
+    /// nginx-rtmp `on_publish`: form with `call` `publish` / `publish_done`
+    /// (and `update_publish` from `on_update`).
     NginxRtmp,
 }
 
@@ -44,6 +45,8 @@ pub enum Event {
     Start,
     /// `PubEnd`, `user_publish_done`, `publish_done`.
     End,
+    /// nginx-rtmp `update_publish` (`on_update`): a live push's sign of life.
+    Update,
 }
 
 impl Event {
@@ -52,6 +55,7 @@ impl Event {
         match self {
             Event::Start => "start",
             Event::End => "end",
+            Event::Update => "update",
         }
     }
 }

@@ -63,7 +63,14 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> u32;
-    fn proxy_set_header_map_pairs(map_type: u32, map_data: *const u8, map_size: usize) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_add_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_get_property(
@@ -142,6 +149,15 @@ pub fn log_level() -> u32 {
     }
 }
 
+/// Host wall clock in nanoseconds (see [`now_s`]).
+#[cfg(feature = "vm-bench")]
+pub fn now_ns() -> Option<u64> {
+    let mut ns = 0u64;
+    // SAFETY: the host writes one u64 through the pointer.
+    ok(unsafe { proxy_get_current_time_nanoseconds(&mut ns) }).ok()?;
+    Some(ns)
+}
+
 /// Host wall clock, Unix seconds; `None` if the host will not say (the
 /// caller must then fail closed: expiry cannot be checked without a clock).
 pub fn now_s() -> Option<u64> {
@@ -171,22 +187,38 @@ pub fn buffer(kind: Buffer, start: usize, max: usize) -> Result<Vec<u8>, Status>
     }
 }
 
-/// A header map, serialized as the ABI does (see `wire::decode_map`).
-pub fn header_map(map: Map) -> Result<Vec<u8>, Status> {
+/// All pairs of a header map, and the bytes of its names and values as the
+/// host counts them (before any lossy UTF-8 decoding).
+pub fn headers(map: Map) -> Result<(Vec<(String, String)>, usize), Status> {
     let mut data = null_mut();
     let mut size = 0;
     // SAFETY: as in `buffer`.
     unsafe {
         ok(proxy_get_header_map_pairs(map as u32, &mut data, &mut size))?;
-        Ok(owned(data, size).unwrap_or_default())
+        Ok(owned(data, size)
+            .map(|b| (wire::decode_map(&b), wire::map_payload_bytes(&b)))
+            .unwrap_or_default())
     }
 }
 
-/// Replaces a whole header map (only while the headers are held by this
-/// filter): one hostcall for every change.
-pub fn set_header_map(map: Map, serialized: &[u8]) -> Result<(), Status> {
-    // SAFETY: pointer and length describe a live slice.
-    ok(unsafe { proxy_set_header_map_pairs(map as u32, serialized.as_ptr(), serialized.len()) })
+/// Removes a header (only while the headers are still held by this filter).
+pub fn remove_header(map: Map, name: &str) -> Result<(), Status> {
+    // SAFETY: pointer and length describe a live &str.
+    ok(unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
+}
+
+/// Adds a header (only while the headers are still held by this filter).
+pub fn add_header(map: Map, name: &str, value: &str) -> Result<(), Status> {
+    // SAFETY: pointers and lengths describe live &strs.
+    ok(unsafe {
+        proxy_add_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
 }
 
 /// Asks for `proxy_on_tick` on the root context every `ms` milliseconds.
@@ -286,10 +318,11 @@ pub fn counter(name: &str) -> Option<u32> {
     Some(id)
 }
 
-/// Adds one to a counter.
-pub fn bump(id: Option<u32>) {
+/// Adds `n` to a counter.
+pub fn add_to_counter(id: Option<u32>, n: u64) {
     if let Some(id) = id {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
         // SAFETY: plain values.
-        let _ = unsafe { proxy_increment_metric(id, 1) };
+        let _ = unsafe { proxy_increment_metric(id, n) };
     }
 }

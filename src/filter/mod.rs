@@ -25,6 +25,8 @@
 //! requests with a body are then refused at once (see [`Stream::on_tick`]).
 
 mod host;
+#[cfg(feature = "vm-bench")]
+mod vm_bench;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -60,29 +62,89 @@ impl SharedStore for HostStore {
     }
 }
 
+/// A counter whose increments are kept in the VM and handed to Envoy in one
+/// hostcall per tick (every [`TICK_MS`]), instead of one per request: each
+/// hostcall costs about a microsecond. Counters thus lag by up to a tick.
+struct Counter {
+    id: Option<u32>,
+    pending: Cell<u64>,
+    /// No tick to flush on: every increment goes to Envoy at once.
+    immediate: bool,
+}
+
+impl Counter {
+    fn define(name: &str, immediate: bool) -> Counter {
+        Counter {
+            id: host::counter(name),
+            pending: Cell::new(0),
+            immediate,
+        }
+    }
+
+    fn bump(&self) {
+        self.pending.set(self.pending.get().saturating_add(1));
+        if self.immediate {
+            self.flush();
+        }
+    }
+
+    fn flush(&self) {
+        let n = self.pending.replace(0);
+        if n > 0 {
+            host::add_to_counter(self.id, n);
+        }
+    }
+}
+
 /// Counter ids, defined once per plugin configuration.
 struct Metrics {
-    received: Option<u32>,
-    forwarded: Option<u32>,
-    rejected: [Option<u32>; Code::ALL.len()],
-    released: Option<u32>,
+    received: Counter,
+    forwarded: Counter,
+    rejected: [Counter; Code::ALL.len()],
+    released: Counter,
+    /// Registry failures by kind ([`registry::RegistryError::KINDS`]).
+    store_errors: [Counter; registry::RegistryError::KINDS.len()],
 }
 
 impl Metrics {
-    fn define() -> Metrics {
+    fn define(immediate: bool) -> Metrics {
         Metrics {
-            received: host::counter("callback_guard.requests_received"),
-            forwarded: host::counter("callback_guard.requests_forwarded"),
+            received: Counter::define("callback_guard.requests_received", immediate),
+            forwarded: Counter::define("callback_guard.requests_forwarded", immediate),
             rejected: Code::ALL.map(|c| {
-                host::counter(&format!("callback_guard.requests_rejected.{}", c.as_str()))
+                Counter::define(
+                    &format!("callback_guard.requests_rejected.{}", c.as_str()),
+                    immediate,
+                )
             }),
-            released: host::counter("callback_guard.reservations_released"),
+            released: Counter::define("callback_guard.reservations_released", immediate),
+            store_errors: registry::RegistryError::KINDS
+                .map(|k| Counter::define(&format!("callback_guard.store_errors.{k}"), immediate)),
+        }
+    }
+
+    fn store_error(&self, e: &registry::RegistryError) {
+        if let Some(i) = registry::RegistryError::KINDS
+            .iter()
+            .position(|k| *k == e.kind())
+        {
+            self.store_errors[i].bump();
         }
     }
 
     fn reject(&self, code: Code) {
         if let Some(i) = Code::ALL.iter().position(|c| *c == code) {
-            host::bump(self.rejected[i]);
+            self.rejected[i].bump();
+        }
+    }
+
+    /// Hands the pending increments to Envoy.
+    fn flush(&self) {
+        self.received.flush();
+        self.forwarded.flush();
+        self.released.flush();
+        for c in self.rejected.iter().chain(&self.store_errors) {
+            c.flush();
         }
     }
 }
@@ -119,9 +181,11 @@ struct Stream {
     plugin: Rc<Plugin>,
     /// All request headers, read once.
     headers: Vec<(String, String)>,
-    /// The same, as the host serialized them: rewritten byte for byte on a
-    /// forward, so no header the filter does not own changes.
-    raw_headers: Vec<u8>,
+    /// Bytes of the names and values of the held headers, as Envoy counts them.
+    header_bytes: usize,
+    /// A header change that the host refused: such a request is never sent on
+    /// (it could carry a spoofed `x-callback-guard-*` header).
+    header_write_failed: Option<host::Status>,
     /// Body bytes buffered so far (Envoy reports the running total).
     body_size: usize,
     phase: Phase,
@@ -207,7 +271,8 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
             let stream = Stream {
                 plugin: plugin.clone(),
                 headers: Vec::new(),
-                raw_headers: Vec::new(),
+                header_bytes: 0,
+                header_write_failed: None,
                 body_size: 0,
                 phase: Phase::AwaitingBody,
                 reservation: None,
@@ -242,6 +307,16 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
         }
     };
     match Config::from_json(&bytes, &ProcessEnv) {
+        Ok(config)
+            if config.duplicate_streams.etcd.is_some()
+                || config.mode == crate::config::Mode::Observe =>
+        {
+            host::log(
+                Level::Critical,
+                "callback-guard: invalid configuration: duplicate_streams.store and mode are not implemented by this build yet",
+            );
+            0
+        }
         Ok(config) => {
             for w in config.warnings() {
                 host::log(Level::Warn, &format!("callback-guard: {w}"));
@@ -249,13 +324,10 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
             if config.duplicate_streams.reject {
                 init_registry(&Layout::for_config(&config.duplicate_streams));
             }
-            let plugin = Rc::new(Plugin {
-                config,
-                metrics: Metrics::define(),
-                log_forwards: host::log_level() <= Level::Debug as u32,
-                body_withheld: Cell::new(false),
-            });
-            if let Err(s) = host::set_tick_period_ms(TICK_MS) {
+            #[cfg(feature = "vm-bench")]
+            vm_bench::run();
+            let ticking = host::set_tick_period_ms(TICK_MS);
+            if let Err(s) = ticking {
                 host::log(
                     Level::Warn,
                     &format!(
@@ -264,6 +336,12 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
                     ),
                 );
             }
+            let plugin = Rc::new(Plugin {
+                config,
+                metrics: Metrics::define(ticking.is_err()),
+                log_forwards: host::log_level() <= Level::Debug as u32,
+                body_withheld: Cell::new(false),
+            });
             STATE.with(|s| {
                 if let Ok(mut s) = s.try_borrow_mut() {
                     s.roots.insert(root_context_id, Some(plugin));
@@ -325,8 +403,9 @@ pub extern "C" fn proxy_on_log(context_id: u32) {
     });
 }
 
-/// The root context's tick: answers the requests whose body Envoy holds
-/// back from this filter (see [`Stream::on_tick`]).
+/// The root context's tick: hands the batched counters to Envoy, and answers
+/// the requests whose body Envoy holds back from this filter (see
+/// [`Stream::on_tick`]).
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root_context_id: u32) {
     let plugin = STATE.with(|s| {
@@ -337,6 +416,7 @@ pub extern "C" fn proxy_on_tick(root_context_id: u32) {
     let Some(plugin) = plugin else {
         return;
     };
+    plugin.metrics.flush();
     let waiting: Vec<u32> = STATE.with(|s| {
         s.try_borrow().map_or_else(
             |_| Vec::new(),
@@ -401,11 +481,19 @@ impl Stream {
     }
 
     fn on_headers(&mut self, end_of_stream: bool) -> u32 {
-        host::bump(self.plugin.metrics.received);
-        // Spoofed x-callback-guard-* headers stay in the held map for now: they
-        // are dropped when a forward rewrites it, and nothing else is sent on.
-        self.raw_headers = host::header_map(Map::HttpRequestHeaders).unwrap_or_default();
-        self.headers = wire::decode_map(&self.raw_headers);
+        self.plugin.metrics.received.bump();
+        let (headers, bytes) = host::headers(Map::HttpRequestHeaders).unwrap_or_default();
+        self.headers = headers;
+        self.header_bytes = bytes;
+        // Strip spoofed verification headers while this filter holds the headers.
+        for (name, value) in &self.headers {
+            if name.starts_with("x-callback-guard") {
+                if let Err(s) = host::remove_header(Map::HttpRequestHeaders, name) {
+                    self.header_write_failed = Some(s);
+                }
+                self.header_bytes = self.header_bytes.saturating_sub(name.len() + value.len());
+            }
+        }
         let limit = self.plugin.config.max_body_bytes;
         let declared = self
             .header("content-length")
@@ -470,7 +558,7 @@ impl Stream {
         let Some(total) = total else {
             return;
         };
-        if total <= wire::map_payload_bytes(&self.raw_headers) {
+        if total <= self.header_bytes {
             return;
         }
         if !self.plugin.body_withheld.replace(true) {
@@ -511,6 +599,9 @@ impl Stream {
 
     fn reject(&mut self, r: &Rejection) -> u32 {
         self.phase = Phase::Decided;
+        if let Some(e) = &r.registry_error {
+            self.plugin.metrics.store_error(e);
+        }
         self.plugin.metrics.reject(r.code);
         host::log(Level::Info, &r.log_line());
         let body = reply::body(
@@ -539,12 +630,7 @@ impl Stream {
                         Level::Error,
                         &format!("callback-guard: cannot read the body (status {})", s.0),
                     );
-                    let r = Rejection {
-                        code: Code::InvalidParameterValue,
-                        message: "body could not be read".into(),
-                        app: None,
-                        stream: None,
-                    };
+                    let r = Rejection::new(Code::InvalidParameterValue, "body could not be read");
                     return self.reject(&r);
                 }
             }
@@ -568,31 +654,28 @@ impl Stream {
                 Level::Error,
                 "callback-guard: the host clock is unavailable",
             );
-            let r = Rejection {
-                code: Code::AuthencationFailed,
-                message: "cannot check the callback's times: clock unavailable".into(),
-                app: None,
-                stream: None,
-            };
+            let r = Rejection::new(
+                Code::AuthencationFailed,
+                "cannot check the callback's times: clock unavailable",
+            );
             return self.reject(&r);
         };
         match verdict::decide(config, &req, now, &HostStore) {
             Verdict::Reject(r) => self.reject(&r),
             Verdict::Forward(f) => {
-                // The headers are still held here, so they can be written:
-                // the whole map in one hostcall, without any header a client
-                // sent under our prefix, with what was verified. If that
-                // fails, the callback is not sent on with spoofable headers.
-                let facts = f.headers();
-                let adds: Vec<(&str, &str)> = facts
-                    .iter()
-                    .filter(|(_, v)| !v.is_empty())
-                    .map(|(k, v)| (*k, v.as_str()))
-                    .collect();
-                let written = wire::rewrite_map(&self.raw_headers, "x-callback-guard", &adds)
-                    .ok_or(host::Status(0))
-                    .and_then(|m| host::set_header_map(Map::HttpRequestHeaders, &m));
-                if let Err(s) = written {
+                // The headers are still held here, so they can be written.
+                // Spoofed ones were removed on arrival: add, do not replace.
+                // (One add per header is cheaper than one call that replaces
+                // the whole map: Envoy then rebuilds it and the route cache.)
+                for (name, value) in f.headers() {
+                    if value.is_empty() {
+                        continue;
+                    }
+                    if let Err(s) = host::add_header(Map::HttpRequestHeaders, name, &value) {
+                        self.header_write_failed = Some(s);
+                    }
+                }
+                if let Some(s) = self.header_write_failed {
                     host::log(
                         Level::Error,
                         &format!(
@@ -600,19 +683,26 @@ impl Stream {
                             s.0
                         ),
                     );
-                    if let Some(claim) = f.reservation {
-                        self.reservation = Some((claim, f.format));
-                        self.release();
-                    }
-                    return self.reject(&Rejection {
-                        code: Code::InternalError,
-                        message: "the verified headers could not be written".into(),
-                        app: None,
-                        stream: None,
-                    });
+                    self.reservation = f.reservation.map(|c| (c, f.format));
+                    self.release();
+                    return self.reject(&Rejection::new(
+                        Code::InternalError,
+                        "the verified headers could not be written",
+                    ));
                 }
                 self.phase = Phase::Decided;
-                host::bump(self.plugin.metrics.forwarded);
+                self.plugin.metrics.forwarded.bump();
+                if let Some(e) = &f.registry_error {
+                    self.plugin.metrics.store_error(e);
+                    host::log(
+                        Level::Warn,
+                        &format!(
+                            "callback-guard: {} forwarded without the stream registry ({}): {e}",
+                            f.event.as_str(),
+                            e.kind()
+                        ),
+                    );
+                }
                 self.reservation = f.reservation.map(|c| (c, f.format));
                 if self.plugin.log_forwards {
                     host::log(Level::Debug, &f.log_line());
@@ -626,7 +716,7 @@ impl Stream {
         if let Some((claim, _)) = self.reservation.take() {
             let ds = &self.plugin.config.duplicate_streams;
             match registry::give_back(&HostStore, ds, &claim, host::now_s().unwrap_or(0)) {
-                Ok(registry::Release::Released) => host::bump(self.plugin.metrics.released),
+                Ok(registry::Release::Released) => self.plugin.metrics.released.bump(),
                 Ok(_) => {}
                 Err(e) => host::log(Level::Warn, &format!("callback-guard: release failed: {e}")),
             }
@@ -636,10 +726,5 @@ impl Stream {
 
 /// The answer while the request body is held back from the filter.
 fn body_withheld() -> Rejection {
-    Rejection {
-        code: Code::InternalError,
-        message: "the callback body cannot be checked: the filter is deployed without allow_on_headers_stop_iteration".into(),
-        app: None,
-        stream: None,
-    }
+    Rejection::new(Code::InternalError, "the callback body cannot be checked: the filter is deployed without allow_on_headers_stop_iteration")
 }

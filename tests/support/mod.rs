@@ -401,15 +401,10 @@ impl Envoy {
             .into_owned()
     }
 
-    /// The value of a Prometheus counter line `name{} N` (0 if absent).
+    /// The settled value of a Prometheus counter `name{} N` (0 if absent);
+    /// see [`counter_at`].
     pub fn counter(&self, name: &str) -> u64 {
-        self.stats()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!("{name}{{}} "))
-                    .map(|v| v.trim().parse().unwrap_or(0))
-            })
-            .unwrap_or(0)
+        counter_at(self.admin, name)
     }
 
     pub fn post(&self, content_type: &str, body: &[u8]) -> Response {
@@ -960,8 +955,9 @@ pub fn received_at(port: u16) -> Vec<Recorded> {
         .collect()
 }
 
-/// The value of the Prometheus counter `name` at the admin port (0 if absent).
-pub fn counter_at(admin: u16, name: &str) -> u64 {
+/// The value of the Prometheus counter `name` at the admin port (0 if absent),
+/// as it reads right now.
+pub fn counter_now(admin: u16, name: &str) -> u64 {
     let stats = http1(admin, "GET", "/stats/prometheus", &[], b"");
     String::from_utf8_lossy(&stats.body)
         .lines()
@@ -970,6 +966,25 @@ pub fn counter_at(admin: u16, name: &str) -> u64 {
                 .map(|v| v.trim().parse().unwrap_or(0))
         })
         .unwrap_or(0)
+}
+
+/// The filter hands its counters to Envoy once per tick (250 ms), so a value
+/// is read once it has held for three ticks (at most 10 s).
+pub fn counter_at(admin: u16, name: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = counter_now(admin, name);
+    let mut held = Instant::now();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = counter_now(admin, name);
+        if now != last {
+            last = now;
+            held = Instant::now();
+        } else if held.elapsed() >= Duration::from_millis(750) {
+            break;
+        }
+    }
+    last
 }
 
 /// A stream name no other test or run uses (an external stack remembers live streams).

@@ -1,28 +1,18 @@
-//! The live-stream registry behind `ExistStreamName`: one live push per
-//! (ingest domain, app, stream) across every worker of one Envoy.
+//! The registry in Proxy-Wasm shared data: one Envoy, every worker.
 //!
 //! State lives in a [`SharedStore`]: key/value bytes with compare-and-swap
 //! versions, which is exactly what proxy-wasm shared data offers (the filter
-//! implements the trait with those hostcalls; tests use [`MemoryStore`]). The
-//! rules are written once, here, against the trait.
+//! implements the trait with those hostcalls; tests use [`MemoryStore`]).
 //!
 //! Layout: a fixed number of buckets (shared-data keys) chosen by a hash of the
-//! stream. Each bucket holds fixed-size entries: 128-bit hashes of the stream,
-//! of the session identity and of the peer (client address:port), and the
-//! expiry. The hash is two SipHash-1-3 passes with fixed keys (std's
-//! `DefaultHasher`, the same in every worker running the same module, and
-//! already in the module). It need not resist crafted collisions: streams are
-//! named by signed push URLs, and whoever can mint those can push any stream.
-//! Nothing the sender controls is stored verbatim, entries are
-//! [`ENTRY_BYTES`] each, and every bucket has a cap, so memory is bounded by
-//! `buckets × cap × ENTRY_BYTES` whatever the traffic. Expired entries are
-//! dropped whenever their bucket is written.
+//! stream. Each bucket holds fixed-size entries ([`ENTRY_BYTES`] each) and has
+//! a cap, so memory is bounded by `buckets × cap × ENTRY_BYTES` whatever the
+//! traffic. Expired entries are dropped whenever their bucket is written.
 
-use crate::callback::{Callback, Event, Format};
+use super::ENTRY_BYTES;
+use super::{rule, Answer, Change, Claim, Entry, Op, RegistryError, Release, Reserve, StoreError};
 use crate::config::DuplicateStreams;
 
-/// Bytes per stored entry.
-pub const ENTRY_BYTES: usize = 16 + 16 + 16 + 8 + 1;
 /// Number of buckets (shared-data keys), whatever the configuration.
 pub const MAX_BUCKETS: usize = 1024;
 /// Compare-and-swap attempts before giving up on a contended bucket.
@@ -37,168 +27,6 @@ pub trait SharedStore {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError>;
     /// Writes `value` if the key's version is still `cas` (`None`: unconditionally).
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
-}
-
-/// A store failure.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// Someone else wrote the key since it was read.
-    #[error("compare-and-swap mismatch")]
-    CasMismatch,
-    /// The host refused the call.
-    #[error("shared data unavailable: {0}")]
-    Host(String),
-}
-
-/// Why the registry could not answer. The decision fails closed on these.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RegistryError {
-    /// Other workers kept winning the compare-and-swap.
-    #[error("stream registry is contended, try again")]
-    Contended,
-    /// The stream's bucket holds its cap of live streams.
-    #[error("stream registry is full (duplicate_streams.max_streams)")]
-    Full,
-    /// The store failed.
-    #[error("{0}")]
-    Store(#[from] StoreError),
-}
-
-/// What a start did to the registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reserve {
-    /// The stream was free (or its entry had expired) and is now this session's.
-    Reserved,
-    /// The same session already held it (a CDN retry); the expiry was renewed.
-    Renewed,
-    /// Another live session holds the stream.
-    Busy,
-}
-
-/// What an end (or a failed start) did to the registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Release {
-    /// The session's entry was removed.
-    Released,
-    /// A failed start of the session was counted off, but another start of
-    /// the same session (a retry, or the original) may still be accepted, so
-    /// the stream stays held.
-    Kept,
-    /// No entry for this stream and session; nothing changed.
-    NotHeld,
-}
-
-/// The registry's view of one callback: which stream, which session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Claim {
-    stream: [u8; 16],
-    session: [u8; 16],
-    peer: [u8; 16],
-    /// True when the sender named the session (`Sequence`, `UniqueName`,
-    /// `vdoid`, nginx-rtmp `clientid`); false when it was derived.
-    explicit: bool,
-}
-
-/// 128-bit hash of length-prefixed parts (so `("ab","c")` and `("a","bc")` differ).
-fn hash16(parts: &[&[u8]]) -> [u8; 16] {
-    use std::hash::Hasher;
-    let half = |seed: u8| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        h.write_u8(seed);
-        for p in parts {
-            h.write_u64(p.len() as u64);
-            h.write(p);
-        }
-        h.finish().to_le_bytes()
-    };
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&half(1));
-    out[8..].copy_from_slice(&half(2));
-    out
-}
-
-impl Claim {
-    /// The stream is (ingest domain, app, stream). The session is the sender's
-    /// identity when it gives one; otherwise it is derived from the event time
-    /// with the client address and port, and an end without identity matches
-    /// a derived start by client address and port.
-    pub fn of(cb: &Callback) -> Claim {
-        let domain = cb.domain.as_deref().unwrap_or_default();
-        let stream = hash16(&[domain.as_bytes(), cb.app.as_bytes(), cb.stream.as_bytes()]);
-        let ip = cb.client_ip.as_deref().unwrap_or_default();
-        let port = cb.client_port.map(|p| p.to_string()).unwrap_or_default();
-        let peer = hash16(&[b"peer", ip.as_bytes(), port.as_bytes()]);
-        match &cb.session {
-            Some(id) => Claim {
-                stream,
-                session: hash16(&[b"id", id.as_bytes()]),
-                peer,
-                explicit: true,
-            },
-            None => {
-                let ts = match cb.event {
-                    Event::Start => cb.event_time_ms.map(|t| t.to_string()).unwrap_or_default(),
-                    Event::End => String::new(),
-                };
-                Claim {
-                    stream,
-                    session: hash16(&[b"derived", ts.as_bytes(), ip.as_bytes(), port.as_bytes()]),
-                    peer,
-                    explicit: false,
-                }
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    stream: [u8; 16],
-    session: [u8; 16],
-    peer: [u8; 16],
-    expires_at: u64,
-    explicit: bool,
-    /// Starts of this session (the original and its retries) that have not
-    /// failed upstream. A failed start counts itself off; the stream is freed
-    /// when none is left, since any other attempt may have been accepted.
-    attempts: u8,
-}
-
-/// The last byte of an entry: bit 0 `explicit`, bits 1-7 `attempts`.
-const FLAG_EXPLICIT: u8 = 1;
-/// Most attempts counted; beyond it the stream stays held until an end or `ttl_s`.
-const MAX_ATTEMPTS: u8 = 127;
-
-impl Entry {
-    fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.stream);
-        out.extend_from_slice(&self.session);
-        out.extend_from_slice(&self.peer);
-        out.extend_from_slice(&self.expires_at.to_le_bytes());
-        out.push((self.attempts.min(MAX_ATTEMPTS) << 1) | u8::from(self.explicit));
-    }
-
-    fn read(b: &[u8]) -> Option<Entry> {
-        if b.len() != ENTRY_BYTES {
-            return None;
-        }
-        let mut stream = [0u8; 16];
-        let mut session = [0u8; 16];
-        let mut peer = [0u8; 16];
-        let mut exp = [0u8; 8];
-        stream.copy_from_slice(&b[0..16]);
-        session.copy_from_slice(&b[16..32]);
-        peer.copy_from_slice(&b[32..48]);
-        exp.copy_from_slice(&b[48..56]);
-        Some(Entry {
-            stream,
-            session,
-            peer,
-            expires_at: u64::from_le_bytes(exp),
-            explicit: b[56] & FLAG_EXPLICIT != 0,
-            attempts: b[56] >> 1,
-        })
-    }
 }
 
 /// Sizing derived from `max_streams`.
@@ -263,19 +91,6 @@ pub fn create_buckets(store: &dyn SharedStore, layout: &Layout) -> Vec<(String, 
     failed
 }
 
-/// Whether a start's reservation stands once the upstream has answered it:
-/// a 2xx accepts the publish; so does a 3xx for nginx-rtmp, which follows it
-/// as a redirect and goes on with the push (under the same name, or a new
-/// one that its `publish_done` does not use). Any other status, or none at
-/// all (the request was reset or timed out), means the push does not go
-/// ahead, so the attempt is given back rather than block the stream for `ttl_s`.
-pub fn publish_accepted(format: Format, upstream_status: Option<i64>) -> bool {
-    upstream_status.is_some_and(|s| match format {
-        Format::NginxRtmp => (200..400).contains(&s),
-        Format::KlsV2 | Format::KlsV1 => (200..300).contains(&s),
-    })
-}
-
 fn decode(bytes: Option<Vec<u8>>) -> Vec<Entry> {
     bytes
         .unwrap_or_default()
@@ -311,7 +126,7 @@ fn update<T>(
         }
         let stored = decode(bytes);
         let before = stored.len();
-        let mut entries: Vec<Entry> = stored.into_iter().filter(|e| e.expires_at > now).collect();
+        let mut entries: Vec<Entry> = stored.into_iter().filter(|e| e.live(now)).collect();
         let expired = entries.len() != before;
         let (out, changed) = f(&mut entries)?;
         if !changed && !expired {
@@ -326,6 +141,55 @@ fn update<T>(
     Err(RegistryError::Contended)
 }
 
+/// Carries out one [`Op`] on the bucket of the claim's stream: [`rule`] on
+/// the stream's live entry, written back with compare-and-swap. A new entry
+/// in a bucket already at its cap is refused ([`RegistryError::Full`]).
+pub fn run(
+    store: &dyn SharedStore,
+    cfg: &DuplicateStreams,
+    op: Op,
+    claim: &Claim,
+    now: u64,
+) -> Result<Answer, RegistryError> {
+    let layout = Layout::for_config(cfg);
+    let key = layout.bucket_key(claim.stream_hash());
+    update(store, &key, now, |entries| {
+        let at = entries
+            .iter()
+            .position(|e| &e.stream == claim.stream_hash());
+        let (answer, change) = rule(op, at.map(|i| &entries[i]), claim, now, cfg.ttl_s);
+        match (change, at) {
+            (Change::Keep, _) => return Ok((answer, false)),
+            (Change::Put(e), Some(i)) => entries[i] = e,
+            (Change::Put(e), None) => {
+                if entries.len() >= layout.per_bucket {
+                    return Err(RegistryError::Full);
+                }
+                entries.push(e);
+            }
+            (Change::Delete, Some(i)) => {
+                entries.remove(i);
+            }
+            (Change::Delete, None) => return Ok((answer, false)),
+        }
+        Ok((answer, true))
+    })
+}
+
+fn reserve_answer(a: Answer) -> Reserve {
+    match a {
+        Answer::Reserve(r) => r,
+        Answer::Release(_) => Reserve::Busy,
+    }
+}
+
+fn release_answer(a: Answer) -> Release {
+    match a {
+        Answer::Release(r) => r,
+        Answer::Reserve(_) => Release::NotHeld,
+    }
+}
+
 /// Reserves the stream for the claim's session until `now + ttl_s`.
 pub fn reserve(
     store: &dyn SharedStore,
@@ -333,69 +197,30 @@ pub fn reserve(
     claim: &Claim,
     now: u64,
 ) -> Result<Reserve, RegistryError> {
-    let layout = Layout::for_config(cfg);
-    let key = layout.bucket_key(&claim.stream);
-    let expires_at = now.saturating_add(cfg.ttl_s);
-    update(store, &key, now, |entries| {
-        if let Some(e) = entries.iter_mut().find(|e| e.stream == claim.stream) {
-            if e.session == claim.session {
-                e.expires_at = expires_at;
-                e.attempts = e.attempts.saturating_add(1).min(MAX_ATTEMPTS);
-                return Ok((Reserve::Renewed, true));
-            }
-            return Ok((Reserve::Busy, false));
-        }
-        if entries.len() >= layout.per_bucket {
-            return Err(RegistryError::Full);
-        }
-        entries.push(Entry {
-            stream: claim.stream,
-            session: claim.session,
-            peer: claim.peer,
-            expires_at,
-            explicit: claim.explicit,
-            attempts: 1,
-        });
-        Ok((Reserve::Reserved, true))
-    })
+    run(store, cfg, Op::Reserve, claim, now).map(reserve_answer)
 }
 
-/// [`update`] on the bucket of the claim's stream.
-fn update_bucket_of<T>(
+/// Renews a live push's reservation (nginx-rtmp `on_update`), see [`Op::Refresh`].
+pub fn refresh(
     store: &dyn SharedStore,
     cfg: &DuplicateStreams,
     claim: &Claim,
     now: u64,
-    f: impl FnMut(&mut Vec<Entry>) -> Result<(T, bool), RegistryError>,
-) -> Result<T, RegistryError> {
-    let key = Layout::for_config(cfg).bucket_key(&claim.stream);
-    update(store, &key, now, f)
+) -> Result<Reserve, RegistryError> {
+    run(store, cfg, Op::Refresh, claim, now).map(reserve_answer)
 }
 
 /// An end: frees the stream if this claim's session holds it. An end without
-/// its own identity also frees a reservation whose identity was derived, when
-/// the client address and port agree. Nothing held by another session is
-/// touched.
+/// its own identity also frees a reservation whose identity was derived,
+/// when the client address and port agree. Nothing held by another session
+/// is touched.
 pub fn release(
     store: &dyn SharedStore,
     cfg: &DuplicateStreams,
     claim: &Claim,
     now: u64,
 ) -> Result<Release, RegistryError> {
-    update_bucket_of(store, cfg, claim, now, |entries| {
-        let owned = |e: &Entry| {
-            e.stream == claim.stream
-                && (e.session == claim.session
-                    || (!claim.explicit && !e.explicit && e.peer == claim.peer))
-        };
-        let before = entries.len();
-        entries.retain(|e| !owned(e));
-        if entries.len() == before {
-            Ok((Release::NotHeld, false))
-        } else {
-            Ok((Release::Released, true))
-        }
-    })
+    run(store, cfg, Op::Release, claim, now).map(release_answer)
 }
 
 /// A start the upstream refused or never answered gives its attempt back.
@@ -408,27 +233,7 @@ pub fn give_back(
     claim: &Claim,
     now: u64,
 ) -> Result<Release, RegistryError> {
-    update_bucket_of(store, cfg, claim, now, |entries| {
-        let Some(i) = entries
-            .iter()
-            .position(|e| e.stream == claim.stream && e.session == claim.session)
-        else {
-            return Ok((Release::NotHeld, false));
-        };
-        match entries[i].attempts {
-            // Saturated: the count is no longer exact, so keep the stream
-            // (until the session's end or `ttl_s`) rather than guess.
-            MAX_ATTEMPTS => Ok((Release::Kept, false)),
-            n if n > 1 => {
-                entries[i].attempts = n - 1;
-                Ok((Release::Kept, true))
-            }
-            _ => {
-                entries.remove(i);
-                Ok((Release::Released, true))
-            }
-        }
-    })
+    run(store, cfg, Op::GiveBack, claim, now).map(release_answer)
 }
 
 /// A [`SharedStore`] in process memory, with the same compare-and-swap
@@ -494,13 +299,15 @@ impl SharedStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::callback::{Format, Params};
+    use crate::callback::{Callback, Event, Format, Params};
+    use crate::registry::{publish_accepted, MAX_ATTEMPTS};
 
     fn cfg() -> DuplicateStreams {
         DuplicateStreams {
             reject: true,
             ttl_s: 100,
             max_streams: 1000,
+            etcd: None,
         }
     }
 
@@ -660,6 +467,7 @@ mod tests {
             reject: true,
             ttl_s: 100,
             max_streams: 8,
+            etcd: None,
         };
         let layout = Layout::for_config(&small);
         let s = MemoryStore::new();
@@ -699,6 +507,7 @@ mod tests {
             reject: true,
             ttl_s: 1,
             max_streams: 100_000,
+            etcd: None,
         });
         assert_eq!(l.buckets, 1024);
         assert_eq!(l.per_bucket, 196);
@@ -723,6 +532,7 @@ mod tests {
             reject: true,
             ttl_s: 100,
             max_streams: 10,
+            etcd: None,
         };
         let s = MemoryStore::new();
         assert_eq!(reserve(&s, &small, &c, 10).unwrap(), Reserve::Reserved);
