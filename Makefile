@@ -23,7 +23,7 @@ target:
 
 # The filter, optimised for size (opt-level s, then wasm-opt -Oz when binaryen is
 # there): 297 KiB instead of 392 KB, for about 1 us more CPU per request. See BENCHMARKS.md.
-WASM_OPT_FLAGS := -Oz --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
+WASM_OPT_FLAGS := -Oz --converge --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext \
 	--enable-nontrapping-float-to-int --enable-mutable-globals
 wasm: target
 	CARGO_PROFILE_RELEASE_OPT_LEVEL=s $(CARGO) build --release --target wasm32-wasip1 --lib

@@ -36,6 +36,7 @@ pub enum Level {
 #[repr(u32)]
 pub enum Buffer {
     HttpRequestBody = 0,
+    HttpCallResponseBody = 4,
     PluginConfiguration = 7,
 }
 
@@ -44,6 +45,7 @@ pub enum Buffer {
 #[repr(u32)]
 pub enum Map {
     HttpRequestHeaders = 0,
+    HttpCallResponseHeaders = 6,
 }
 
 #[link(wasm_import_module = "env")]
@@ -72,6 +74,27 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_http_call(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        trailers_data: *const u8,
+        trailers_size: usize,
+        timeout: u32,
+        return_token: *mut u32,
+    ) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
@@ -219,6 +242,87 @@ pub fn add_header(map: Map, name: &str, value: &str) -> Result<(), Status> {
             value.len(),
         )
     })
+}
+
+/// One value of a header map (`None` when absent).
+pub fn header_value(map: Map, name: &str) -> Result<Option<Vec<u8>>, Status> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: as in `buffer`.
+    unsafe {
+        match ok(proxy_get_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            &mut data,
+            &mut size,
+        )) {
+            Ok(()) => Ok(owned(data, size)),
+            Err(NOT_FOUND) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Sends an HTTP request to an Envoy cluster; the answer comes to
+/// `proxy_on_http_call_response` of this VM's root context, with the token
+/// returned here. Envoy makes the call on the root context, so it outlives the
+/// request that asked for it.
+pub fn http_call(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout_ms: u32,
+) -> Result<u32, Status> {
+    let h = wire::encode_map(headers);
+    let t = wire::encode_map(&[]);
+    let mut token = 0u32;
+    // SAFETY: pointers and lengths describe live slices; the host writes one u32.
+    ok(unsafe {
+        proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            h.as_ptr(),
+            h.len(),
+            body.as_ptr(),
+            body.len(),
+            t.as_ptr(),
+            t.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
+}
+
+/// Lets a request held by this filter go on (acts on the effective context).
+pub fn continue_request() -> Result<(), Status> {
+    // SAFETY: a plain value (0: the HTTP request stream).
+    ok(unsafe { proxy_continue_stream(0) })
+}
+
+/// Defines a histogram; `None` if the host refuses.
+pub fn histogram(name: &str) -> Option<u32> {
+    let mut id = 0;
+    // SAFETY: the host writes one u32 through the pointer.
+    ok(unsafe { proxy_define_metric(2, name.as_ptr(), name.len(), &mut id) }).ok()?;
+    Some(id)
+}
+
+/// Records one value in a histogram.
+pub fn record(id: Option<u32>, value: u64) {
+    if let Some(id) = id {
+        // SAFETY: plain values.
+        let _ = unsafe { proxy_record_metric(id, value) };
+    }
+}
+
+/// Host wall clock in milliseconds.
+pub fn now_ms() -> Option<u64> {
+    let mut ns = 0u64;
+    // SAFETY: the host writes one u64 through the pointer.
+    ok(unsafe { proxy_get_current_time_nanoseconds(&mut ns) }).ok()?;
+    Some(ns / 1_000_000)
 }
 
 /// Asks for `proxy_on_tick` on the root context every `ms` milliseconds.

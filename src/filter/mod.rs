@@ -36,10 +36,11 @@ use std::rc::Rc;
 use host::{Buffer, Level, Map};
 
 use crate::callback::Format;
-use crate::config::{Config, ProcessEnv};
-use crate::registry::{self, Claim, Layout, SharedStore, StoreError};
+use crate::config::{Config, EtcdStore, ProcessEnv};
+use crate::registry::etcd::{self, EtcdOp, Step};
+use crate::registry::{self, Answer, Claim, Layout, Op, RegistryError, SharedStore, StoreError};
 use crate::reply::{self, Code};
-use crate::verdict::{self, Rejection, Request, Verdict};
+use crate::verdict::{self, Decision, Pending, Rejection, Request, Verdict};
 use crate::wire;
 
 const CONTINUE: u32 = 0;
@@ -160,6 +161,8 @@ struct Plugin {
     /// Wasm filter lacks `allow_on_headers_stop_iteration`, so no body can
     /// be checked (see [`Stream::on_tick`]).
     body_withheld: Cell<bool>,
+    /// Milliseconds per registry op on a remote store (histogram).
+    store_latency: Option<u32>,
 }
 
 /// How often the root context looks for requests whose body is withheld.
@@ -172,12 +175,16 @@ enum Phase {
     AwaitingBody,
     /// Body callbacks arriving.
     Body,
+    /// Waiting for the remote registry (etcd) to answer.
+    Registry,
     /// Decided (forwarded or answered).
     Decided,
 }
 
 /// One request.
 struct Stream {
+    /// Its context id.
+    id: u32,
     plugin: Rc<Plugin>,
     /// All request headers, read once.
     headers: Vec<(String, String)>,
@@ -192,6 +199,24 @@ struct Stream {
     /// A start's claim on its stream, with the callback's dialect: given back
     /// if the publish does not go through.
     reservation: Option<(Claim, Format)>,
+    /// A callback that passed every check but the registry's, while the
+    /// remote registry answers.
+    pending: Option<Pending>,
+}
+
+/// A call to the remote registry in flight (keyed by its token).
+enum StoreCall {
+    /// One step of a registry op.
+    Op {
+        plugin: Rc<Plugin>,
+        op: EtcdOp,
+        /// The request waiting for it; `None` for an op of its own (a
+        /// start's attempt given back after the request ended).
+        stream: Option<u32>,
+        started_ms: u64,
+    },
+    /// The start-up call that shows whether etcd answers.
+    Probe,
 }
 
 #[derive(Default)]
@@ -200,6 +225,10 @@ struct State {
     roots: HashMap<u32, Option<Rc<Plugin>>>,
     /// Live requests.
     streams: HashMap<u32, Rc<RefCell<Stream>>>,
+    /// Calls to the remote registry, with their tokens (a few at a time per
+    /// worker). Envoy makes them on the root context, so they outlive the
+    /// requests that asked for them.
+    calls: Vec<(u32, StoreCall)>,
 }
 
 thread_local! {
@@ -269,6 +298,7 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
         // keeps no plugin and is refused in its first callback.
         if let Some(Some(plugin)) = s.roots.get(&root_context_id) {
             let stream = Stream {
+                id: context_id,
                 plugin: plugin.clone(),
                 headers: Vec::new(),
                 header_bytes: 0,
@@ -276,6 +306,7 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
                 body_size: 0,
                 phase: Phase::AwaitingBody,
                 reservation: None,
+                pending: None,
             };
             s.streams.insert(context_id, Rc::new(RefCell::new(stream)));
         }
@@ -307,13 +338,10 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
         }
     };
     match Config::from_json(&bytes, &ProcessEnv) {
-        Ok(config)
-            if config.duplicate_streams.etcd.is_some()
-                || config.mode == crate::config::Mode::Observe =>
-        {
+        Ok(config) if config.mode == crate::config::Mode::Observe => {
             host::log(
                 Level::Critical,
-                "callback-guard: invalid configuration: duplicate_streams.store and mode are not implemented by this build yet",
+                "callback-guard: invalid configuration: mode is not implemented by this build yet",
             );
             0
         }
@@ -321,8 +349,15 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
             for w in config.warnings() {
                 host::log(Level::Warn, &format!("callback-guard: {w}"));
             }
-            if config.duplicate_streams.reject {
-                init_registry(&Layout::for_config(&config.duplicate_streams));
+            let ds = &config.duplicate_streams;
+            match (&ds.etcd, ds.reject) {
+                (Some(etcd), true) => {
+                    if !probe_etcd(etcd) {
+                        return 0;
+                    }
+                }
+                (None, true) => init_registry(&Layout::for_config(ds)),
+                (_, false) => {}
             }
             #[cfg(feature = "vm-bench")]
             vm_bench::run();
@@ -336,11 +371,17 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
                     ),
                 );
             }
+            let store_latency = config
+                .duplicate_streams
+                .etcd
+                .as_ref()
+                .and_then(|_| host::histogram("callback_guard.store_latency_ms"));
             let plugin = Rc::new(Plugin {
                 config,
                 metrics: Metrics::define(ticking.is_err()),
                 log_forwards: host::log_level() <= Level::Debug as u32,
                 body_withheld: Cell::new(false),
+                store_latency,
             });
             STATE.with(|s| {
                 if let Ok(mut s) = s.try_borrow_mut() {
@@ -442,6 +483,211 @@ pub extern "C" fn proxy_on_tick(root_context_id: u32) {
         }
     }
     let _ = host::set_effective_context(root_context_id);
+}
+
+/// An answer (or the failure) of a call to the remote registry.
+#[no_mangle]
+pub extern "C" fn proxy_on_http_call_response(
+    root_context_id: u32,
+    token: u32,
+    _num_headers: usize,
+    body_size: usize,
+    _num_trailers: usize,
+) {
+    let call = STATE.with(|s| {
+        let mut s = s.try_borrow_mut().ok()?;
+        let at = s.calls.iter().position(|(t, _)| *t == token)?;
+        Some(s.calls.swap_remove(at).1)
+    });
+    let status = host::header_value(Map::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok());
+    match call {
+        None => {}
+        Some(StoreCall::Probe) => match status {
+            Some(s) => host::log(
+                Level::Info,
+                &format!("callback-guard: etcd answered the start-up check (HTTP {s})"),
+            ),
+            None => host::log(
+                Level::Warn,
+                "callback-guard: etcd did not answer the start-up check: starts will be refused (503) until it does",
+            ),
+        },
+        Some(StoreCall::Op {
+            plugin,
+            mut op,
+            stream,
+            started_ms,
+        }) => {
+            let body = if body_size == 0 {
+                Vec::new()
+            } else {
+                host::buffer(Buffer::HttpCallResponseBody, 0, body_size).unwrap_or_default()
+            };
+            let now_ms = host::now_ms().unwrap_or(started_ms);
+            let step = op.on_answer(status.map(|s| (s, &body[..])), now_ms);
+            let kind = op.op();
+            let claim = *op.claim();
+            if let Some(result) = drive(&plugin, op, step, stream, started_ms) {
+                finish(root_context_id, &plugin, kind, claim, stream, result);
+            }
+        }
+    }
+}
+
+/// Sends the op's calls until one is in flight (`None`) or the op is over
+/// (its result). A call that cannot even be sent is an answer of its own.
+fn drive(
+    plugin: &Rc<Plugin>,
+    mut op: EtcdOp,
+    mut step: Step,
+    stream: Option<u32>,
+    started_ms: u64,
+) -> Option<Result<Answer, RegistryError>> {
+    let Some(etcd) = plugin.config.duplicate_streams.etcd.as_ref() else {
+        return Some(Err(registry::Unavailable::Unreachable.into()));
+    };
+    loop {
+        let now_ms = host::now_ms().unwrap_or(started_ms);
+        match step {
+            Step::Done(result) => {
+                host::record(plugin.store_latency, now_ms.saturating_sub(started_ms));
+                return Some(result);
+            }
+            Step::Send(call) => {
+                let timeout = u32::try_from(op.remaining_ms(now_ms).max(1)).unwrap_or(u32::MAX);
+                match send_to_etcd(etcd, call.path, call.body.as_bytes(), timeout) {
+                    Ok(token) => {
+                        let pending = StoreCall::Op {
+                            plugin: plugin.clone(),
+                            op,
+                            stream,
+                            started_ms,
+                        };
+                        STATE.with(|s| {
+                            if let Ok(mut s) = s.try_borrow_mut() {
+                                s.calls.push((token, pending));
+                            }
+                        });
+                        return None;
+                    }
+                    Err(_) => step = op.on_answer(None, now_ms),
+                }
+            }
+        }
+    }
+}
+
+/// `POST path` to the etcd cluster, JSON, with `Grpc-Metadata-hasleader`
+/// (without a quorum etcd then answers at once instead of after 7 s).
+fn send_to_etcd(
+    etcd: &EtcdStore,
+    path: &str,
+    body: &[u8],
+    timeout_ms: u32,
+) -> Result<u32, host::Status> {
+    host::http_call(
+        &etcd.cluster,
+        &[
+            (":method", "POST"),
+            (":path", path),
+            (":authority", &etcd.authority),
+            ("content-type", "application/json"),
+            ("grpc-metadata-hasleader", "true"),
+        ],
+        body,
+        timeout_ms,
+    )
+}
+
+/// An op is over: the waiting request continues or is answered; a start
+/// whose request ended meanwhile (never forwarded) gives its attempt back.
+fn finish(
+    root_context_id: u32,
+    plugin: &Rc<Plugin>,
+    op: Op,
+    claim: Claim,
+    stream: Option<u32>,
+    result: Result<Answer, RegistryError>,
+) {
+    let waiting = stream.filter(|id| known(*id));
+    if let Some(id) = waiting {
+        if host::set_effective_context(id).is_ok() {
+            with_stream(id, (), |st| st.on_registry(result));
+        }
+        let _ = host::set_effective_context(root_context_id);
+        return;
+    }
+    match (op, result) {
+        (
+            Op::Reserve,
+            Ok(Answer::Reserve(registry::Reserve::Reserved | registry::Reserve::Renewed)),
+        ) if stream.is_some() => {
+            give_back_on_etcd(plugin, claim);
+        }
+        (Op::GiveBack, Ok(Answer::Release(registry::Release::Released))) => {
+            plugin.metrics.released.bump();
+        }
+        (_, Err(e)) => {
+            plugin.metrics.store_error(&e);
+            host::log(
+                Level::Warn,
+                &format!("callback-guard: registry op ({}) failed: {e}", e.kind()),
+            );
+        }
+        _ => {}
+    }
+}
+
+/// A start the upstream refused or never answered gives its attempt back,
+/// on its own: the request is over.
+fn give_back_on_etcd(plugin: &Rc<Plugin>, claim: Claim) {
+    let Some(etcd) = plugin.config.duplicate_streams.etcd.as_ref() else {
+        return;
+    };
+    let now_ms = host::now_ms().unwrap_or(0);
+    let (op, step) = EtcdOp::begin(
+        Op::GiveBack,
+        claim,
+        &etcd.key_prefix,
+        plugin.config.duplicate_streams.ttl_s,
+        now_ms / 1000,
+        now_ms,
+        etcd.timeout_ms,
+    );
+    if let Some(result) = drive(plugin, op, step, None, now_ms) {
+        finish(0, plugin, Op::GiveBack, claim, None, result);
+    }
+}
+
+/// At configuration: the etcd cluster must exist in Envoy (else the filter
+/// refuses to configure, with a line that says so). A read of the key prefix
+/// shows in the log whether etcd answers; its outcome does not stop Envoy.
+fn probe_etcd(etcd: &EtcdStore) -> bool {
+    let call = etcd::range(&etcd.key_prefix);
+    match send_to_etcd(etcd, call.path, call.body.as_bytes(), 5000) {
+        Ok(token) => {
+            STATE.with(|s| {
+                if let Ok(mut s) = s.try_borrow_mut() {
+                    s.calls.push((token, StoreCall::Probe));
+                }
+            });
+            true
+        }
+        Err(s) => {
+            host::log(
+                Level::Critical,
+                &format!(
+                    "callback-guard: invalid configuration: duplicate_streams.store.etcd.cluster: Envoy has no cluster `{}` to reach etcd (status {})",
+                    crate::callback::printable(&etcd.cluster),
+                    s.0
+                ),
+            );
+            false
+        }
+    }
 }
 
 fn known(context_id: u32) -> bool {
@@ -660,7 +906,56 @@ impl Stream {
             );
             return self.reject(&r);
         };
-        match verdict::decide(config, &req, now, &HostStore) {
+        let pending = match verdict::check(config, &req, now) {
+            Decision::Final(v) => return self.conclude(v),
+            Decision::Registry(p) => p,
+        };
+        let ds = &config.duplicate_streams;
+        let Some(etcd) = ds.etcd.as_ref() else {
+            let answer = registry::shared::run(&HostStore, ds, pending.op, &pending.claim, now);
+            return self.conclude(pending.conclude(answer));
+        };
+        // The remote registry: hold the request while etcd answers.
+        let now_ms = host::now_ms().unwrap_or(now.saturating_mul(1000));
+        let (op, step) = EtcdOp::begin(
+            pending.op,
+            pending.claim,
+            &etcd.key_prefix,
+            ds.ttl_s,
+            now,
+            now_ms,
+            etcd.timeout_ms,
+        );
+        let plugin = self.plugin.clone();
+        match drive(&plugin, op, step, Some(self.id), now_ms) {
+            None => {
+                self.pending = Some(pending);
+                self.phase = Phase::Registry;
+                PAUSE
+            }
+            Some(result) => self.conclude(pending.conclude(result)),
+        }
+    }
+
+    /// The remote registry answered for this held request (this request is
+    /// the effective context): it continues, or is answered.
+    fn on_registry(&mut self, result: Result<Answer, RegistryError>) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        if self.conclude(p.conclude(result)) == CONTINUE {
+            if let Err(s) = host::continue_request() {
+                host::log(
+                    Level::Error,
+                    &format!("callback-guard: cannot resume the request (status {})", s.0),
+                );
+            }
+        }
+    }
+
+    /// Acts on the verdict: a local reply, or the verified headers and on.
+    fn conclude(&mut self, v: Verdict) -> u32 {
+        match v {
             Verdict::Reject(r) => self.reject(&r),
             Verdict::Forward(f) => {
                 // The headers are still held here, so they can be written.
@@ -715,6 +1010,10 @@ impl Stream {
     fn release(&mut self) {
         if let Some((claim, _)) = self.reservation.take() {
             let ds = &self.plugin.config.duplicate_streams;
+            if ds.etcd.is_some() {
+                give_back_on_etcd(&self.plugin, claim);
+                return;
+            }
             match registry::give_back(&HostStore, ds, &claim, host::now_s().unwrap_or(0)) {
                 Ok(registry::Release::Released) => self.plugin.metrics.released.bump(),
                 Ok(_) => {}

@@ -25,7 +25,6 @@
 //!   op with [`RegistryError::Unavailable`] and its kind.
 
 use base64::Engine as _;
-use serde::Deserialize;
 
 use super::{rule, Answer, Change, Claim, Entry, Op, RegistryError, Unavailable, ENTRY_BYTES};
 
@@ -127,8 +126,25 @@ pub fn key_of(prefix: &str, claim: &Claim) -> String {
     format!("{prefix}{}", hex::encode(claim.stream_hash()))
 }
 
+/// Standard base64 with padding, as etcd's gateway wants keys and values.
+/// Written out (the `base64` crate decodes, and is this function's oracle in
+/// the tests): its generic encoder cost 1.8 KB of the module, which has a
+/// size budget.
 fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The stored value of an entry.
@@ -198,48 +214,10 @@ pub fn lease_grant(lease: &Lease) -> Call {
 
 // ---- answers ------------------------------------------------------------------
 
-/// A successful txn or range answer, as far as the registry reads it. etcd
-/// leaves out every field at its default: a missing `succeeded` is a failed
-/// compare, missing `kvs` is no key, a missing `value` is an empty one.
-#[derive(Debug, Deserialize)]
-struct Reply {
-    /// Every real answer has one; `{}` is not an answer.
-    header: serde_json::Value,
-    #[serde(default)]
-    succeeded: bool,
-    #[serde(default)]
-    responses: Vec<OpReply>,
-    /// Set on a range answer.
-    #[serde(default)]
-    kvs: Vec<Kv>,
-}
-
-#[derive(Debug, Deserialize)]
-struct OpReply {
-    response_range: Option<RangeReply>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RangeReply {
-    #[serde(default)]
-    kvs: Vec<Kv>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Kv {
-    #[serde(default)]
-    value: String,
-    mod_revision: String,
-}
-
-/// An error answer: `{"error","message","code"}` (gRPC code).
-#[derive(Debug, Deserialize)]
-struct ErrorReply {
-    #[serde(default)]
-    code: i64,
-    #[serde(default)]
-    message: String,
-}
+// Answers are read as `serde_json::Value` (which the module has anyway)
+// rather than derived structs: etcd leaves out every field at its default,
+// so a missing `succeeded` is a failed compare, missing `kvs` is no key, and
+// a missing `value` is an empty one.
 
 /// The holder a txn or range answer names: its entry (if any) and revision.
 #[derive(Debug)]
@@ -264,19 +242,21 @@ enum Heard {
     Failed(Unavailable),
 }
 
-fn read_holder(kvs: &[Kv]) -> Result<Option<Holder>, Unavailable> {
-    let Some(kv) = kvs.first() else {
+fn read_holder(kvs: Option<&serde_json::Value>) -> Result<Option<Holder>, Unavailable> {
+    let Some(kv) = kvs.and_then(|k| k.as_array()).and_then(|k| k.first()) else {
         return Ok(None);
     };
+    let value = kv.get("value").and_then(|v| v.as_str()).unwrap_or_default();
     let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&kv.value)
-        .map_err(|_| Unavailable::Garbage("a value that is not base64".into()))?;
+        .decode(value)
+        .map_err(|_| Unavailable::Garbage("a value that is not base64"))?;
     let entry = decode_value(&bytes)
-        .ok_or_else(|| Unavailable::Garbage("a value this filter did not write".into()))?;
+        .ok_or_else(|| Unavailable::Garbage("a value this filter did not write"))?;
     let mod_revision = kv
-        .mod_revision
-        .parse()
-        .map_err(|_| Unavailable::Garbage("a mod_revision that is not a number".into()))?;
+        .get("mod_revision")
+        .and_then(|r| r.as_str())
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(|| Unavailable::Garbage("a kv without a numeric mod_revision"))?;
     Ok(Some(Holder {
         entry,
         mod_revision,
@@ -287,39 +267,49 @@ fn read_holder(kvs: &[Kv]) -> Result<Option<Holder>, Unavailable> {
 /// the filter's own timeout); else the HTTP status and the body.
 fn hear(answer: Option<(u16, &[u8])>) -> Heard {
     let Some((status, body)) = answer else {
-        return Heard::Failed(Unavailable::Unreachable("no answer".into()));
+        return Heard::Failed(Unavailable::Unreachable);
     };
+    // (`from_str`, as for the configuration: one serde_json reader in the module.)
+    let json: Option<serde_json::Value> = std::str::from_utf8(body)
+        .ok()
+        .and_then(|t| serde_json::from_str(t).ok());
     if status == 200 {
-        return match serde_json::from_slice::<Reply>(body) {
-            Ok(r) if !r.header.is_null() => {
-                let kvs = match r.responses.first() {
-                    Some(op) => op.response_range.as_ref().map_or(&[][..], |rr| &rr.kvs[..]),
-                    None => &r.kvs[..],
-                };
-                match read_holder(kvs) {
-                    Ok(holder) => Heard::Ok {
-                        succeeded: r.succeeded,
-                        holder,
-                    },
-                    Err(e) => Heard::Failed(e),
-                }
-            }
-            _ => Heard::Failed(Unavailable::Garbage(
-                "a 200 answer that is not a txn or range reply".into(),
-            )),
+        // Every real txn or range answer has a `header`; `{}` is not one.
+        let Some(r) = json.filter(|j| j.get("header").is_some_and(|h| h.is_object())) else {
+            return Heard::Failed(Unavailable::Garbage(
+                "a 200 answer that is not a txn or range reply",
+            ));
+        };
+        let succeeded = r
+            .get("succeeded")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        // A txn's holder is in its failure range; a range answer's at the top.
+        let kvs = match r.get("responses").and_then(|v| v.get(0)) {
+            Some(op) => op.get("response_range").and_then(|rr| rr.get("kvs")),
+            None => r.get("kvs"),
+        };
+        return match read_holder(kvs) {
+            Ok(holder) => Heard::Ok { succeeded, holder },
+            Err(e) => Heard::Failed(e),
         };
     }
-    let Ok(e) = serde_json::from_slice::<ErrorReply>(body) else {
-        return Heard::Failed(Unavailable::Failed(format!("status {status}")));
+    let Some(e) = json else {
+        return Heard::Failed(Unavailable::Failed(status, -1));
     };
-    match e.code {
+    let code = e.get("code").and_then(|c| c.as_i64()).unwrap_or(-1);
+    let message = e
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default();
+    match code {
         // "no leader" (with Grpc-Metadata-hasleader): nothing was applied.
-        14 if e.message.contains("no leader") => Heard::Failed(Unavailable::NoLeader),
-        5 if e.message.contains("lease not found") => Heard::LeaseMissing,
-        9 if e.message.contains("lease already exists") => Heard::LeaseExists,
+        14 if message.contains("no leader") => Heard::Failed(Unavailable::NoLeader),
+        5 if message.contains("lease not found") => Heard::LeaseMissing,
+        9 if message.contains("lease already exists") => Heard::LeaseExists,
         // Anything else (a timed-out request, code 14 or 2; a refused
         // request) leaves the key's state unknown: fail this op.
-        code => Heard::Failed(Unavailable::Failed(format!("status {status}, code {code}"))),
+        code => Heard::Failed(Unavailable::Failed(status, code)),
     }
 }
 
@@ -438,17 +428,16 @@ impl EtcdOp {
                         let then = Box::new(self.state.clone());
                         self.send(lease_grant(&self.lease), State::Grant { retry, then })
                     }
-                    _ => self.done(Err(Unavailable::Failed(
-                        "the write's lease is missing even after it was granted".into(),
-                    )
-                    .into())),
+                    // The lease is missing even after it was granted: the
+                    // store is not behaving.
+                    _ => self.done(Err(Unavailable::Failed(404, 5).into())),
                 }
             }
             Heard::LeaseExists => match self.state.clone() {
                 // Another Envoy granted it first: just as good.
                 State::Grant { retry, then } => self.send(retry, *then),
                 _ => self.done(Err(Unavailable::Garbage(
-                    "\"lease already exists\" to something that was not a grant".into(),
+                    "\"lease already exists\" to something that was not a grant",
                 )
                 .into())),
             },
@@ -464,5 +453,405 @@ impl EtcdOp {
                 State::Create | State::Swap { .. } | State::Read => self.decide(holder),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callback::{Callback, Event, Format, Params};
+    use crate::registry::{Release, Reserve};
+
+    const PREFIX: &str = "/cg/";
+    const NOW: u64 = 1_700_000_000;
+    const NOW_MS: u64 = NOW * 1000;
+
+    /// A captured answer: (status, body), `None` when none arrived.
+    fn fixture(name: &str) -> Option<(u16, Vec<u8>)> {
+        let path = format!(
+            "{}/tests/fixtures/etcd/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let r = &v["response"];
+        (!r.is_null()).then(|| {
+            (
+                r["status"].as_u64().unwrap() as u16,
+                r["body"].as_str().unwrap().as_bytes().to_vec(),
+            )
+        })
+    }
+
+    fn heard(name: &str) -> Heard {
+        let f = fixture(name);
+        hear(f.as_ref().map(|(s, b)| (*s, &b[..])))
+    }
+
+    fn claim(session: &str) -> Claim {
+        let cb = Callback {
+            format: Format::KlsV2,
+            event: Event::Start,
+            app: "live".into(),
+            stream: "cam1".into(),
+            domain: Some("push.example.com".into()),
+            event_time_ms: Some(NOW * 1000),
+            session: Some(session.into()),
+            params: Params::default(),
+            client_ip: None,
+            client_port: None,
+            node: None,
+            close_mode: None,
+        };
+        Claim::of(&cb)
+    }
+
+    fn entry_of(c: &Claim, expires_at: u64, attempts: u8) -> Entry {
+        let mut e = Entry::new(c, expires_at);
+        e.attempts = attempts;
+        e
+    }
+
+    /// A 200 txn answer: `succeeded`, and the holder in the failure range.
+    fn txn(succeeded: bool, holder: Option<(&Entry, i64)>) -> (u16, Vec<u8>) {
+        let kvs = holder.map_or(String::new(), |(e, rev)| {
+            format!(
+                r#","kvs":[{{"key":"eA==","create_revision":"2","mod_revision":"{rev}","version":"1","value":"{}"}}],"count":"1""#,
+                b64(&encode_value(e))
+            )
+        });
+        let head = r#""header":{"cluster_id":"1","member_id":"2","revision":"9","raft_term":"2"}"#;
+        let body = if succeeded {
+            format!(
+                r#"{{{head},"succeeded":true,"responses":[{{"response_put":{{"header":{{"revision":"9"}}}}}}]}}"#
+            )
+        } else {
+            format!(
+                r#"{{{head},"responses":[{{"response_range":{{"header":{{"revision":"9"}}{kvs}}}}}]}}"#
+            )
+        };
+        (200, body.into_bytes())
+    }
+
+    fn range_answer(holder: Option<(&Entry, i64)>) -> (u16, Vec<u8>) {
+        let kvs = holder.map_or(String::new(), |(e, rev)| {
+            format!(
+                r#","kvs":[{{"key":"eA==","create_revision":"2","mod_revision":"{rev}","version":"1","value":"{}"}}],"count":"1""#,
+                b64(&encode_value(e))
+            )
+        });
+        (
+            200,
+            format!(r#"{{"header":{{"revision":"9"}}{kvs}}}"#).into_bytes(),
+        )
+    }
+
+    fn sent(step: &Step) -> &Call {
+        match step {
+            Step::Send(c) => c,
+            Step::Done(r) => panic!("expected a call, the op ended with {r:?}"),
+        }
+    }
+
+    fn answer(op: &mut EtcdOp, a: &(u16, Vec<u8>)) -> Step {
+        op.on_answer(Some((a.0, &a.1)), NOW_MS + 5)
+    }
+
+    fn begin(o: Op, c: Claim) -> (EtcdOp, Step) {
+        EtcdOp::begin(o, c, PREFIX, 600, NOW, NOW_MS, 1500)
+    }
+
+    #[test]
+    fn requests_are_the_documented_json() {
+        let c = claim("s1");
+        let key = key_of(PREFIX, &c);
+        assert!(key.starts_with("/cg/") && key.len() == 4 + 32, "{key}");
+        let e = entry_of(&c, NOW + 600, 1);
+        for call in [
+            txn_create(&key, &encode_value(&e), 7),
+            txn_swap_put(&key, &encode_value(&e), 7, 42),
+            txn_swap_delete(&key, 42),
+            range(&key),
+            lease_grant(&Lease { id: 7, ttl_s: 750 }),
+        ] {
+            let v: serde_json::Value = serde_json::from_str(&call.body).unwrap();
+            assert!(v.is_object(), "{}", call.body);
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&txn_swap_put(&key, b"v", 7, 42).body).unwrap();
+        assert_eq!(v["compare"][0]["target"], "MOD");
+        assert_eq!(v["compare"][0]["mod_revision"], "42", "int64 as a string");
+        assert_eq!(v["success"][0]["request_put"]["lease"], "7");
+        assert_eq!(v["failure"][0]["request_range"]["key"], b64(key.as_bytes()));
+        let v: serde_json::Value = serde_json::from_str(&txn_create(&key, b"v", 0).body).unwrap();
+        assert_eq!(v["compare"][0]["create_revision"], "0");
+        // No name, secret or token: the key is a hash and the value an entry.
+        assert!(!key.contains("cam1") && !key.contains("live"));
+    }
+
+    #[test]
+    fn leases_follow_windows_and_outlive_their_keys() {
+        let a = Lease::at(PREFIX, 86_400, NOW);
+        assert_eq!(a.ttl_s, 86_400 + 3600);
+        assert!(a.id > 0);
+        assert_eq!(
+            Lease::at(PREFIX, 86_400, NOW + 1),
+            a,
+            "same window, same lease"
+        );
+        let next = Lease::at(PREFIX, 86_400, NOW + 3600);
+        assert_ne!(next.id, a.id, "next window, next lease");
+        assert_ne!(Lease::at("/other/", 86_400, NOW).id, a.id, "another prefix");
+        assert_ne!(Lease::at(PREFIX, 600, NOW).id, a.id, "another ttl");
+        assert_eq!(Lease::at(PREFIX, 3, NOW).ttl_s, 4, "1 s windows at least");
+    }
+
+    #[test]
+    fn answers_are_classified_as_captured_from_etcd() {
+        assert!(matches!(
+            heard("single/txn_create_absent_leased"),
+            Heard::Ok {
+                succeeded: true,
+                holder: None
+            }
+        ));
+        assert!(matches!(
+            heard("single/range_absent"),
+            Heard::Ok {
+                succeeded: false,
+                holder: None
+            }
+        ));
+        assert!(matches!(
+            heard("single/txn_cas_delete_absent"),
+            Heard::Ok {
+                succeeded: false,
+                holder: None
+            }
+        ));
+        assert!(matches!(
+            heard("single/put_unknown_lease"),
+            Heard::LeaseMissing
+        ));
+        assert!(matches!(
+            heard("single/txn_create_absent_unknown_lease"),
+            Heard::LeaseMissing
+        ));
+        assert!(matches!(
+            heard("single/lease_grant_exists"),
+            Heard::LeaseExists
+        ));
+        assert!(matches!(heard("single/lease_grant_new"), Heard::Ok { .. }));
+        assert!(matches!(
+            heard("cluster3/quorum_lost_at_follower_late_hasleader"),
+            Heard::Failed(Unavailable::NoLeader)
+        ));
+        // A timed-out request may or may not have been applied: an error, not "no leader".
+        for name in [
+            "cluster3/quorum_lost_at_follower_early_hasleader",
+            "cluster3/quorum_lost_at_follower_late_no_header",
+            "single/txn_not_json",
+            "single/unknown_path",
+        ] {
+            assert!(
+                matches!(heard(name), Heard::Failed(Unavailable::Failed(..))),
+                "{name}"
+            );
+        }
+        // A value this filter did not write is not guessed at.
+        assert!(matches!(
+            heard("single/txn_create_present_leased"),
+            Heard::Failed(Unavailable::Garbage(_))
+        ));
+        assert!(matches!(
+            hear(None),
+            Heard::Failed(Unavailable::Unreachable)
+        ));
+        for garbage in [&b"{}"[..], b"[]", b"not json", b""] {
+            assert!(matches!(
+                hear(Some((200, garbage))),
+                Heard::Failed(Unavailable::Garbage(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_start_on_a_free_stream_is_one_round_trip() {
+        let (mut op, first) = begin(Op::Reserve, claim("s1"));
+        let call = sent(&first);
+        assert_eq!(call.path, TXN_PATH);
+        assert!(call.body.contains(r#""target":"CREATE""#));
+        let done = answer(&mut op, &txn(true, None));
+        assert_eq!(done, Step::Done(Ok(Answer::Reserve(Reserve::Reserved))));
+    }
+
+    #[test]
+    fn a_start_finds_the_holder_in_the_same_round_trip() {
+        let mine = claim("s1");
+        let theirs = entry_of(&claim("s2"), NOW + 100, 1);
+        let (mut op, _) = begin(Op::Reserve, mine);
+        let done = answer(&mut op, &txn(false, Some((&theirs, 17))));
+        assert_eq!(done, Step::Done(Ok(Answer::Reserve(Reserve::Busy))));
+    }
+
+    #[test]
+    fn a_retry_renews_with_compare_and_swap_and_rereads_when_stale() {
+        let mine = claim("s1");
+        let held = entry_of(&mine, NOW + 100, 1);
+        let (mut op, _) = begin(Op::Reserve, mine);
+        let swap = answer(&mut op, &txn(false, Some((&held, 17))));
+        let call = sent(&swap);
+        assert!(
+            call.body.contains(r#""target":"MOD""#) && call.body.contains(r#""mod_revision":"17""#)
+        );
+        // Someone wrote in between: the new holder is another session's now.
+        let theirs = entry_of(&claim("s2"), NOW + 100, 1);
+        let done = answer(&mut op, &txn(false, Some((&theirs, 18))));
+        assert_eq!(done, Step::Done(Ok(Answer::Reserve(Reserve::Busy))));
+
+        let (mut op, _) = begin(Op::Reserve, mine);
+        let _ = answer(&mut op, &txn(false, Some((&held, 17))));
+        let done = answer(&mut op, &txn(true, None));
+        assert_eq!(done, Step::Done(Ok(Answer::Reserve(Reserve::Renewed))));
+    }
+
+    #[test]
+    fn an_expired_holder_is_taken_over_with_compare_and_swap() {
+        let stale = entry_of(&claim("s2"), NOW - 1, 1);
+        let (mut op, _) = begin(Op::Reserve, claim("s1"));
+        let swap = answer(&mut op, &txn(false, Some((&stale, 5))));
+        assert!(sent(&swap).body.contains(r#""mod_revision":"5""#));
+        let done = answer(&mut op, &txn(true, None));
+        assert_eq!(done, Step::Done(Ok(Answer::Reserve(Reserve::Reserved))));
+    }
+
+    #[test]
+    fn a_missing_lease_is_granted_once_then_the_write_goes_again() {
+        let (mut op, first) = begin(Op::Reserve, claim("s1"));
+        let create = sent(&first).clone();
+        let grant = answer(&mut op, &fixture("single/put_unknown_lease").unwrap());
+        let g = sent(&grant);
+        assert_eq!(g.path, GRANT_PATH);
+        assert!(g
+            .body
+            .contains(&format!(r#""ID":"{}""#, Lease::at(PREFIX, 600, NOW).id)));
+        // Another Envoy granted it first: just as good.
+        let again = answer(&mut op, &fixture("single/lease_grant_exists").unwrap());
+        assert_eq!(sent(&again), &create);
+        // Still missing after a grant: the store is not behaving; fail.
+        let done = answer(&mut op, &fixture("single/put_unknown_lease").unwrap());
+        assert!(matches!(
+            done,
+            Step::Done(Err(RegistryError::Unavailable(Unavailable::Failed(..))))
+        ));
+
+        let (mut op, _) = begin(Op::Reserve, claim("s1"));
+        let _ = answer(&mut op, &fixture("single/put_unknown_lease").unwrap());
+        let _ = answer(&mut op, &fixture("single/lease_grant_new").unwrap());
+        let done = answer(&mut op, &txn(true, None));
+        assert_eq!(done, Step::Done(Ok(Answer::Reserve(Reserve::Reserved))));
+    }
+
+    #[test]
+    fn an_end_reads_then_deletes_only_its_own_session() {
+        let mine = claim("s1");
+        let held = entry_of(&mine, NOW + 100, 1);
+        let (mut op, first) = begin(Op::Release, mine);
+        assert_eq!(sent(&first).path, RANGE_PATH);
+        let del = answer(&mut op, &range_answer(Some((&held, 8))));
+        assert!(sent(&del).body.contains("request_delete_range"));
+        let done = answer(&mut op, &txn(true, None));
+        assert_eq!(done, Step::Done(Ok(Answer::Release(Release::Released))));
+
+        let theirs = entry_of(&claim("s2"), NOW + 100, 1);
+        let (mut op, _) = begin(Op::Release, mine);
+        let done = answer(&mut op, &range_answer(Some((&theirs, 8))));
+        assert_eq!(done, Step::Done(Ok(Answer::Release(Release::NotHeld))));
+
+        let (mut op, _) = begin(Op::Release, mine);
+        let done = answer(&mut op, &range_answer(None));
+        assert_eq!(done, Step::Done(Ok(Answer::Release(Release::NotHeld))));
+    }
+
+    #[test]
+    fn a_failed_start_counts_its_attempt_off() {
+        let mine = claim("s1");
+        let twice = entry_of(&mine, NOW + 100, 2);
+        let (mut op, _) = begin(Op::GiveBack, mine);
+        let put = answer(&mut op, &range_answer(Some((&twice, 8))));
+        let body = &sent(&put).body;
+        assert!(body.contains("request_put"), "{body}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let stored = base64::engine::general_purpose::STANDARD
+            .decode(v["success"][0]["request_put"]["value"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(decode_value(&stored).unwrap().attempts, 1);
+        let done = answer(&mut op, &txn(true, None));
+        assert_eq!(done, Step::Done(Ok(Answer::Release(Release::Kept))));
+    }
+
+    #[test]
+    fn failures_end_the_op_with_their_kind() {
+        let (mut op, _) = begin(Op::Reserve, claim("s1"));
+        let done = op.on_answer(None, NOW_MS + 5);
+        assert!(matches!(
+            done,
+            Step::Done(Err(RegistryError::Unavailable(Unavailable::Unreachable)))
+        ));
+
+        let (mut op, _) = begin(Op::Reserve, claim("s1"));
+        let f = fixture("cluster3/quorum_lost_at_follower_late_hasleader").unwrap();
+        let done = answer(&mut op, &f);
+        assert_eq!(done, Step::Done(Err(Unavailable::NoLeader.into())));
+
+        // An answer after the deadline is not trusted: the op timed out.
+        let (mut op, _) = begin(Op::Reserve, claim("s1"));
+        let t = txn(true, None);
+        let done = op.on_answer(Some((t.0, &t.1)), NOW_MS + 1500);
+        assert_eq!(done, Step::Done(Err(Unavailable::Timeout.into())));
+        assert_eq!(op.remaining_ms(NOW_MS + 1000), 500);
+    }
+
+    #[test]
+    fn endless_contention_is_bounded() {
+        let mine = claim("s1");
+        let (mut op, _) = begin(Op::Reserve, mine);
+        let mut rev = 10;
+        let mut last = answer(
+            &mut op,
+            &txn(false, Some((&entry_of(&mine, NOW + 100, 1), rev))),
+        );
+        for _ in 0..20 {
+            if let Step::Done(_) = last {
+                break;
+            }
+            rev += 1;
+            last = answer(
+                &mut op,
+                &txn(false, Some((&entry_of(&mine, NOW + 100, 1), rev))),
+            );
+        }
+        assert_eq!(last, Step::Done(Err(RegistryError::Contended)));
+    }
+
+    #[test]
+    fn base64_is_the_standard_padded_one() {
+        let oracle = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        for n in 0..70 {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+            assert_eq!(b64(&bytes), oracle(&bytes), "{n} bytes");
+        }
+        assert_eq!(b64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(b64(b"fo"), "Zm8=");
+        assert_eq!(b64(&[0xff]), "/w==");
+    }
+
+    #[test]
+    fn values_round_trip_and_foreign_ones_are_refused() {
+        let e = entry_of(&claim("s1"), NOW + 5, 3);
+        assert_eq!(decode_value(&encode_value(&e)), Some(e));
+        assert_eq!(decode_value(b""), None);
+        assert_eq!(decode_value(&[9; 58]), None, "another version");
+        assert_eq!(decode_value(&encode_value(&e)[..40]), None);
     }
 }

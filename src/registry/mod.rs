@@ -53,14 +53,15 @@ pub enum Unavailable {
     #[error("etcd did not answer within timeout_ms")]
     Timeout,
     /// The call could not be made or was cut off (no such cluster, refused, reset).
-    #[error("etcd could not be reached ({0})")]
-    Unreachable(String),
-    /// The store answered with an error whose effect on the key is unknown.
-    #[error("etcd answered an error ({0})")]
-    Failed(String),
+    #[error("etcd could not be reached")]
+    Unreachable,
+    /// The store answered with an error (HTTP status, gRPC code; -1 when the
+    /// body is not etcd's error JSON) whose effect on the key is unknown.
+    #[error("etcd answered an error (status {0}, code {1})")]
+    Failed(u16, i64),
     /// An answer the filter cannot read.
     #[error("etcd answered something unreadable ({0})")]
-    Garbage(String),
+    Garbage(&'static str),
 }
 
 impl Unavailable {
@@ -69,8 +70,8 @@ impl Unavailable {
         match self {
             Unavailable::NoLeader => "no_leader",
             Unavailable::Timeout => "timeout",
-            Unavailable::Unreachable(_) => "unreachable",
-            Unavailable::Failed(_) => "failed",
+            Unavailable::Unreachable => "unreachable",
+            Unavailable::Failed(..) => "failed",
             Unavailable::Garbage(_) => "bad_answer",
         }
     }
@@ -411,9 +412,9 @@ mod tests {
             RegistryError::Store(StoreError::CasMismatch),
             Unavailable::NoLeader.into(),
             Unavailable::Timeout.into(),
-            Unavailable::Unreachable(String::new()).into(),
-            Unavailable::Failed(String::new()).into(),
-            Unavailable::Garbage(String::new()).into(),
+            Unavailable::Unreachable.into(),
+            Unavailable::Failed(500, 2).into(),
+            Unavailable::Garbage("x").into(),
         ];
         let kinds: Vec<&str> = all.iter().map(RegistryError::kind).collect();
         assert_eq!(kinds, RegistryError::KINDS);
