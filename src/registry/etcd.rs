@@ -134,7 +134,11 @@ fn b64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -250,13 +254,13 @@ fn read_holder(kvs: Option<&serde_json::Value>) -> Result<Option<Holder>, Unavai
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(value)
         .map_err(|_| Unavailable::Garbage("a value that is not base64"))?;
-    let entry = decode_value(&bytes)
-        .ok_or_else(|| Unavailable::Garbage("a value this filter did not write"))?;
+    let entry =
+        decode_value(&bytes).ok_or(Unavailable::Garbage("a value this filter did not write"))?;
     let mod_revision = kv
         .get("mod_revision")
         .and_then(|r| r.as_str())
         .and_then(|r| r.parse().ok())
-        .ok_or_else(|| Unavailable::Garbage("a kv without a numeric mod_revision"))?;
+        .ok_or(Unavailable::Garbage("a kv without a numeric mod_revision"))?;
     Ok(Some(Holder {
         entry,
         mod_revision,

@@ -152,6 +152,10 @@ pub struct EnvoyOpts {
     pub without_stop_iteration_flag: bool,
     /// The listener's `per_connection_buffer_limit_bytes` (Envoy: 1 MiB).
     pub buffer_limit_bytes: Option<u32>,
+    /// More clusters (such as `etcd`).
+    pub extra_clusters: Vec<serde_json::Value>,
+    /// Listen on this port instead of a free one (a restarted Envoy).
+    pub listener_port: Option<u16>,
 }
 
 impl EnvoyOpts {
@@ -168,6 +172,8 @@ impl EnvoyOpts {
             raw_yaml: None,
             without_stop_iteration_flag: false,
             buffer_limit_bytes: None,
+            extra_clusters: Vec::new(),
+            listener_port: None,
         }
     }
 }
@@ -278,18 +284,20 @@ pub fn envoy_config(opts: &EnvoyOpts, port: u16, admin: u16, wasm: &str) -> Stri
     if let Some(limit) = opts.buffer_limit_bytes {
         listener["per_connection_buffer_limit_bytes"] = limit.into();
     }
+    let mut clusters = vec![serde_json::json!({
+        "name": "upstream",
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": addr(opts.upstream_port)}}
+        ]}]}
+    })];
+    clusters.extend(opts.extra_clusters.iter().cloned());
     let config = serde_json::json!({
         "admin": {"address": addr(admin)},
         "static_resources": {
             "listeners": [listener],
-            "clusters": [{
-                "name": "upstream",
-                "type": "STATIC",
-                "connect_timeout": "2s",
-                "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": addr(opts.upstream_port)}}
-                ]}]}
-            }]
+            "clusters": clusters
         }
     });
     serde_json::to_string_pretty(&config).unwrap()
@@ -342,7 +350,7 @@ impl Envoy {
     pub fn start(opts: EnvoyOpts) -> Option<Envoy> {
         envoy_bin()?;
         let dir = TempDir::new("envoy");
-        let (port, admin) = (free_port(), free_port());
+        let (port, admin) = (opts.listener_port.unwrap_or_else(free_port), free_port());
         let (child, log_path) = spawn_envoy(&opts, &dir, port, admin);
         let mut e = Envoy {
             port,
@@ -509,9 +517,16 @@ pub fn http1_chunked(
     read_response(s)
 }
 
-/// Sends raw bytes and reads the answer (status 0 if none came).
+/// Sends raw bytes and reads the answer (status 0 if none came, or nothing
+/// listens on the port).
 pub fn http1_raw(port: u16, bytes: &[u8]) -> Response {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return Response {
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+    };
     let _ = s.write_all(bytes);
     read_response(s)
 }
@@ -1165,4 +1180,244 @@ fn complete_request_len(buf: &[u8]) -> Option<usize> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     (buf.len() >= body_at + len).then_some(body_at + len)
+}
+
+// ---- etcd: real members on 127.0.0.1 (the fleet suite) --------------------------------
+
+/// The etcd binary (`/usr/bin/etcd` from Debian's etcd-server, or `ETCD_BIN`),
+/// or `None` with a loud message. Under `CI=true` a missing etcd panics.
+pub fn etcd_bin() -> Option<PathBuf> {
+    let path = std::env::var_os("ETCD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"));
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "etcd not found at {} and CI=true: run `make test-fleet`, which installs etcd-server",
+            path.display()
+        );
+    }
+    eprintln!(
+        "\n*** SKIPPING: no etcd at {} (make test-fleet installs it) ***\n",
+        path.display()
+    );
+    None
+}
+
+/// One etcd member.
+pub struct EtcdMember {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of real etcd members, each its own process with its own data dir.
+pub struct EtcdCluster {
+    pub members: Vec<EtcdMember>,
+    initial: String,
+    _dir: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until they have a leader; `None` when etcd
+    /// is not installed (outside CI).
+    pub fn start(n: usize) -> Option<EtcdCluster> {
+        etcd_bin()?;
+        let dir = TempDir::new("etcd");
+        let members: Vec<EtcdMember> = (0..n)
+            .map(|i| EtcdMember {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                dir: dir.0.join(format!("m{i}")),
+                child: None,
+            })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = EtcdCluster {
+            members,
+            initial,
+            _dir: dir,
+        };
+        for i in 0..n {
+            c.spawn(i, "new");
+        }
+        c.wait_for_leader(Duration::from_secs(30));
+        Some(c)
+    }
+
+    fn spawn(&mut self, i: usize, state: &str) {
+        let m = &mut self.members[i];
+        let log = std::fs::File::create(m.dir.with_extension("log")).unwrap();
+        let child = Command::new(etcd_bin().unwrap())
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.dir)
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{}", m.client_port),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{}", m.client_port),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", m.peer_port),
+            ])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{}", m.peer_port),
+            ])
+            .args(["--initial-cluster", &self.initial])
+            .args(["--initial-cluster-token", "callback-guard-test"])
+            .args(["--initial-cluster-state", state])
+            .args(["--logger", "zap", "--log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        m.child = Some(child);
+    }
+
+    pub fn client_ports(&self) -> Vec<u16> {
+        self.members.iter().map(|m| m.client_port).collect()
+    }
+
+    /// The index of the member that is leader now, if a running one says so.
+    pub fn leader(&self) -> Option<usize> {
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
+            let r = http1(m.client_port, "POST", "/v3/maintenance/status", &[], b"{}");
+            if r.status != 200 {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            let (Some(leader), Some(me)) =
+                (v["leader"].as_str(), v["header"]["member_id"].as_str())
+            else {
+                continue;
+            };
+            if leader == me {
+                return self
+                    .members
+                    .iter()
+                    .position(|x| x.client_port == m.client_port);
+            }
+        }
+        None
+    }
+
+    /// Waits until some running member is leader and answers a write.
+    pub fn wait_for_leader(&self, within: Duration) -> Duration {
+        let t0 = Instant::now();
+        while t0.elapsed() < within {
+            if self.leader().is_some() {
+                let ok = self.members.iter().filter(|m| m.child.is_some()).any(|m| {
+                    http1(
+                        m.client_port,
+                        "POST",
+                        "/v3/kv/put",
+                        &[("grpc-metadata-hasleader", "true")],
+                        br#"{"key":"cHJvYmU=","value":"MQ=="}"#,
+                    )
+                    .status
+                        == 200
+                });
+                if ok {
+                    return t0.elapsed();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("etcd has no leader after {within:?}");
+    }
+
+    /// SIGKILL of one member.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a killed member again, on its data dir.
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i, "existing");
+    }
+
+    /// The keys under `prefix` (base64-decoded), as etcd holds them now.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let body = format!(
+            r#"{{"key":"{}","range_end":"{}","keys_only":true}}"#,
+            b64(prefix.as_bytes()),
+            b64(&end)
+        );
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
+            let r = http1(m.client_port, "POST", "/v3/kv/range", &[], body.as_bytes());
+            if r.status == 200 {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                return v["kvs"]
+                    .as_array()
+                    .map(|kvs| {
+                        kvs.iter()
+                            .map(|kv| {
+                                String::from_utf8(
+                                    base64::engine::general_purpose::STANDARD
+                                        .decode(kv["key"].as_str().unwrap())
+                                        .unwrap(),
+                                )
+                                .unwrap()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            }
+        }
+        panic!("no etcd member answered a range");
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// The Envoy cluster `etcd` for these members: HTTP/1.1 (the gateway), health
+/// checked on `/health` so a dead or leaderless member takes no calls.
+pub fn etcd_cluster_config(ports: &[u16]) -> serde_json::Value {
+    let endpoints: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|p| serde_json::json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}))
+        .collect();
+    serde_json::json!({
+        "name": "etcd",
+        "type": "STATIC",
+        "connect_timeout": "0.25s",
+        "load_assignment": {"cluster_name": "etcd", "endpoints": [{"lb_endpoints": endpoints}]},
+        "health_checks": [{
+            "timeout": "0.5s",
+            "interval": "0.5s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "http_health_check": {"path": "/health"}
+        }],
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}}
+    })
 }
