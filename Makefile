@@ -13,7 +13,7 @@ export ENVOY_BIN
 # Targets that need Envoy install it from PyPI, unless ENVOY_BIN names one.
 ENVOY_DEP := $(if $(filter command line environment,$(origin ENVOY_BIN)),,envoy)
 
-.PHONY: all run run-smoke test wasm envoy target bins lint fmt size clean bench bench-envoy bench-floor bench-vm pytools test-fleet fuzz fuzz-tools soak test-rtmp
+.PHONY: all run run-smoke test wasm wasm-crash-test envoy target bins lint fmt size clean bench bench-envoy bench-floor bench-vm pytools test-fleet fuzz fuzz-tools soak test-rtmp
 
 all: wasm bins $(ENVOY_DEP)
 
@@ -34,6 +34,13 @@ wasm: target
 	else echo "wasm-opt (Debian binaryen) not found: keeping the unoptimised module"; fi
 	@ls -l $(WASM)
 
+# A test-only build of the filter that aborts its VM on a marker header (the cargo
+# feature crash-test; tests/e2e_production.rs proves crash recovery with it).
+CRASH_WASM := target/crash-test/wasm32-wasip1/release/callback_guard.wasm
+wasm-crash-test: target
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=s $(CARGO) build --release --target wasm32-wasip1 --lib \
+	  --features crash-test --target-dir target/crash-test
+
 bins:
 	$(CARGO) build --release --bins
 
@@ -45,7 +52,7 @@ $(VENV)/bin/envoy:
 	@$(VENV)/bin/envoy --version | grep -q "/$(ENVOY_VERSION)/" || { echo "expected Envoy $(ENVOY_VERSION)"; exit 1; }
 
 # Native unit and property tests, then end-to-end tests against a real Envoy.
-test: wasm $(ENVOY_DEP)
+test: wasm wasm-crash-test $(ENVOY_DEP)
 	@echo "== Envoy: $$($(ENVOY_BIN) --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean' | cut -d/ -f1) at $(ENVOY_BIN)"
 	@if [ "$(origin ENVOY_VERSION)" = "command line" ] && ! $(ENVOY_BIN) --version | grep -q "/$(ENVOY_VERSION)/"; then \
 	  echo "ENVOY_VERSION=$(ENVOY_VERSION) asked for, but ENVOY_BIN=$(ENVOY_BIN) is another version"; exit 1; fi
@@ -187,7 +194,7 @@ docker-down:
 
 # The stack on free ports with a fresh push key, then tests/e2e_shipped.rs against it;
 # compose logs on failure; always torn down.
-docker-test: wasm $(ENVOY_DEP) docker-config
+docker-test: wasm wasm-crash-test $(ENVOY_DEP) docker-config
 	ENVOY_VERSION=$(ENVOY_VERSION) ./scripts/docker.sh test
 
 # ---- OCI image (scripts/oci.py) ----

@@ -23,7 +23,7 @@ pub mod wire;
 mod filter;
 
 pub use config::Config;
-pub use verdict::{decide, Forward, Rejection, Request, Verdict};
+pub use verdict::{decide, Action, Forward, Rejection, Request, Verdict};
 
 /// The crate version, logged once when the VM starts.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

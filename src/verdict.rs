@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use crate::auth::{self, webhook::WebhookHeaders, AuthError};
 use crate::callback::{self, printable, Callback, CallbackError, Event, Format, MediaType};
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::registry::{self, Answer, Claim, Op, RegistryError, Reserve, SharedStore};
 use crate::reply::Code;
 
@@ -57,6 +57,38 @@ pub enum Verdict {
     Forward(Forward),
     /// Answer at the edge.
     Reject(Rejection),
+}
+
+/// What the filter does with a verdict, under the configured [`Mode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Pass the callback upstream, with these facts.
+    Forward(Forward),
+    /// Answer at the edge with the rejection.
+    Refuse(Rejection),
+    /// Observe mode: pass the callback upstream although it would have been
+    /// refused, marked with [`WOULD_REJECT_HEADER`] and the code; counted
+    /// and logged as the refusal would have been.
+    Observe(Rejection),
+}
+
+/// The header that marks a callback observe mode forwarded although it
+/// would have been refused; its value is the code.
+pub const WOULD_REJECT_HEADER: &str = "x-callback-guard-would-reject";
+
+impl Verdict {
+    /// The action under `mode`: in observe mode every callback goes on, and
+    /// a refusal only marks it. The registry has already done what the
+    /// callback asked of it either way (so switching to enforce later starts
+    /// from the truth): a forwarded start holds its reservation, a refused
+    /// one touched nothing.
+    pub fn under(self, mode: Mode) -> Action {
+        match (self, mode) {
+            (Verdict::Forward(f), _) => Action::Forward(f),
+            (Verdict::Reject(r), Mode::Enforce) => Action::Refuse(r),
+            (Verdict::Reject(r), Mode::Observe) => Action::Observe(r),
+        }
+    }
 }
 
 /// An accepted callback and what was verified about it.
@@ -143,9 +175,20 @@ impl Rejection {
     /// reason. App and stream are quoted and escaped (`-` when the body never
     /// got that far); the reason names fields and checks, never a value.
     pub fn log_line(&self) -> String {
+        self.log_line_in(Mode::Enforce)
+    }
+
+    /// The log line under `mode`: in observe mode it says so before the
+    /// reason (`mode=observe`), the rest unchanged, so the same searches and
+    /// counters find observed refusals.
+    pub fn log_line_in(&self, mode: Mode) -> String {
         let quoted = |s: &Option<String>| s.as_ref().map_or("-".to_string(), |s| format!("{s:?}"));
+        let mode = match mode {
+            Mode::Enforce => "",
+            Mode::Observe => " mode=observe",
+        };
         format!(
-            "callback-guard rejected: code={} status={} app={} stream={} reason={}",
+            "callback-guard rejected: code={} status={} app={} stream={}{mode} reason={}",
             self.code.as_str(),
             self.code.status(),
             quoted(&self.app),

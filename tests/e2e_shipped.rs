@@ -162,7 +162,7 @@ fn unknown_app_and_a_second_live_push_are_refused() {
         return;
     };
     let forwarded = stack.counter("callback_guard_requests_forwarded");
-    let refused = stack.counter("callback_guard_requests_rejected_ExistStreamName");
+    let refused = stack.counter(&rejected_series("ExistStreamName"));
 
     let stream = unique_stream("dup");
     let vod = v2("PubStart", &stream, Some("a"), &stack.push_key)
@@ -195,7 +195,7 @@ fn unknown_app_and_a_second_live_push_are_refused() {
         3
     );
     assert_eq!(
-        stack.counter("callback_guard_requests_rejected_ExistStreamName") - refused,
+        stack.counter(&rejected_series("ExistStreamName")) - refused,
         1
     );
 }

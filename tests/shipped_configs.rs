@@ -46,7 +46,27 @@ fn check_one_filter(path: &Path) -> serde_json::Value {
         "{}: the flag",
         path.display()
     );
-    assert_eq!(cfg["fail_open"], false, "{}", path.display());
+    assert_eq!(cfg["failure_policy"], "FAIL_RELOAD", "{}", path.display());
+    assert!(
+        cfg.get("fail_open").is_none(),
+        "{}: failure_policy decides",
+        path.display()
+    );
+    assert!(
+        cfg["reload_config"]["backoff"]["base_interval"].is_string(),
+        "{}",
+        path.display()
+    );
+    let tags: Vec<&str> = doc["stats_config"]["stats_tags"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["tag_name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        tags,
+        ["code", "kind"],
+        "{}: labelled metrics",
+        path.display()
+    );
     let text = std::fs::read_to_string(path).unwrap();
     for gone in [
         "envoy.filters.http.buffer",

@@ -40,7 +40,7 @@ use crate::config::{Config, EtcdStore, ProcessEnv};
 use crate::registry::etcd::{self, EtcdOp, Step};
 use crate::registry::{self, Answer, Claim, Layout, Op, RegistryError, SharedStore, StoreError};
 use crate::reply::{self, Code};
-use crate::verdict::{self, Decision, Pending, Rejection, Request, Verdict};
+use crate::verdict::{self, Action, Decision, Pending, Rejection, Request, Verdict};
 use crate::wire;
 
 const CONTINUE: u32 = 0;
@@ -340,14 +340,13 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
         }
     };
     match Config::from_json(&bytes, &ProcessEnv) {
-        Ok(config) if config.mode == crate::config::Mode::Observe => {
-            host::log(
-                Level::Critical,
-                "callback-guard: invalid configuration: mode is not implemented by this build yet",
-            );
-            0
-        }
         Ok(config) => {
+            if config.mode == crate::config::Mode::Observe {
+                host::log(
+                    Level::Warn,
+                    "callback-guard: mode is observe: callbacks that fail a check are forwarded, marked x-callback-guard-would-reject",
+                );
+            }
             for w in config.warnings() {
                 host::log(Level::Warn, &format!("callback-guard: {w}"));
             }
@@ -729,6 +728,11 @@ impl Stream {
         let (headers, bytes) = host::headers(Map::HttpRequestHeaders).unwrap_or_default();
         self.headers = headers;
         self.header_bytes = bytes;
+        #[cfg(feature = "crash-test")]
+        if self.header("x-callback-guard-test-crash") == Some("abort") {
+            // A VM crash, as a bug or a V8 out-of-memory would cause.
+            std::process::abort();
+        }
         // Strip spoofed verification headers while this filter holds the headers.
         for (name, value) in &self.headers {
             if name.starts_with("x-callback-guard") {
@@ -811,7 +815,10 @@ impl Stream {
                 "callback-guard: Envoy holds the request body back from the filter, so no callback can be checked: set `allow_on_headers_stop_iteration: true` in the Wasm filter's config (Envoy >= 1.35); until then callbacks with a body are refused with InternalError",
             );
         }
-        self.reject(&body_withheld());
+        if self.reject(&body_withheld()) == CONTINUE {
+            // Observe mode: let it go on, marked.
+            let _ = host::continue_request();
+        }
     }
 
     /// The request is over. A start that reserved its stream keeps the
@@ -841,13 +848,35 @@ impl Stream {
             .ok()
     }
 
+    /// A refusal: counted and logged; answered at the edge, or in observe
+    /// mode forwarded with the code in `x-callback-guard-would-reject`
+    /// (then `CONTINUE`).
     fn reject(&mut self, r: &Rejection) -> u32 {
         self.phase = Phase::Decided;
         if let Some(e) = &r.registry_error {
             self.plugin.metrics.store_error(e);
         }
         self.plugin.metrics.reject(r.code);
-        host::log(Level::Info, &r.log_line());
+        let mode = self.plugin.config.mode;
+        host::log(Level::Info, &r.log_line_in(mode));
+        if let Action::Observe(r) = Verdict::Reject(r.clone()).under(mode) {
+            // The spoofed guard headers were removed on arrival.
+            let marked = host::add_header(
+                Map::HttpRequestHeaders,
+                verdict::WOULD_REJECT_HEADER,
+                r.code.as_str(),
+            );
+            if let Err(s) = marked {
+                host::log(
+                    Level::Error,
+                    &format!(
+                        "callback-guard: cannot mark an observed refusal (status {})",
+                        s.0
+                    ),
+                );
+            }
+            return CONTINUE;
+        }
         let body = reply::body(
             r.code,
             &r.message,

@@ -972,15 +972,28 @@ pub fn received_at(port: u16) -> Vec<Recorded> {
 
 /// The value of the Prometheus counter `name` at the admin port (0 if absent),
 /// as it reads right now.
+/// `name` is a bare metric (`callback_guard_requests_forwarded`) or a series
+/// with its labels (`callback_guard_requests_rejected{code="ExistStreamName"}`).
 pub fn counter_now(admin: u16, name: &str) -> u64 {
     let stats = http1(admin, "GET", "/stats/prometheus", &[], b"");
+    let series = if name.contains('{') {
+        format!("{name} ")
+    } else {
+        format!("{name}{{}} ")
+    };
     String::from_utf8_lossy(&stats.body)
         .lines()
         .find_map(|l| {
-            l.strip_prefix(&format!("{name}{{}} "))
+            l.strip_prefix(&series)
                 .map(|v| v.trim().parse().unwrap_or(0))
         })
         .unwrap_or(0)
+}
+
+/// The series of a refusal counter in the shipped configs (`stats_tags`
+/// make the code a label).
+pub fn rejected_series(code: &str) -> String {
+    format!("callback_guard_requests_rejected{{code=\"{code}\"}}")
 }
 
 /// The filter hands its counters to Envoy once per tick (250 ms), so a value

@@ -1,0 +1,327 @@
+//! Running callback-guard in production, on a real Envoy: a crashed VM comes
+//! back (`failure_policy: FAIL_RELOAD`, proven with a test-only build that
+//! aborts on a marker header), metrics carry the code as a label, and observe
+//! mode forwards what enforce mode refuses, marked and counted.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+
+const JSON: &str = "application/json";
+const CRASH: (&str, &str) = ("x-callback-guard-test-crash", "abort");
+
+/// The test-only build of `make wasm-crash-test`.
+fn crash_wasm() -> String {
+    let p = repo().join("target/crash-test/wasm32-wasip1/release/callback_guard.wasm");
+    assert!(
+        p.exists(),
+        "{} is missing: run `make wasm-crash-test`",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+/// envoy/envoy.yaml as shipped (FAIL_RELOAD, stats tags), with the crash-test
+/// module and a reload backoff long enough to watch.
+fn shipped_with_crash_module(backoff_s: u32) -> String {
+    let yaml = shipped_yaml();
+    let old = "reload_config: { backoff: { base_interval: 1s, max_interval: 30s } }";
+    assert!(
+        yaml.contains(old),
+        "envoy/envoy.yaml: the reload backoff line changed"
+    );
+    yaml.replace("{{WASM}}", &crash_wasm()).replace(
+        old,
+        &format!("reload_config: {{ backoff: {{ base_interval: {backoff_s}s, max_interval: {backoff_s}s }} }}"),
+    )
+}
+
+fn start_shipped(raw: String, rx: &Receiver, key: &str) -> Option<Envoy> {
+    let mut opts = EnvoyOpts::new(json!({}), rx.port);
+    opts.raw_yaml = Some(raw);
+    opts.env
+        .push(("CALLBACK_GUARD_PUSH_KEY".into(), key.into()));
+    opts.concurrency = 1;
+    Envoy::start(opts)
+}
+
+fn post(envoy: &Envoy, body: &str, extra: &[(&str, &str)]) -> Response {
+    let mut h = vec![("content-type", JSON)];
+    h.extend_from_slice(extra);
+    http1(envoy.port, "POST", "/callback", &h, body.as_bytes())
+}
+
+/// Envoy's own wasm counters, e.g. `vm_reload_success` (the plugin's stat prefix).
+fn wasm_stat(envoy: &Envoy, suffix: &str) -> u64 {
+    let stats =
+        String::from_utf8_lossy(&http1(envoy.admin, "GET", "/stats", &[], b"").body).into_owned();
+    stats
+        .lines()
+        .find(|l| l.starts_with("wasm.") && l.contains(&format!(".{suffix}:")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A VM crash refuses callbacks (never forwards them) until the VM reloads,
+/// which the first request after the backoff does; from then on callbacks
+/// are decided again, and a stream reserved before the crash is still
+/// reserved (the registry lives in the host, not in the VM).
+#[test]
+fn a_crashed_vm_comes_back_and_keeps_the_registry() {
+    let rx = Receiver::start();
+    let Some(envoy) = start_shipped(shipped_with_crash_module(2), &rx, KS_KEY) else {
+        return;
+    };
+    assert_eq!(
+        post(&envoy, &v2("PubStart", "held", Some("s1"), KS_KEY), &[]).status,
+        200
+    );
+    let forwarded_before = rx.received().len();
+
+    let r = post(
+        &envoy,
+        &v2("PubStart", "crash", Some("c"), KS_KEY),
+        &[CRASH],
+    );
+    assert_eq!(r.status, 503, "the crashing request is refused");
+    let t0 = Instant::now();
+    let mut refused = 0;
+    let r = loop {
+        // Another session's start of the held stream: refused while the VM
+        // is down (503), a duplicate (409) once it is back.
+        let r = post(&envoy, &v2("PubStart", "held", Some("s2"), KS_KEY), &[]);
+        if r.status != 503 {
+            break r;
+        }
+        refused += 1;
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the VM never came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let waited = t0.elapsed();
+    eprintln!("refused {refused} requests for {waited:?} after the crash, then decided again");
+    assert!(refused >= 1, "refused while the VM reloads");
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "back only after the 2 s backoff ({waited:?})"
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "ExistStreamName".to_string()),
+        "the reservation survived the crash"
+    );
+    assert_eq!(
+        rx.received().len(),
+        forwarded_before,
+        "nothing was forwarded while the VM was down"
+    );
+    // Decided again: a forged token is refused, a valid start forwarded.
+    let r = post(&envoy, &v2("PubStart", "after", Some("a"), "forged"), &[]);
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "AuthencationFailed".to_string())
+    );
+    assert_eq!(
+        post(&envoy, &v2("PubStart", "after", Some("a"), KS_KEY), &[]).status,
+        200
+    );
+    assert_eq!(wasm_stat(&envoy, "vm_reload_success"), 1);
+    let log = envoy.log();
+    assert!(
+        log.contains("RuntimeError: unreachable"),
+        "the crash is in Envoy's log:\n{log}"
+    );
+}
+
+/// The shipped configs label refusals by code (stats_tags): one metric per
+/// outcome, as Prometheus users expect.
+#[test]
+fn refusals_are_one_metric_with_the_code_as_a_label() {
+    let Some(stack) = Shipped::start() else {
+        return;
+    };
+    let forged = v2("PubStart", &unique_stream("labels"), None, "forged");
+    for _ in 0..2 {
+        assert_eq!(stack.post(JSON, forged.as_bytes()).status, 403);
+    }
+    let r = http1(stack.port, "GET", "/callback", &[], b"");
+    assert_eq!(r.status, 405);
+    assert!(stack.counter(&rejected_series("AuthencationFailed")) >= 2);
+    assert!(stack.counter(&rejected_series("MethodNotAllowed")) >= 1);
+    let text =
+        String::from_utf8_lossy(&http1(stack.admin, "GET", "/stats/prometheus", &[], b"").body)
+            .into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("# TYPE callback_guard_requests_rejected counter")),
+        "one metric name for every code"
+    );
+    assert!(
+        !text.contains("callback_guard_requests_rejected_AuthencationFailed"),
+        "no per-code metric names any more"
+    );
+    assert!(
+        text.contains("callback_guard_store_errors{kind=\"contended\"}"),
+        "store errors by kind"
+    );
+}
+
+/// Observe mode forwards every callback; one that enforce mode refuses is
+/// marked `x-callback-guard-would-reject: <Code>` and counted and logged as a
+/// refusal. The registry still records reservations, so enforce mode later
+/// starts from the truth.
+#[test]
+fn observe_mode_forwards_and_marks_what_enforce_mode_refuses() {
+    let rx = Receiver::start();
+    let mut cfg = base_config();
+    cfg["mode"] = json!("observe");
+    let Some(observe) = Envoy::start(EnvoyOpts::new(cfg.clone(), rx.port)) else {
+        return;
+    };
+    let cases = [
+        (
+            "valid start",
+            v2("PubStart", "obs", Some("s1"), KS_KEY),
+            None,
+        ),
+        (
+            "forged token",
+            v2("PubStart", "obs-forged", Some("s1"), "forged"),
+            Some("AuthencationFailed"),
+        ),
+        (
+            "second push of a live stream",
+            v2("PubStart", "obs", Some("s2"), KS_KEY),
+            Some("ExistStreamName"),
+        ),
+        (
+            "unknown app",
+            v2("PubStart", "obs-app", Some("s1"), KS_KEY)
+                .replace("\"App\":\"live\"", "\"App\":\"vod\""),
+            Some("NonExistApplication"),
+        ),
+        (
+            "not a callback",
+            "{\"App\":".to_string(),
+            Some("InvalidParameterValue"),
+        ),
+    ];
+    for (name, body, would) in &cases {
+        let r = post(
+            &observe,
+            body,
+            &[("x-callback-guard-would-reject", "spoofed")],
+        );
+        assert_eq!(r.status, 200, "{name}: observe mode forwards it");
+        let got = rx.received();
+        let last = got.last().unwrap();
+        assert_eq!(last.body, body.as_bytes(), "{name}: body unchanged");
+        assert_eq!(
+            last.header("x-callback-guard-would-reject"),
+            *would,
+            "{name}"
+        );
+        if would.is_none() {
+            assert_eq!(last.header("x-callback-guard-event"), Some("start"));
+        }
+    }
+    assert_eq!(
+        observe.counter("callback_guard_requests_rejected_AuthencationFailed"),
+        1
+    );
+    assert_eq!(
+        observe.counter("callback_guard_requests_rejected_ExistStreamName"),
+        1
+    );
+    assert_eq!(
+        observe.counter("callback_guard_requests_forwarded"),
+        1,
+        "only the valid one counts as forwarded"
+    );
+    let log = observe.log();
+    assert!(
+        log.contains("callback-guard rejected: code=ExistStreamName status=409 app=\"live\" stream=\"obs\" mode=observe reason="),
+        "{log}"
+    );
+
+    // Enforce mode on the same configuration refuses the same callbacks.
+    cfg["mode"] = json!("enforce");
+    let rx2 = Receiver::start();
+    let Some(enforce) = Envoy::start(EnvoyOpts::new(cfg, rx2.port)) else {
+        return;
+    };
+    for (name, body, would) in &cases {
+        let r = post(&enforce, body, &[]);
+        match would {
+            None => assert_eq!(r.status, 200, "{name}"),
+            Some(code) => assert_eq!(r.code(), *code, "{name}"),
+        }
+    }
+    assert_eq!(
+        rx2.received().len(),
+        1,
+        "enforce mode forwarded only the valid start"
+    );
+}
+
+/// The Grafana dashboard (deploy/grafana/callback-guard.json) queries only
+/// metrics that the shipped Envoy config exports, with the labels it groups by.
+#[test]
+fn the_grafana_dashboard_queries_metrics_that_exist() {
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/callback-guard.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 8, "{exprs:?}");
+    let Some(stack) = Shipped::start() else {
+        return;
+    };
+    // Some traffic, so that every series exists.
+    let _ = stack.post(
+        JSON,
+        v2("PubStart", &unique_stream("dash"), None, "forged").as_bytes(),
+    );
+    let _ = stack.counter(&rejected_series("AuthencationFailed"));
+    let stats =
+        String::from_utf8_lossy(&http1(stack.admin, "GET", "/stats/prometheus", &[], b"").body)
+            .into_owned();
+    let mut checked = 0;
+    for e in &exprs {
+        for name in e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("callback_guard_") || w.starts_with("envoy_wasm_"))
+        {
+            // The store latency histogram exists only with the etcd store.
+            if name.starts_with("callback_guard_store_latency") {
+                continue;
+            }
+            assert!(
+                stats
+                    .lines()
+                    .any(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' '])),
+                "the dashboard queries {name}, which the shipped Envoy does not export"
+            );
+            checked += 1;
+        }
+        for label in ["code", "kind"] {
+            if e.contains(&format!("by ({label})")) {
+                assert!(
+                    stats.contains(&format!("{{{label}=\"")),
+                    "no `{label}` label for {e}"
+                );
+            }
+        }
+    }
+    assert!(checked >= 7, "{checked}");
+}
