@@ -89,6 +89,10 @@ pub struct Config {
     pub max_event_age_s: u64,
     /// Enforce refusals, or only report them.
     pub mode: Mode,
+    /// Set filter state `wasm.x-callback-guard-checked` = `1` on every
+    /// callback let through, so a stock RBAC filter after this one can refuse
+    /// any request callback-guard did not check (docs/deployment.md: ECDS).
+    pub filter_state_mark: bool,
 }
 
 /// Which callback dialects are accepted.
@@ -246,6 +250,7 @@ struct RawConfig {
     duplicate_streams: Option<RawDuplicateStreams>,
     max_event_age_s: Option<u64>,
     mode: Option<String>,
+    filter_state_mark: Option<bool>,
 }
 
 struct RawPushAuth {
@@ -595,6 +600,7 @@ mod read {
                 .transpose()?,
             max_event_age_s: o.u64("max_event_age_s")?,
             mode: o.string("mode")?,
+            filter_state_mark: o.bool("filter_state_mark")?,
         };
         o.done()?;
         Ok(raw)
@@ -697,6 +703,7 @@ impl Config {
             },
             max_event_age_s: 0,
             mode: Mode::Enforce,
+            filter_state_mark: false,
         }
     }
 
@@ -791,6 +798,8 @@ impl Config {
                 cfg.duplicate_streams.etcd = validate_etcd(e, &mut errs);
             }
         }
+
+        cfg.filter_state_mark = raw.filter_state_mark.unwrap_or(false);
 
         if let Some(m) = raw.mode {
             match m.as_str() {
@@ -1507,6 +1516,16 @@ mod tests {
         assert_eq!(parse(r#"{"mode":"enforce"}"#).unwrap().mode, Mode::Enforce);
         assert_eq!(errs(r#"{"mode":"audit"}"#)[0].key, "mode");
         assert_eq!(errs(r#"{"mode":1}"#)[0].key, "mode");
+        assert!(!parse("{}").unwrap().filter_state_mark);
+        assert!(
+            parse(r#"{"filter_state_mark":true}"#)
+                .unwrap()
+                .filter_state_mark
+        );
+        assert_eq!(
+            errs(r#"{"filter_state_mark":"yes"}"#)[0].key,
+            "filter_state_mark"
+        );
     }
 
     #[test]

@@ -327,3 +327,72 @@ fn a_growing_body_gets_the_filters_413_as_it_crosses_max_body_bytes() {
     assert!(text.contains("\"Code\":\"PayloadTooLarge\""), "{text}");
     assert_eq!(spy.seen(), (0, Vec::new()));
 }
+
+/// With `filter_state_mark`, callback-guard sets filter state that only it
+/// can set on what it lets through; a stock RBAC filter after it then refuses
+/// any request callback-guard did not check (here: a route where the filter
+/// is disabled, as when Envoy installs no filter for a module it could not
+/// fetch; docs/deployment.md). A client cannot forge filter state.
+#[test]
+fn the_filter_state_mark_lets_a_stock_rbac_filter_refuse_unchecked_requests() {
+    let rx = Receiver::start();
+    let mut cfg = base_config();
+    cfg["filter_state_mark"] = json!(true);
+    let mut opts = EnvoyOpts::new(cfg, rx.port);
+    opts.filters_after = vec![json!({
+        "name": "require-callback-guard-mark",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "ALLOW", "policies": {"checked-by-callback-guard": {
+                "permissions": [{"any": true}],
+                "principals": [{"filter_state": {"key": "wasm.x-callback-guard-checked", "string_match": {"exact": "1"}}}]
+            }}}
+        }
+    })];
+    opts.routes_before = vec![json!({
+        "match": {"prefix": "/unguarded"},
+        "route": {"cluster": "upstream"},
+        "typed_per_filter_config": {"envoy.filters.http.wasm": {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+            "disabled": true
+        }}
+    })];
+    let Some(envoy) = Envoy::start(opts) else {
+        return;
+    };
+    let ct = [("content-type", JSON)];
+    let ok = v2("PubStart", "mark", Some("s1"), KS_KEY);
+    let r = http1(envoy.port, "POST", "/callback", &ct, ok.as_bytes());
+    assert_eq!(
+        r.status,
+        200,
+        "checked, marked, let through: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let forged = v2("PubStart", "mark2", Some("s1"), "forged");
+    assert_eq!(
+        http1(envoy.port, "POST", "/callback", &ct, forged.as_bytes()).status,
+        403
+    );
+    // Without callback-guard in the chain, RBAC refuses even a valid callback,
+    // and a client-sent header cannot stand in for the mark.
+    let ok2 = v2("PubStart", "mark3", Some("s1"), KS_KEY);
+    let r = http1(
+        envoy.port,
+        "POST",
+        "/unguarded/callback",
+        &[("content-type", JSON), ("x-callback-guard-checked", "1")],
+        ok2.as_bytes(),
+    );
+    assert_eq!(r.status, 403);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("RBAC"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(
+        rx.received().len(),
+        1,
+        "only the checked callback reached the upstream"
+    );
+}

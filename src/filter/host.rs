@@ -74,6 +74,12 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_get_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -323,6 +329,13 @@ pub fn now_ms() -> Option<u64> {
     // SAFETY: the host writes one u64 through the pointer.
     ok(unsafe { proxy_get_current_time_nanoseconds(&mut ns) }).ok()?;
     Some(ns / 1_000_000)
+}
+
+/// Sets a property; Envoy keeps it as filter state `wasm.<name>`, which a
+/// client cannot set (unlike a header).
+pub fn set_property(name: &str, value: &[u8]) -> Result<(), Status> {
+    // SAFETY: pointers and lengths describe live slices.
+    ok(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 /// Asks for `proxy_on_tick` on the root context every `ms` milliseconds.

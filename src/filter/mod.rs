@@ -167,6 +167,10 @@ struct Plugin {
     probed: Cell<bool>,
 }
 
+/// The filter state name of `filter_state_mark` (Envoy stores it as
+/// `wasm.x-callback-guard-checked`).
+const CHECKED_MARK: &str = "x-callback-guard-checked";
+
 /// How often the root context looks for requests whose body is withheld.
 const TICK_MS: u32 = 250;
 
@@ -860,6 +864,7 @@ impl Stream {
         let mode = self.plugin.config.mode;
         host::log(Level::Info, &r.log_line_in(mode));
         if let Action::Observe(r) = Verdict::Reject(r.clone()).under(mode) {
+            self.mark_checked();
             // The spoofed guard headers were removed on arrival.
             let marked = host::add_header(
                 Map::HttpRequestHeaders,
@@ -997,6 +1002,7 @@ impl Stream {
                         self.header_write_failed = Some(s);
                     }
                 }
+                self.mark_checked();
                 if let Some(s) = self.header_write_failed {
                     host::log(
                         Level::Error,
@@ -1030,6 +1036,17 @@ impl Stream {
                     host::log(Level::Debug, &f.log_line());
                 }
                 CONTINUE
+            }
+        }
+    }
+
+    /// With `filter_state_mark`: the filter state that tells a stock filter
+    /// after this one that callback-guard checked this request. A mark that
+    /// cannot be set counts as a failed header write (never forwarded).
+    fn mark_checked(&mut self) {
+        if self.plugin.config.filter_state_mark {
+            if let Err(s) = host::set_property(CHECKED_MARK, b"1") {
+                self.header_write_failed = Some(s);
             }
         }
     }

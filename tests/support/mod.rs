@@ -156,6 +156,10 @@ pub struct EnvoyOpts {
     pub extra_clusters: Vec<serde_json::Value>,
     /// Listen on this port instead of a free one (a restarted Envoy).
     pub listener_port: Option<u16>,
+    /// HTTP filters between callback-guard and the router.
+    pub filters_after: Vec<serde_json::Value>,
+    /// Routes before the catch-all one (for example with the filter disabled).
+    pub routes_before: Vec<serde_json::Value>,
 }
 
 impl EnvoyOpts {
@@ -174,6 +178,8 @@ impl EnvoyOpts {
             buffer_limit_bytes: None,
             extra_clusters: Vec::new(),
             listener_port: None,
+            filters_after: Vec::new(),
+            routes_before: Vec::new(),
         }
     }
 }
@@ -244,6 +250,29 @@ pub fn guard_filter(opts: &EnvoyOpts, wasm: &str) -> serde_json::Value {
 pub fn envoy_config(opts: &EnvoyOpts, port: u16, admin: u16, wasm: &str) -> String {
     let addr =
         |p: u16| serde_json::json!({"socket_address": {"address": "127.0.0.1", "port_value": p}});
+    let healthz = serde_json::json!({
+        "match": {"path": "/healthz"},
+        "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+        "typed_per_filter_config": {"envoy.filters.http.wasm": {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+            "disabled": true
+        }}
+    });
+    let upstream = serde_json::json!({
+        "match": {"prefix": "/"},
+        "route": {"cluster": "upstream", "timeout": format!("{}s", opts.route_timeout_s)}
+    });
+    let routes: Vec<serde_json::Value> = std::iter::once(healthz)
+        .chain(opts.routes_before.iter().cloned())
+        .chain(std::iter::once(upstream))
+        .collect();
+    let router = serde_json::json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+    }});
+    let filters: Vec<serde_json::Value> = std::iter::once(guard_filter(opts, wasm))
+        .chain(opts.filters_after.iter().cloned())
+        .chain(std::iter::once(router))
+        .collect();
     let mut listener = serde_json::json!({
         "name": "callbacks",
         "address": addr(port),
@@ -257,27 +286,9 @@ pub fn envoy_config(opts: &EnvoyOpts, port: u16, admin: u16, wasm: &str) -> Stri
                 "route_config": {"virtual_hosts": [{
                     "name": "callbacks",
                     "domains": ["*"],
-                    "routes": [
-                        {
-                            "match": {"path": "/healthz"},
-                            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
-                            "typed_per_filter_config": {"envoy.filters.http.wasm": {
-                                "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-                                "disabled": true
-                            }}
-                        },
-                        {
-                            "match": {"prefix": "/"},
-                            "route": {"cluster": "upstream", "timeout": format!("{}s", opts.route_timeout_s)}
-                        }
-                    ]
+                    "routes": routes
                 }]},
-                "http_filters": [
-                    guard_filter(opts, wasm),
-                    {"name": "envoy.filters.http.router", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                    }}
-                ]
+                "http_filters": filters
             }
         }]}]
     });
