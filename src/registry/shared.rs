@@ -664,6 +664,28 @@ mod tests {
         assert_eq!(total, 1);
     }
 
+    /// The current layout is a contract with every later build (and the
+    /// previous release, whose module wrote the same bytes): bucket key and
+    /// entry bytes of a known claim are pinned. A build that changes them
+    /// must move the live reservations of the old layout, or an upgrade
+    /// makes them invisible (as the move from `v1` to `v2` did, before any
+    /// release).
+    #[test]
+    fn the_layout_is_pinned() {
+        let c = Claim::of(&cb(Event::Start, "cam1", Some("seq-1")));
+        let layout = Layout::for_config(&cfg());
+        assert_eq!(layout.bucket_key(c.stream_hash()), PINNED_BUCKET);
+        let mut e = Entry::new(&c, 1_700_000_100);
+        e.attempts = 3;
+        let mut bytes = Vec::new();
+        e.write(&mut bytes);
+        assert_eq!(hex::encode(&bytes), PINNED_ENTRY);
+    }
+
+    const PINNED_BUCKET: &str = "callback_guard.registry.v2.612";
+    const PINNED_ENTRY: &str =
+        "64c2a3f8f6e50850fc2cb22d00d49cc773ab62f7270c28f88ee107d559d755bfa9ce155a6e2370cef2ebad3da5c7846964f153650000000007";
+
     #[test]
     fn create_buckets_keeps_existing_ones() {
         let s = MemoryStore::new();
