@@ -97,10 +97,12 @@ bench-vm: target $(ENVOY_DEP)
 	@command -v wasm-opt >/dev/null || { apt-get update -qq && apt-get install -y -qq binaryen; }
 	$(PYTHON) scripts/bench_vm.py
 
-# Bare Envoy, the floor filter, callback-guard, a Lua KLS-token check and a Lua
-# substring check, side by side (about 3 minutes).
+# Bare Envoy, the floor filter, callback-guard, a Lua KLS-token check, a Lua
+# substring check and callback-guard on etcd, side by side (about 4 minutes).
 bench-envoy: wasm bins bench-floor pytools $(ENVOY_DEP)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v etcd >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null; }
 	$(TOOLS_PY) scripts/bench_envoy.py
 
 # Fuzzing decide() (fuzz/): every target for FUZZ_SECONDS each. New corpus entries
@@ -146,8 +148,9 @@ test-fleet: wasm $(ENVOY_DEP)
 clean:
 	$(CARGO) clean
 
-# ---- Docker: envoy/docker-compose.yaml (README "Docker"; scripts/docker.sh) ----------
+# ---- Docker: envoy/docker-compose.yaml (README "Docker"), envoy/docker-compose.fleet.yaml (docs/docker-fleet.md); scripts/docker.sh
 .PHONY: docker-config docker-images docker-up docker-down docker-test
+.PHONY: docker-fleet-config docker-fleet-images docker-fleet-up docker-fleet-down docker-fleet-test
 
 # envoy/envoy.docker.yaml is envoy/envoy.yaml as Envoy sees it in the compose stack,
 # generated here so the two never drift. Exactly these lines differ: listener and admin
@@ -193,9 +196,44 @@ docker-down:
 	ENVOY_VERSION=$(ENVOY_VERSION) ./scripts/docker.sh down
 
 # The stack on free ports with a fresh push key, then tests/e2e_shipped.rs against it;
-# compose logs on failure; always torn down.
-docker-test: wasm wasm-crash-test $(ENVOY_DEP) docker-config
+# compose logs on failure; always torn down. Then the same for the fleet
+# (docker-fleet-test).
+docker-test: wasm wasm-crash-test $(ENVOY_DEP) docker-config docker-fleet-config
 	ENVOY_VERSION=$(ENVOY_VERSION) ./scripts/docker.sh test
+	ENVOY_VERSION=$(ENVOY_VERSION) ./scripts/docker.sh fleet-test
+
+# The fleet, envoy/docker-compose.fleet.yaml (docs/docker-fleet.md): two Envoys sharing a
+# 3-member etcd cluster (image FROM scratch from Debian's etcd), and the receiver.
+# envoy/envoy.fleet.docker.yaml is envoy/envoy.yaml with what differs in the compose
+# stack (as envoy/envoy.docker.yaml), allow_cidrs = the fleet network's gateway, the
+# cluster `etcd` and duplicate_streams.store.etcd, generated and checked by
+# scripts/docker_fleet_config.py: any other difference, or a source of another shape,
+# is an error.
+DOCKER_FLEET_SUBNET ?= 172.29.54.0/24
+DOCKER_FLEET_SENDER_CIDR ?= 172.29.54.1/32
+export CALLBACK_GUARD_FLEET_SUBNET := $(DOCKER_FLEET_SUBNET)
+docker-fleet-config: pytools
+	@$(TOOLS_PY) scripts/docker_fleet_config.py envoy/envoy.yaml envoy/envoy.fleet.docker.yaml \
+	  --sender-cidr $(DOCKER_FLEET_SENDER_CIDR)
+
+# The images of docker-images, and callback-guard-etcd:<etcd version> (installs
+# etcd-server when /usr/bin/etcd is missing).
+docker-fleet-images: $(ENVOY_DEP) docker-fleet-config
+	ENVOY_VERSION=$(ENVOY_VERSION) ./scripts/docker.sh fleet-images
+
+# The fleet on 127.0.0.1: Envoy A 10001 (admin 9902), Envoy B 10002 (admin 9903),
+# receiver 8081, etcd1's client port 12379; a fresh etcd cluster each time.
+docker-fleet-up: wasm bins $(ENVOY_DEP) docker-fleet-config
+	ENVOY_VERSION=$(ENVOY_VERSION) ./scripts/docker.sh fleet-up
+
+docker-fleet-down:
+	ENVOY_VERSION=$(ENVOY_VERSION) ./scripts/docker.sh fleet-down
+
+# The fleet on free ports with a fresh push key, then tests/e2e_fleet_docker.rs against
+# it (members killed and stopped with the docker CLI); compose logs on failure; always
+# torn down.
+docker-fleet-test: wasm $(ENVOY_DEP) docker-fleet-config
+	ENVOY_VERSION=$(ENVOY_VERSION) ./scripts/docker.sh fleet-test
 
 # ---- OCI image (scripts/oci.py) ----
 # `make oci`: the module as an OCI image for Istio WasmPlugin / Envoy Gateway

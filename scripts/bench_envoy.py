@@ -10,7 +10,12 @@ Envoy whose listener answers every request with a `direct_response`:
   that file), with the bench's plugin configuration;
 - lua-kls: what a user would write instead: bench/kls_token.lua checks the
   KLS token itself (JSON fields by pattern, pure-Lua MD5, expiry, app);
-- lua: a Lua filter that only checks the body contains `NotifyType`.
+- lua: a Lua filter that only checks the body contains `NotifyType`;
+- guard+etcd: callback-guard with its registry on etcd (one local member, the
+  JSON gateway over HTTP/1.1): every start and end waits for etcd. It and
+  guard-64 (the same guard on shared data) get the callbacks of 64 streams in
+  turn instead of one stream: 16 connections on one etcd key would be 16
+  writers on one key, which no real platform does.
 wrk drives each in alternating rounds (A B C D E A B ...), with the same
 connection count and body: the seed's PubStart with a valid ks_md5 token,
 alternating with its end (same session), so the registry forwards all of them.
@@ -49,7 +54,12 @@ ROUND_SECONDS = int(os.environ.get("ROUND_SECONDS", "6"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "16"))
 # bench/kls_token.lua has the same key.
 KEY = "benchKey0123456789"
-NAMES = ["bare", "floor", "guard", "lua-kls", "lua"] + (["guard-b"] if WASM_B else [])
+ETCD = os.environ.get("ETCD_BIN", "/usr/bin/etcd")
+NAMES = ["bare", "floor", "guard", "lua-kls", "lua", "guard-64", "guard+etcd"] + (["guard-b"] if WASM_B else [])
+# These rows spread the callbacks over 64 streams (STREAMS_64): with etcd, one
+# stream hammered from 16 connections is 16 writers on one key, which no real
+# platform does. guard-64 is the shared-data guard on the same traffic.
+MULTI = {"guard-64", "guard+etcd"}
 
 
 def free_port():
@@ -70,7 +80,7 @@ ROUTER = {
 }
 
 
-def config(admin, listener, upstream_port=None, filters=()):
+def config(admin, listener, upstream_port=None, filters=(), etcd_port=None):
     """A whole Envoy config (JSON): one listener with `filters` before the router."""
     if upstream_port is None:
         # The upstream reads the whole request before answering; a direct
@@ -123,6 +133,18 @@ def config(admin, listener, upstream_port=None, filters=()):
                 },
             }
         ]
+    if etcd_port is not None:
+        cfg["static_resources"]["clusters"].append(
+            {
+                "name": "etcd",
+                "type": "STATIC",
+                "connect_timeout": "0.25s",
+                "load_assignment": {
+                    "cluster_name": "etcd",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr(etcd_port)}}]}],
+                },
+            }
+        )
     return cfg
 
 
@@ -147,10 +169,10 @@ def shipped_guard_filter():
     return chain[0]
 
 
-def guard_filters(wasm=WASM):
+def guard_filters(wasm=WASM, plugin=PLUGIN):
     f = shipped_guard_filter()
     cfg = f["typed_config"]["config"]
-    cfg["configuration"]["value"] = PLUGIN
+    cfg["configuration"]["value"] = plugin
     cfg["vm_config"]["code"]["local"]["filename"] = wasm
     cfg["vm_config"]["environment_variables"]["host_env_keys"] = []
     return [f]
@@ -200,6 +222,52 @@ end
 }
 
 
+ETCD_PLUGIN = json.dumps(
+    dict(
+        json.loads(PLUGIN),
+        duplicate_streams={
+            "reject": True,
+            "ttl_s": 86400,
+            "store": {"etcd": {"cluster": "etcd", "key_prefix": "/cg-bench/", "timeout_ms": 1500}},
+        },
+    )
+)
+
+
+class Etcd:
+    """One etcd member on free 127.0.0.1 ports, its own data dir."""
+
+    def __init__(self, tmp):
+        self.port, peer = free_port(), free_port()
+        self.proc = subprocess.Popen(
+            [ETCD, "--name", "bench", "--data-dir", os.path.join(tmp, "etcd"),
+             "--listen-client-urls", f"http://127.0.0.1:{self.port}",
+             "--advertise-client-urls", f"http://127.0.0.1:{self.port}",
+             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-cluster", f"bench=http://127.0.0.1:{peer}",
+             "--logger", "zap", "--log-level", "error"],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "etcd.log"), "w"))
+        for _ in range(200):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as r:
+                    if b'"true"' in r.read():
+                        return
+            except Exception:
+                pass
+            time.sleep(0.1)
+        sys.exit("etcd did not become healthy, see its log")
+
+    def cpu_seconds(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
 class EnvoyProc:
     def __init__(self, name, cfg, tmp):
         self.name = name
@@ -235,9 +303,8 @@ class EnvoyProc:
         self.proc.wait()
 
 
-def bodies(valid=True):
+def bodies(valid=True, stream="test"):
     now = int(time.time())
-    stream = "test"
     q = subprocess.check_output(
         [CLI, "sign", "--scheme", "ks_md5", "--key", KEY, "--app", "live", "--stream", stream, "--expires-in", "3600"],
         text=True,
@@ -257,21 +324,29 @@ def bodies(valid=True):
     return body("PubStart", "PubStartUnixTime"), body("PubEnd", "PubEndUnixTime")
 
 
-def wrk_script(tmp, start, end, name):
+def wrk_script(tmp, start, end, name, pairs=None):
+    """wrk sends start, end, start, end... of one stream; with `pairs`, it
+    walks a list of (start, end) of several streams instead."""
+    pairs = pairs or [(start, end)]
     path = os.path.join(tmp, f"{name}.lua")
+    bodies = ",\n  ".join(f"{json.dumps(a)}, {json.dumps(b)}" for a, b in pairs)
     with open(path, "w") as f:
         f.write(
             f"""
 local reqs = {{}}
+local bodies = {{
+  {bodies}
+}}
 local n = 0
 function init(args)
   local h = {{ ["content-type"] = "application/json" }}
-  reqs[1] = wrk.format("POST", "/callback", h, {json.dumps(start)})
-  reqs[2] = wrk.format("POST", "/callback", h, {json.dumps(end)})
+  for i, b in ipairs(bodies) do
+    reqs[i] = wrk.format("POST", "/callback", h, b)
+  end
 end
 function request()
   n = n + 1
-  return reqs[(n % 2) + 1]
+  return reqs[(n % #reqs) + 1]
 end
 done = function(summary, latency, requests)
   local s = summary
@@ -305,6 +380,7 @@ def main():
         (WASM, "make wasm"),
         (CLI, "make bins"),
         (FLOOR_WASM, "make bench-floor"),
+        (ETCD, "apt-get install etcd-server"),
     ]:
         if not os.path.exists(path):
             sys.exit(f"{path} missing: run `{how}`")
@@ -322,25 +398,38 @@ def main():
     }
     if WASM_B:
         filters["guard-b"] = guard_filters(WASM_B)
+    filters["guard-64"] = guard_filters()
+    filters["guard+etcd"] = guard_filters(plugin=ETCD_PLUGIN)
+    etcd = Etcd(tmp)
     ports = {name: free_port() for name in NAMES}
-    envoys = {name: EnvoyProc(name, config(free_port(), ports[name], up_port, filters[name]), tmp) for name in NAMES}
+    envoys = {
+        name: EnvoyProc(
+            name,
+            config(free_port(), ports[name], up_port, filters[name], etcd.port if name == "guard+etcd" else None),
+            tmp,
+        )
+        for name in NAMES
+    }
     try:
         upstream.wait_ready()
         for e in envoys.values():
             e.wait_ready()
         start, end = bodies()
         script = wrk_script(tmp, start, end, "valid")
+        multi = wrk_script(tmp, None, None, "valid64", pairs=[bodies(stream=f"test-{i}") for i in range(64)])
         bad_start, bad_end = bodies(valid=False)
         reject_script = wrk_script(tmp, bad_start, bad_end, "reject")
         # warm up every Envoy (and the wasm VMs' JIT)
         for name in NAMES:
-            run_wrk(ports[name], script, 2)
+            run_wrk(ports[name], multi if name in MULTI else script, 2)
         results = {name: [] for name in NAMES}
         for rnd in range(ROUNDS):
             for name in NAMES:
                 cpu0 = envoys[name].cpu_seconds()
-                r = run_wrk(ports[name], script, ROUND_SECONDS)
+                etcd0 = etcd.cpu_seconds()
+                r = run_wrk(ports[name], multi if name in MULTI else script, ROUND_SECONDS)
                 r["cpu_us"] = (envoys[name].cpu_seconds() - cpu0) * 1e6 / max(r["requests"], 1)
+                r["etcd_cpu_us"] = (etcd.cpu_seconds() - etcd0) * 1e6 / max(r["requests"], 1)
                 results[name].append(r)
                 print(
                     f"round {rnd + 1} {name:7s} {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:.3f} ms  p99 {r['p99_us'] / 1000:.3f} ms  Envoy CPU {r['cpu_us']:.1f} us/req  non-2xx {r['non2xx']}",
@@ -348,7 +437,7 @@ def main():
                 )
         reject = run_wrk(ports["guard"], reject_script, ROUND_SECONDS)
     finally:
-        for e in list(envoys.values()) + [upstream]:
+        for e in list(envoys.values()) + [upstream, etcd]:
             e.stop()
 
     def med(name, key):
@@ -374,6 +463,11 @@ def main():
     for other in ["floor", "lua-kls", "lua"] + (["guard-b"] if WASM_B else []):
         print(f"guard/{other} throughput: {med('guard', 'rps') / med(other, 'rps'):.3f}")
     print(f"guard p99 - bare p99: {(med('guard', 'p99_us') - med('bare', 'p99_us')) / 1000:+.3f} ms")
+    print(f"guard+etcd/guard-64 throughput: {med('guard+etcd', 'rps') / med('guard-64', 'rps'):.3f}")
+    print(
+        f"guard+etcd: p50 {med('guard+etcd', 'p50_us') / 1000:.3f} ms ({(med('guard+etcd', 'p50_us') - med('guard-64', 'p50_us')) / 1000:+.3f} ms "
+        f"over the shared-data registry), etcd CPU {med('guard+etcd', 'etcd_cpu_us'):.1f} us per callback"
+    )
     for other in ["bare", "floor"] + (["guard-b"] if WASM_B else []):
         print(f"Envoy CPU per request, guard - {other}: {med('guard', 'cpu_us') - med(other, 'cpu_us'):+.1f} us")
     bad = sum(r["non2xx"] + r["errors"] for n in NAMES for r in results[n])

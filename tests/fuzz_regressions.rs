@@ -1,4 +1,4 @@
-//! Regressions found by the fuzz targets in `fuzz/` (see README, "Hardening").
+//! Regressions found by the fuzz targets in `fuzz/` (see docs/development.md, "Hardening").
 //! Each test replays the input that broke an oracle, through the public API.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

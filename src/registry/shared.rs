@@ -414,7 +414,7 @@ mod tests {
     /// Without an identity and without a client address (the spec samples'
     /// blank `ClientIp`/`ClientPort`), an end cannot be tied to one push. It
     /// frees the stream's derived reservation rather than leave the stream
-    /// blocked for `ttl_s` (README, "One live push per stream").
+    /// blocked for `ttl_s` (docs/registry.md, "One live push per stream").
     #[test]
     fn an_end_with_no_identity_and_no_address_frees_a_derived_reservation() {
         let s = MemoryStore::new();
