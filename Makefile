@@ -148,7 +148,7 @@ test-fleet: wasm $(ENVOY_DEP)
 clean:
 	$(CARGO) clean
 
-# ---- Docker: envoy/docker-compose.yaml (README "Docker"), envoy/docker-compose.fleet.yaml (docs/docker-fleet.md); scripts/docker.sh
+# ---- Docker: envoy/docker-compose.yaml (docs/deployment.md "Docker"), envoy/docker-compose.fleet.yaml (docs/docker-fleet.md); scripts/docker.sh
 .PHONY: docker-config docker-images docker-up docker-down docker-test
 .PHONY: docker-fleet-config docker-fleet-images docker-fleet-up docker-fleet-down docker-fleet-test
 

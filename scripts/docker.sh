@@ -13,6 +13,23 @@
 #   test    up on free ports with a fresh push key, then tests/e2e_shipped.rs against it
 #           (CALLBACK_GUARD_E2E_EXTERNAL); compose logs on failure; always down
 #
+# The fleet, envoy/docker-compose.fleet.yaml (docs/docker-fleet.md): two Envoys sharing a
+# 3-member etcd cluster, the receiver; compose project COMPOSE_PROJECT_NAME-fleet. After
+# `make docker-fleet-config` has written envoy/envoy.fleet.docker.yaml:
+#
+#   fleet-images  the images above, and callback-guard-etcd:<etcd version>, built FROM
+#                 scratch from Debian's /usr/bin/etcd (ETCD_BIN) and the glibc files it
+#                 links (etcd-server is installed when missing; nothing else downloaded)
+#   fleet-up      fleet-images, then the fleet on 127.0.0.1 (FLEET_ENVOY_A_PORT,
+#                 FLEET_ENVOY_A_ADMIN_PORT, FLEET_ENVOY_B_PORT, FLEET_ENVOY_B_ADMIN_PORT,
+#                 FLEET_RECEIVER_PORT, FLEET_ETCD_PORT: 10001, 9902, 10002, 9903, 8081,
+#                 12379), fresh etcd volumes, waiting for both Envoys' /ready and for each
+#                 to count 3 healthy etcd members
+#   fleet-down    stops and removes the fleet and its etcd volumes
+#   fleet-test    fleet-up on free ports with a fresh push key, then tests/e2e_fleet_docker.rs
+#                 against it (CALLBACK_GUARD_E2E_FLEET, CALLBACK_GUARD_FLEET_ETCD_CONTAINERS);
+#                 compose logs on failure; always down
+#
 # DOCKER_COMPOSE picks the compose command (default: `docker compose` when the v2 plugin is
 # there, else `docker-compose`). The compose project is COMPOSE_PROJECT_NAME (callback-guard).
 set -euo pipefail
@@ -38,7 +55,7 @@ compose() { $DOCKER_COMPOSE -f "$COMPOSE_FILE" "$@"; }
 
 need_docker() {
   command -v docker >/dev/null || { echo "docker not found: apt-get install docker.io docker-compose" >&2; exit 1; }
-  docker info >/dev/null 2>&1 || { echo "no Docker daemon answers: start dockerd (README \"Docker\")" >&2; exit 1; }
+  docker info >/dev/null 2>&1 || { echo "no Docker daemon answers: start dockerd (docs/deployment.md \"Docker\")" >&2; exit 1; }
   $DOCKER_COMPOSE version >/dev/null 2>&1 || { echo "$DOCKER_COMPOSE not found: apt-get install docker-compose" >&2; exit 1; }
 }
 
@@ -60,8 +77,18 @@ build() {
   docker build "$@" "$ctx" >"$ctx.build.log" 2>&1 || { cat "$ctx.build.log" >&2; return 1; }
 }
 
+# The glibc files an ELF links, as ldd resolves them (the loader included), copied into
+# the rootfs at the same paths (symlinks followed).
+copy_linked_libs() {
+  local elf="$1" rootfs="$2" lib
+  for lib in $(ldd "$elf" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+    mkdir -p "$rootfs$(dirname "$lib")"
+    cp -L "$lib" "$rootfs$lib"
+  done
+}
+
 build_local_envoy_image() {
-  local elf sum ctx lib
+  local elf sum ctx
   elf="$(envoy_elf)"
   sum="$(sha256sum "$elf" | cut -c1-64)"
   if [ "$(docker image inspect -f '{{index .Config.Labels "callback-guard.envoy-sha256"}}' "$LOCAL_ENVOY_IMAGE" 2>/dev/null)" = "$sum" ]; then
@@ -73,10 +100,7 @@ build_local_envoy_image() {
   mkdir -p "$ctx/rootfs/usr/local/bin"
   ln -f "$elf" "$ctx/rootfs/usr/local/bin/envoy" 2>/dev/null || cp "$elf" "$ctx/rootfs/usr/local/bin/envoy"
   # The loader and every library ldd resolves, at the same paths (symlinks followed).
-  for lib in $(ldd "$elf" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
-    mkdir -p "$ctx/rootfs$(dirname "$lib")"
-    cp -L "$lib" "$ctx/rootfs$lib"
-  done
+  copy_linked_libs "$elf" "$ctx/rootfs"
   cp envoy/envoy-scratch.Dockerfile "$ctx/Dockerfile"
   say "building $LOCAL_ENVOY_IMAGE FROM scratch: $elf + $(cd "$ctx/rootfs" && find lib* -type f | sort | tr '\n' ' ')"
   build "$ctx" --label "callback-guard.envoy-sha256=$sum" -t "$LOCAL_ENVOY_IMAGE"
@@ -92,6 +116,47 @@ build_receiver_image() {
   cp envoy/receiver.Dockerfile "$ctx/Dockerfile"
   say "building $RECEIVER_IMAGE FROM scratch: target/$MUSL/release/callback-receiver"
   build "$ctx" -t "$RECEIVER_IMAGE"
+}
+
+# Debian's etcd (package etcd-server), installed when missing, as `make test-fleet` does.
+ETCD_BIN="${ETCD_BIN:-/usr/bin/etcd}"
+need_etcd() {
+  [ -x "$ETCD_BIN" ] && return
+  [ "$ETCD_BIN" = /usr/bin/etcd ] || { echo "ETCD_BIN=$ETCD_BIN is not an executable" >&2; exit 1; }
+  say "installing Debian's etcd-server (for /usr/bin/etcd)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+}
+
+# Sets and exports ETCD_IMAGE: callback-guard-etcd:<etcd version>, built FROM scratch
+# from Debian's etcd unless it is up to date. An ETCD_IMAGE given is used as it is (its
+# entrypoint must be etcd: compose passes only flags).
+pick_etcd_image() {
+  if [ -n "${ETCD_IMAGE:-}" ]; then
+    say "etcd image: $ETCD_IMAGE (from ETCD_IMAGE)"
+    export ETCD_IMAGE
+    return
+  fi
+  need_etcd
+  local version sum ctx
+  version="$("$ETCD_BIN" --version | awk '/^etcd Version:/ { print $3 }')"
+  [ -n "$version" ] || { echo "$ETCD_BIN --version names no version" >&2; exit 1; }
+  export ETCD_IMAGE="callback-guard-etcd:$version"
+  sum="$(sha256sum "$ETCD_BIN" | cut -c1-64)"
+  if [ "$(docker image inspect -f '{{index .Config.Labels "callback-guard.etcd-sha256"}}' "$ETCD_IMAGE" 2>/dev/null)" = "$sum" ]; then
+    say "$ETCD_IMAGE is up to date ($ETCD_BIN)"
+    return
+  fi
+  ctx="$WORK/etcd"
+  rm -rf "$ctx"
+  mkdir -p "$ctx/rootfs/usr/local/bin" "$ctx/data"
+  chmod 0700 "$ctx/data"
+  cp "$ETCD_BIN" "$ctx/rootfs/usr/local/bin/etcd"
+  if ldd "$ETCD_BIN" >/dev/null 2>&1; then
+    copy_linked_libs "$ETCD_BIN" "$ctx/rootfs"
+  fi
+  cp envoy/etcd-scratch.Dockerfile "$ctx/Dockerfile"
+  say "building $ETCD_IMAGE FROM scratch: $ETCD_BIN + $(cd "$ctx/rootfs" && find . -path ./usr -prune -o -type f -print | sed 's|^\./||' | sort | tr '\n' ' ')"
+  build "$ctx" --label "callback-guard.etcd-sha256=$sum" --label "callback-guard.etcd-version=$version" -t "$ETCD_IMAGE"
 }
 
 # Sets and exports ENVOY_IMAGE.
@@ -130,22 +195,29 @@ published() {
   compose port "$1" "$2" | tail -n 1 | sed 's/.*://'
 }
 
+# Fails when the service's container has exited.
+running() {
+  local cid
+  cid="$(compose ps -q "$1")"
+  if [ -n "$cid" ] && [ "$(docker inspect -f '{{.State.Running}}' "$cid")" != true ]; then
+    echo "$1 exited: $(docker inspect -f '{{.State.ExitCode}}' "$cid")" >&2
+    return 1
+  fi
+}
+
+# Waits for the admin /ready of an Envoy service (default: envoy).
 wait_ready() {
-  local admin i cid
-  admin="$(published envoy 9901)"
+  local service="${1:-envoy}" admin i
+  admin="$(published "$service" 9901)"
   for i in $(seq 1 240); do
     if curl -fsS "http://127.0.0.1:$admin/ready" >/dev/null 2>&1; then
-      say "Envoy ready (admin 127.0.0.1:$admin/ready, poll $i)"
+      say "$([ "$service" = envoy ] && echo Envoy || echo "$service") ready (admin 127.0.0.1:$admin/ready, poll $i)"
       return 0
     fi
-    cid="$(compose ps -q envoy)"
-    if [ -n "$cid" ] && [ "$(docker inspect -f '{{.State.Running}}' "$cid")" != true ]; then
-      echo "Envoy exited: $(docker inspect -f '{{.State.ExitCode}}' "$cid")" >&2
-      return 1
-    fi
+    running "$service" || return 1
     sleep 0.25
   done
-  echo "Envoy not ready after 60 s" >&2
+  echo "$service not ready after 60 s" >&2
   return 1
 }
 
@@ -208,6 +280,103 @@ Stop: make docker-down
 MSG
 }
 
+# ---- the fleet: envoy/docker-compose.fleet.yaml ---------------------------------------
+
+FLEET_CONFIG=envoy/envoy.fleet.docker.yaml
+FLEET_ETCD_MEMBERS="etcd1 etcd2 etcd3"
+
+# Points compose() at the fleet's file and project.
+use_fleet() {
+  COMPOSE_FILE=envoy/docker-compose.fleet.yaml
+  export COMPOSE_PROJECT_NAME="${FLEET_COMPOSE_PROJECT_NAME:-$COMPOSE_PROJECT_NAME-fleet}"
+}
+
+fleet_images() {
+  images
+  pick_etcd_image
+  say "image $ETCD_IMAGE: $(docker image inspect -f '{{.Size}}' "$ETCD_IMAGE" | awk '{ printf "%.1f MB", $1 / 1e6 }')"
+}
+
+check_fleet_inputs() {
+  [ -f "$WASM" ] || { echo "$WASM is missing: make wasm" >&2; exit 1; }
+  [ -f "$FLEET_CONFIG" ] || { echo "$FLEET_CONFIG is missing: make docker-fleet-config" >&2; exit 1; }
+}
+
+# Waits until an Envoy service's cluster `etcd` counts every member healthy (Envoy's own
+# health checks on /health: etcd answers 503 there without a leader).
+wait_etcd_healthy() {
+  local service="$1" admin i n want
+  want="$(echo $FLEET_ETCD_MEMBERS | wc -w)"
+  admin="$(published "$service" 9901)"
+  for i in $(seq 1 240); do
+    n="$(curl -fsS "http://127.0.0.1:$admin/stats/prometheus" 2>/dev/null |
+      awk '$1 == "envoy_cluster_membership_healthy{envoy_cluster_name=\"etcd\"}" { print $2 }')"
+    if [ "$n" = "$want" ]; then
+      say "$service: etcd cluster healthy ($n of $want members, poll $i)"
+      return 0
+    fi
+    for m in $service $FLEET_ETCD_MEMBERS; do running "$m" || return 1; done
+    sleep 0.25
+  done
+  echo "$service: its etcd cluster has ${n:-no} healthy members after 60 s, not $want" >&2
+  return 1
+}
+
+fleet_up() {
+  check_fleet_inputs
+  fleet_images
+  # A fresh cluster: etcd's volumes of an earlier run are dropped.
+  compose down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+  say "$DOCKER_COMPOSE -p $COMPOSE_PROJECT_NAME -f $COMPOSE_FILE up -d (ENVOY_IMAGE=$ENVOY_IMAGE ETCD_IMAGE=$ETCD_IMAGE RECEIVER_IMAGE=$RECEIVER_IMAGE)"
+  compose up -d --force-recreate
+  local e
+  for e in envoy-a envoy-b; do
+    wait_ready "$e"
+    wait_etcd_healthy "$e"
+  done
+}
+
+fleet_down() {
+  compose down --volumes --remove-orphans --timeout 5
+}
+
+fleet_hello() {
+  local a b stream now query t k cli=target/release/callback-guard
+  a="$(published envoy-a 10000)"
+  b="$(published envoy-b 10000)"
+  stream="cam$RANDOM"
+  now="'\"\$(date +%s)\"'"
+  body() { printf '{"Version":"1.0","App":"live","Pubdomain":"push.example.com","Stream":"%s","%sUnixTime":%s000,"NotifyType":"%s","ClientIp":" ","ClientPort":" ","Node":" ","Sequence":"%s","PubParam":{"t":"%s","k":"%s"}}' "$stream" "$1" "$now" "$1" "$2" "$t" "$k"; }
+  cat <<MSG
+
+The callback-guard fleet runs in Docker: Envoy A on http://127.0.0.1:$a (admin :$(published envoy-a 9901)),
+Envoy B on http://127.0.0.1:$b (admin :$(published envoy-b 9901)), one stream registry on etcd
+(etcd1's client port on 127.0.0.1:$(published etcd1 2379)), the receiver on :$(published receiver 8080).
+MSG
+  if [ -x "$cli" ]; then
+    query="$("$cli" sign --scheme ks_md5 --key-env CALLBACK_GUARD_PUSH_KEY --app live --stream "$stream" --expires-in 3600)"
+    t="${query#t=}"; t="${t%%&*}"; k="${query##*k=}"
+    cat <<MSG
+
+A start of $stream on Envoy A (200), then another session's start of it on Envoy B (409 ExistStreamName),
+the first session's end on B (200), and the second start again on B (200 now):
+
+  curl -i http://127.0.0.1:$a/callback -H 'content-type: application/json' -d '$(body PubStart s1)'
+  curl -i http://127.0.0.1:$b/callback -H 'content-type: application/json' -d '$(body PubStart s2)'
+  curl -i http://127.0.0.1:$b/callback -H 'content-type: application/json' -d '$(body PubEnd s1)'
+  curl -i http://127.0.0.1:$b/callback -H 'content-type: application/json' -d '$(body PubStart s2)'
+MSG
+  else
+    echo "(build target/release/callback-guard, \`make bins\`, for signed example commands)"
+  fi
+  cat <<MSG
+
+Stop a member: $DOCKER_COMPOSE -p $COMPOSE_PROJECT_NAME -f $COMPOSE_FILE stop etcd3   (start it again: ... start etcd3)
+Logs: $DOCKER_COMPOSE -p $COMPOSE_PROJECT_NAME -f $COMPOSE_FILE logs -f
+Stop: make docker-fleet-down
+MSG
+}
+
 case "${1:-}" in
   images) images ;;
   up)
@@ -233,8 +402,40 @@ case "${1:-}" in
     say "CALLBACK_GUARD_E2E_EXTERNAL=$CALLBACK_GUARD_E2E_EXTERNAL $CARGO test --test e2e_shipped"
     $CARGO test --test e2e_shipped
     ;;
+  fleet-images)
+    use_fleet
+    need_docker
+    fleet_images
+    ;;
+  fleet-up)
+    use_fleet
+    need_docker
+    export CALLBACK_GUARD_PUSH_KEY="${CALLBACK_GUARD_PUSH_KEY:-demo0key0123456789}"
+    trap 'rc=$?; if [ "$rc" != 0 ]; then logs; fi' EXIT
+    fleet_up
+    fleet_hello
+    ;;
+  fleet-down)
+    use_fleet
+    need_docker
+    fleet_down
+    ;;
+  fleet-test)
+    use_fleet
+    need_docker
+    export CALLBACK_GUARD_PUSH_KEY="dockerFleet$(date +%s)$RANDOM"
+    export FLEET_ENVOY_A_PORT="" FLEET_ENVOY_A_ADMIN_PORT="" FLEET_ENVOY_B_PORT="" \
+      FLEET_ENVOY_B_ADMIN_PORT="" FLEET_RECEIVER_PORT="" FLEET_ETCD_PORT=""
+    trap 'rc=$?; if [ "$rc" != 0 ]; then logs; fi; say "tearing down the fleet"; fleet_down; exit "$rc"' EXIT
+    fleet_up
+    CALLBACK_GUARD_E2E_FLEET="$(published envoy-a 10000):$(published envoy-a 9901):$(published envoy-b 10000):$(published envoy-b 9901):$(published receiver 8080):$(published etcd1 2379)"
+    CALLBACK_GUARD_FLEET_ETCD_CONTAINERS="$(for m in $FLEET_ETCD_MEMBERS; do compose ps -q "$m"; done | paste -sd, -)"
+    export CALLBACK_GUARD_E2E_FLEET CALLBACK_GUARD_FLEET_ETCD_CONTAINERS
+    say "CALLBACK_GUARD_E2E_FLEET=$CALLBACK_GUARD_E2E_FLEET $CARGO test --test e2e_fleet_docker -- --ignored --test-threads=1"
+    $CARGO test --test e2e_fleet_docker -- --ignored --test-threads=1 --nocapture
+    ;;
   *)
-    echo "usage: $0 images|up|down|test" >&2
+    echo "usage: $0 images|up|down|test|fleet-images|fleet-up|fleet-down|fleet-test" >&2
     exit 2
     ;;
 esac

@@ -1440,7 +1440,10 @@ pub fn etcd_cluster_config(ports: &[u16]) -> serde_json::Value {
             "interval": "0.5s",
             "unhealthy_threshold": 1,
             "healthy_threshold": 1,
-            "http_health_check": {"path": "/health"}
+            "http_health_check": {"path": "/health"},
+            // Envoy checks a cluster that has carried no call yet only every 60 s
+            // by default: a member that dies early would stay "healthy" that long.
+            "no_traffic_interval": "0.5s"
         }],
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}}
     })
