@@ -539,3 +539,41 @@ fn without_quorum_or_without_etcd_starts_fail_closed_and_ends_pass() {
         .sum();
     assert_eq!(errors, 14, "12 refused starts and 2 ends, counted by kind");
 }
+
+/// Observe mode records reservations in the registry like enforce mode, so
+/// switching to enforce starts from the truth: a push let through by an
+/// observe-mode Envoy holds its stream on an enforce-mode Envoy of the fleet.
+#[test]
+#[ignore]
+fn observe_mode_records_reservations_that_enforce_mode_then_honours() {
+    let Some(f) = Fleet::start(600, 1500) else {
+        return;
+    };
+    let mut cfg = f.plugin_config();
+    cfg["mode"] = json!("observe");
+    let mut opts = EnvoyOpts::new(cfg, f.rx.port);
+    opts.extra_clusters = vec![etcd_cluster_config(&f.etcd.client_ports())];
+    let observe = Envoy::start(opts).expect("Envoy");
+    wait_healthy_etcd(&observe, 3);
+
+    let r = observe.post(JSON, callback("PubStart", "rollout", "s1").as_bytes());
+    assert_eq!(r.status, 200);
+    // In observe mode a second push is let through, marked.
+    let r = observe.post(JSON, callback("PubStart", "rollout", "s2").as_bytes());
+    assert_eq!(r.status, 200);
+    let marked =
+        f.rx.received()
+            .last()
+            .unwrap()
+            .header("x-callback-guard-would-reject")
+            .map(str::to_string);
+    assert_eq!(marked.as_deref(), Some("ExistStreamName"));
+    // Enforce mode, on the same registry, refuses it: it knows s1 is live.
+    let r = f.post(0, &callback("PubStart", "rollout", "s2"));
+    assert_eq!(status_and_code(&r), (409, "ExistStreamName".into()));
+    assert_eq!(
+        f.post(1, &callback("PubStart", "rollout", "s1")).status,
+        200,
+        "s1's retry renews"
+    );
+}
