@@ -680,10 +680,20 @@ fn probe_etcd(etcd: &EtcdStore) {
                 }
             });
         }
-        Err(s) => host::log(
+        // BadArgument: Envoy has no such cluster. Anything else (InternalFailure:
+        // the call could not start, say before the cluster's first health
+        // check passed) may pass by itself.
+        Err(host::Status(2)) => host::log(
             Level::Critical,
             &format!(
-                "callback-guard: duplicate_streams.store.etcd.cluster: Envoy has no cluster `{}` to reach etcd (status {}): every start is refused with ServiceUnavailable",
+                "callback-guard: duplicate_streams.store.etcd.cluster: Envoy has no cluster `{}` to reach etcd: every start is refused with ServiceUnavailable",
+                crate::callback::printable(&etcd.cluster)
+            ),
+        ),
+        Err(s) => host::log(
+            Level::Warn,
+            &format!(
+                "callback-guard: the start-up call to etcd through cluster `{}` could not start (status {}): starts get ServiceUnavailable until etcd answers",
                 crate::callback::printable(&etcd.cluster),
                 s.0
             ),
