@@ -250,3 +250,27 @@ oci: wasm
 
 test-oci: wasm
 	WASM=$(WASM) PYTHON=$(PYTHON) ./scripts/test-oci.sh
+
+# ---- deploy/ manifests ----
+# `make test-deploy`: deploy/selftest.sh. deploy/extract.py builds static Envoy bootstraps
+# from the Istio and Envoy Gateway manifests (code.local = the built module) and refuses
+# manifests that lost a required piece; the selftest validates them on Envoy 1.40.0 (and
+# 1.36.2 when .venv-envoy-1.36.2 exists) and runs them in a real Envoy: forged 403, signed
+# 200, labelled metrics, flag removed 500, FAIL_RELOAD crash recovery (with the module of
+# `make wasm-crash-test`, when built), the RBAC defence. CI=true: no Envoy is a failure.
+.PHONY: test-deploy
+test-deploy: wasm bins pytools $(ENVOY_DEP)
+	PYTHON=$(TOOLS_PY) ./deploy/selftest.sh
+
+# ---- ECDS (scripts/ecds) ----
+# `make test-ecds`: callback-guard delivered by ECDS (code.remote + sha256 from a local HTTP
+# server, and code.local) in real Envoys, with the Wasm filter config of envoy/envoy.yaml:
+# decisions as with the static config; a config swap keeps live reservations and in-flight
+# callbacks checked; wrong sha256 / modules that do not load never let a callback through
+# with the RBAC defence (filter_state_mark; docs/ecds.md), and whether Envoy's fail-open
+# without it still reproduces; bad updates rejected; upgrades from the previous release keep
+# reservations (its module is built once in a temporary git worktree and cached in
+# target/ecds-prev/). About 30 s. CI=true: a missing Envoy or git is a failure.
+.PHONY: test-ecds
+test-ecds: wasm bins pytools $(ENVOY_DEP)
+	WASM=$(CURDIR)/$(WASM) $(TOOLS_PY) scripts/ecds/harness.py --envoy $(ENVOY_BIN) ci
