@@ -234,7 +234,21 @@ ETCD_PLUGIN = json.dumps(
 )
 
 
-class Etcd:
+class Proc:
+    """A process of the bench: its CPU time, and stopping it."""
+
+    def cpu_seconds(self):
+        """User + system CPU time of this process so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class Etcd(Proc):
     """One etcd member on free 127.0.0.1 ports, its own data dir."""
 
     def __init__(self, tmp):
@@ -258,17 +272,7 @@ class Etcd:
             time.sleep(0.1)
         sys.exit("etcd did not become healthy, see its log")
 
-    def cpu_seconds(self):
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
-
-
-class EnvoyProc:
+class EnvoyProc(Proc):
     def __init__(self, name, cfg, tmp):
         self.name = name
         path = os.path.join(tmp, f"{name}.json")
@@ -292,15 +296,6 @@ class EnvoyProc:
                 time.sleep(0.1)
         sys.exit(f"{self.name}: Envoy not ready, see its log")
 
-    def cpu_seconds(self):
-        """User + system CPU time of this Envoy so far."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
 
 
 def bodies(valid=True, stream="test"):
