@@ -114,15 +114,6 @@ fn wait_healthy_etcd(e: &Envoy, n: u64) {
     );
 }
 
-fn status_and_code(r: &Response) -> (u16, String) {
-    let code = if r.status == 200 {
-        String::new()
-    } else {
-        r.code()
-    };
-    (r.status, code)
-}
-
 /// The state machine, driven natively over HTTP/1.1 against a real etcd: the
 /// wire format as the filter sends it, lease grants included.
 #[test]
@@ -213,14 +204,14 @@ fn one_live_push_per_stream_across_two_envoys() {
     };
     let r = f.post(0, &callback("PubStart", "cam1", "s1"));
     assert_eq!(
-        status_and_code(&r),
+        r.status_and_code(),
         (200, String::new()),
         "{}",
         String::from_utf8_lossy(&r.body)
     );
     // Another session on the other Envoy: a duplicate.
     let r = f.post(1, &callback("PubStart", "cam1", "s2"));
-    assert_eq!(status_and_code(&r), (409, "ExistStreamName".into()));
+    assert_eq!(r.status_and_code(), (409, "ExistStreamName".into()));
     // The same session on the other Envoy (a CDN retry): a renewal.
     let r = f.post(1, &callback("PubStart", "cam1", "s1"));
     assert_eq!(r.status, 200, "a retry is forwarded");
@@ -233,7 +224,7 @@ fn one_live_push_per_stream_across_two_envoys() {
     f.envoys.push(b);
     let r = f.post(1, &callback("PubStart", "cam1", "s3"));
     assert_eq!(
-        status_and_code(&r),
+        r.status_and_code(),
         (409, "ExistStreamName".into()),
         "after a restart"
     );
@@ -499,7 +490,7 @@ fn without_quorum_or_without_etcd_starts_fail_closed_and_ends_pass() {
             let r = f.post(i % 2, &callback("PubStart", &format!("q-{phase}-{i}"), "s"));
             let took = t0.elapsed();
             assert_eq!(
-                status_and_code(&r),
+                r.status_and_code(),
                 (503, "ServiceUnavailable".into()),
                 "{phase}: {}",
                 String::from_utf8_lossy(&r.body)
@@ -570,7 +561,7 @@ fn observe_mode_records_reservations_that_enforce_mode_then_honours() {
     assert_eq!(marked.as_deref(), Some("ExistStreamName"));
     // Enforce mode, on the same registry, refuses it: it knows s1 is live.
     let r = f.post(0, &callback("PubStart", "rollout", "s2"));
-    assert_eq!(status_and_code(&r), (409, "ExistStreamName".into()));
+    assert_eq!(r.status_and_code(), (409, "ExistStreamName".into()));
     assert_eq!(
         f.post(1, &callback("PubStart", "rollout", "s1")).status,
         200,

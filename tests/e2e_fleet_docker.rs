@@ -210,15 +210,6 @@ fn member_name(i: usize) -> &'static str {
     ["etcd1", "etcd2", "etcd3"][i]
 }
 
-fn status_and_code(r: &Response) -> (u16, String) {
-    let code = if r.status == 200 {
-        String::new()
-    } else {
-        r.code()
-    };
-    (r.status, code)
-}
-
 /// `docker <verb> <container>`, which must succeed.
 fn docker(args: &[&str]) {
     let out = Command::new("docker").args(args).output().expect("docker");
@@ -281,7 +272,7 @@ fn until_starts_served(s: &Stack, tag: &str, within: Duration) -> Duration {
             return t0.elapsed();
         }
         assert_eq!(
-            status_and_code(&r),
+            r.status_and_code(),
             (503, "ServiceUnavailable".into()),
             "{tag}: while etcd recovers, a start is served or refused with 503"
         );
@@ -362,7 +353,7 @@ fn a_live_push_on_one_envoy_is_a_duplicate_on_the_other() {
     let stream = unique_stream("fleet");
     let r = s.post(0, "PubStart", &stream, "s1");
     assert_eq!(
-        status_and_code(&r),
+        r.status_and_code(),
         (200, String::new()),
         "{}",
         String::from_utf8_lossy(&r.body)
@@ -376,19 +367,19 @@ fn a_live_push_on_one_envoy_is_a_duplicate_on_the_other() {
 
     // Another session on the other Envoy: a duplicate, answered by B.
     let r = s.post(1, "PubStart", &stream, "s2");
-    assert_eq!(status_and_code(&r), (409, "ExistStreamName".into()));
+    assert_eq!(r.status_and_code(), (409, "ExistStreamName".into()));
     assert_eq!(r.json()["Error"]["Type"], "Sender");
     // The same session on B (a CDN retry): forwarded, the reservation renewed.
     assert_eq!(s.post(1, "PubStart", &stream, "s1").status, 200);
     // And still a duplicate on A.
     let r = s.post(0, "PubStart", &stream, "s3");
-    assert_eq!(status_and_code(&r), (409, "ExistStreamName".into()));
+    assert_eq!(r.status_and_code(), (409, "ExistStreamName".into()));
 
     // The end through B frees the stream on both.
     assert_eq!(s.post(1, "PubEnd", &stream, "s1").status, 200);
     assert_eq!(s.post(0, "PubStart", &stream, "s2").status, 200);
     let r = s.post(1, "PubStart", &stream, "s3");
-    assert_eq!(status_and_code(&r), (409, "ExistStreamName".into()));
+    assert_eq!(r.status_and_code(), (409, "ExistStreamName".into()));
 
     let got = s.received(&stream);
     let want: Vec<(String, String)> = [
@@ -439,14 +430,14 @@ fn starts_need_an_etcd_quorum_and_ends_never_wait_for_one() {
         let stream = unique_stream("quorum");
         let r = s.post(n % 2, "PubStart", &stream, "s");
         assert_eq!(
-            status_and_code(&r),
+            r.status_and_code(),
             (200, String::new()),
             "start {n} with 2 of 3 members: {}",
             String::from_utf8_lossy(&r.body)
         );
     }
     let r = s.post(1, "PubStart", &held, "intruder");
-    assert_eq!(status_and_code(&r), (409, "ExistStreamName".into()));
+    assert_eq!(r.status_and_code(), (409, "ExistStreamName".into()));
 
     // 2. A second member stopped (SIGTERM): no quorum. Starts fail closed.
     let second = (leader + 1) % 3;
@@ -457,7 +448,7 @@ fn starts_need_an_etcd_quorum_and_ends_never_wait_for_one() {
         let r = s.post(n % 2, "PubStart", &refused, &format!("s{n}"));
         let took = t0.elapsed();
         assert_eq!(
-            status_and_code(&r),
+            r.status_and_code(),
             (503, "ServiceUnavailable".into()),
             "start {n} without quorum: {}",
             String::from_utf8_lossy(&r.body)
@@ -505,7 +496,7 @@ fn starts_need_an_etcd_quorum_and_ends_never_wait_for_one() {
     );
     let r = s.post(1, "PubStart", &held, "intruder");
     assert_eq!(
-        status_and_code(&r),
+        r.status_and_code(),
         (409, "ExistStreamName".into()),
         "the reservation outlived the outage"
     );

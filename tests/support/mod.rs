@@ -479,6 +479,17 @@ impl Response {
             .unwrap_or_default()
             .to_string()
     }
+
+    /// Status and `Error.Code`, the code empty for a 200 (whose body is the
+    /// upstream's, not a rejection): one value to compare or count.
+    pub fn status_and_code(&self) -> (u16, String) {
+        let code = if self.status == 200 {
+            String::new()
+        } else {
+            self.code()
+        };
+        (self.status, code)
+    }
 }
 
 /// One HTTP/1.1 request with a content-length, on a fresh connection.
