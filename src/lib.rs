@@ -3,16 +3,20 @@
 //! Module map (every rule is plain Rust that `cargo test` runs natively):
 //! - [`callback`]: the typed model and the JSON / form parsers;
 //! - [`config`]: the plugin configuration and its validation;
+//! - [`lifecycle`]: one request's life as a state machine without I/O,
+//!   written once for every host (events in, effects out);
 //! - [`auth`]: push tokens and sender checks;
 //! - [`registry`]: the live-stream registry behind `ExistStreamName`;
 //! - [`verdict`]: the one decision, `decide()`;
 //! - [`reply`]: codes, statuses and reply bodies;
 //! - [`wire`]: the Proxy-Wasm ABI's byte formats;
-//! - `filter` (wasm only): the thin proxy-wasm glue, exporting only what it uses.
+//! - `filter` (wasm only): the proxy-wasm host adapter (callbacks to
+//!   lifecycle events, effects to hostcalls), exporting only what it uses.
 
 pub mod auth;
 pub mod callback;
 pub mod config;
+pub mod lifecycle;
 pub mod registry;
 pub mod reply;
 pub mod secret;

@@ -18,18 +18,8 @@ pub const CAS_MISMATCH: Status = Status(8);
 /// The key or value does not exist.
 pub const NOT_FOUND: Status = Status(1);
 
-/// Log levels of the ABI.
-#[derive(Debug, Clone, Copy)]
-#[repr(u32)]
-#[allow(dead_code)]
-pub enum Level {
-    Trace = 0,
-    Debug = 1,
-    Info = 2,
-    Warn = 3,
-    Error = 4,
-    Critical = 5,
-}
+/// Log levels: the lifecycle's are numbered as the ABI's.
+pub use crate::lifecycle::Level;
 
 /// Buffers the filter reads.
 #[derive(Debug, Clone, Copy)]
@@ -178,22 +168,13 @@ pub fn log_level() -> u32 {
     }
 }
 
-/// Host wall clock in nanoseconds (see [`now_s`]).
+/// Host wall clock in nanoseconds.
 #[cfg(feature = "vm-bench")]
 pub fn now_ns() -> Option<u64> {
     let mut ns = 0u64;
     // SAFETY: the host writes one u64 through the pointer.
     ok(unsafe { proxy_get_current_time_nanoseconds(&mut ns) }).ok()?;
     Some(ns)
-}
-
-/// Host wall clock, Unix seconds; `None` if the host will not say (the
-/// caller must then fail closed: expiry cannot be checked without a clock).
-pub fn now_s() -> Option<u64> {
-    let mut ns = 0u64;
-    // SAFETY: the host writes one u64 through the pointer.
-    ok(unsafe { proxy_get_current_time_nanoseconds(&mut ns) }).ok()?;
-    Some(ns / 1_000_000_000)
 }
 
 /// Reads up to `max` bytes of a buffer.
