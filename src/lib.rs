@@ -11,7 +11,9 @@
 //! - [`reply`]: codes, statuses and reply bodies;
 //! - [`wire`]: the Proxy-Wasm ABI's byte formats;
 //! - `filter` (wasm only): the proxy-wasm host adapter (callbacks to
-//!   lifecycle events, effects to hostcalls), exporting only what it uses.
+//!   lifecycle events, effects to hostcalls), exporting only what it uses;
+//! - `native` (feature `native`, `make native`): the Envoy dynamic-module
+//!   host adapter, from the same lifecycle.
 
 pub mod auth;
 pub mod callback;
@@ -25,6 +27,9 @@ pub mod wire;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
+
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+mod native;
 
 pub use config::Config;
 pub use verdict::{decide, Action, Forward, Rejection, Request, Verdict};

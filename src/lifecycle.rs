@@ -436,6 +436,12 @@ pub enum Event<'a> {
         /// The clock.
         now_ms: u64,
     },
+    /// The host lost the etcd call in flight without an answer (its own
+    /// callout died with the request): the same call is sent again.
+    EtcdResend {
+        /// The clock.
+        now_ms: u64,
+    },
     /// The root context's tick, while the request waits for its first body
     /// byte ([`Plugin::wants_stream_ticks`]).
     Tick,
@@ -625,6 +631,17 @@ impl Stream {
                 if let Some(mut r) = self.remote.take() {
                     let step = r.op.on_answer(None, now_ms);
                     self.step(plugin, r, step, now_ms);
+                }
+            }
+            Event::EtcdResend { now_ms } => {
+                if let Some(r) = &self.remote {
+                    if let Some(call) = r.op.last_call().cloned() {
+                        let timeout = r.op.remaining_ms(now_ms).max(1);
+                        self.emit(Effect::Etcd {
+                            call,
+                            timeout_ms: u32::try_from(timeout).unwrap_or(u32::MAX),
+                        });
+                    }
                 }
             }
             Event::Tick => {

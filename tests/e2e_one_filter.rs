@@ -352,7 +352,7 @@ fn the_filter_state_mark_lets_a_stock_rbac_filter_refuse_unchecked_requests() {
     opts.routes_before = vec![json!({
         "match": {"prefix": "/unguarded"},
         "route": {"cluster": "upstream"},
-        "typed_per_filter_config": {"envoy.filters.http.wasm": {
+        "typed_per_filter_config": {support::guard_filter_name(): {
             "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
             "disabled": true
         }}

@@ -366,6 +366,14 @@ impl EtcdOp {
         &self.claim
     }
 
+    /// The call in flight (the last [`Step::Send`]), to send again when a
+    /// host lost it before its answer (the request that carried it ended).
+    /// Every call of an op may be repeated: a write applied twice finds the
+    /// op's own entry, which [`rule`] treats as a retry.
+    pub fn last_call(&self) -> Option<&Call> {
+        self.last.as_ref()
+    }
+
     fn send(&mut self, call: Call, state: State) -> Step {
         self.state = state;
         self.last = Some(call.clone());

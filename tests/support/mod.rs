@@ -6,6 +6,9 @@
 //!   missing Envoy is a failure.
 //! - Ports are free ports picked at start; readiness is polled on admin `/ready`.
 //! - When a test fails, dropping its `Envoy` prints Envoy's log.
+//! - One build parameter picks the filter under test: `CALLBACK_GUARD_BUILD=native`
+//!   runs every suite on the Envoy dynamic module (`make native`,
+//!   envoy/envoy-native.yaml) instead of the wasm; see [`native`].
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
@@ -40,6 +43,49 @@ pub fn envoy_bin() -> Option<PathBuf> {
         path.display()
     );
     None
+}
+
+/// Whether the suites run the native build (`CALLBACK_GUARD_BUILD=native`,
+/// `make test-native`) rather than the wasm (the default).
+pub fn native() -> bool {
+    match std::env::var("CALLBACK_GUARD_BUILD").as_deref() {
+        Ok("native") => true,
+        Ok("wasm") | Err(_) => false,
+        Ok(other) => panic!("CALLBACK_GUARD_BUILD={other}: expected wasm or native"),
+    }
+}
+
+/// The directory of the built module (`make native`), for
+/// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`; `CALLBACK_GUARD_NATIVE_DIR` picks another.
+pub fn native_dir() -> PathBuf {
+    let p = std::env::var_os("CALLBACK_GUARD_NATIVE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/native"));
+    assert!(
+        p.join("libcallback_guard.so").exists(),
+        "{}/libcallback_guard.so is missing: run `make native` first",
+        p.display()
+    );
+    p
+}
+
+/// The shipped config of the build under test: envoy/envoy.yaml (wasm) or
+/// envoy/envoy-native.yaml (generated from it).
+pub fn shipped_config_path() -> PathBuf {
+    repo().join(if native() {
+        "envoy/envoy-native.yaml"
+    } else {
+        "envoy/envoy.yaml"
+    })
+}
+
+/// The HTTP filter name of the build under test (for `typed_per_filter_config`).
+pub fn guard_filter_name() -> &'static str {
+    if native() {
+        "envoy.filters.http.dynamic_modules"
+    } else {
+        "envoy.filters.http.wasm"
+    }
 }
 
 /// The built filter (`make wasm`).
@@ -211,9 +257,10 @@ impl Drop for TempDir {
 }
 
 /// The callback-guard HTTP filter exactly as `envoy/envoy.yaml` ships it
-/// (the one place the filter chain is written), as JSON.
+/// (the one place the filter chain is written; envoy/envoy-native.yaml for
+/// the native build), as JSON.
 pub fn shipped_guard_filter() -> serde_json::Value {
-    let text = std::fs::read_to_string(repo().join("envoy/envoy.yaml")).unwrap();
+    let text = std::fs::read_to_string(shipped_config_path()).unwrap();
     let doc: serde_json::Value = serde_yaml::from_str(&text).unwrap();
     let filters = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         ["typed_config"]["http_filters"];
@@ -231,6 +278,15 @@ pub fn shipped_guard_filter() -> serde_json::Value {
 /// module path; without `allow_on_headers_stop_iteration` when asked.
 pub fn guard_filter(opts: &EnvoyOpts, wasm: &str) -> serde_json::Value {
     let mut f = shipped_guard_filter();
+    if native() {
+        // The module reads secrets from Envoy's environment: no key list.
+        assert!(
+            !opts.without_stop_iteration_flag,
+            "the stop-iteration flag is a wasm setting"
+        );
+        f["typed_config"]["filter_config"]["value"] = opts.plugin_config.to_string().into();
+        return f;
+    }
     let cfg = &mut f["typed_config"]["config"];
     cfg["configuration"]["value"] = opts.plugin_config.to_string().into();
     cfg["vm_config"]["code"]["local"]["filename"] = wasm.into();
@@ -253,7 +309,7 @@ pub fn envoy_config(opts: &EnvoyOpts, port: u16, admin: u16, wasm: &str) -> Stri
     let healthz = serde_json::json!({
         "match": {"path": "/healthz"},
         "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
-        "typed_per_filter_config": {"envoy.filters.http.wasm": {
+        "typed_per_filter_config": {guard_filter_name(): {
             "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
             "disabled": true
         }}
@@ -304,19 +360,29 @@ pub fn envoy_config(opts: &EnvoyOpts, port: u16, admin: u16, wasm: &str) -> Stri
         ]}]}
     })];
     clusters.extend(opts.extra_clusters.iter().cloned());
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "admin": {"address": addr(admin)},
         "static_resources": {
             "listeners": [listener],
             "clusters": clusters
         }
     });
+    if native() {
+        // As envoy/envoy-native.yaml: the wasm's Prometheus names.
+        config["layered_runtime"] = serde_json::json!({"layers": [{"name": "static", "static_layer": {
+            "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix": true
+        }}]});
+    }
     serde_json::to_string_pretty(&config).unwrap()
 }
 
 fn spawn_envoy(opts: &EnvoyOpts, dir: &TempDir, port: u16, admin: u16) -> (Child, PathBuf) {
     let bin = envoy_bin().expect("envoy_bin checked by the caller");
-    let wasm = wasm_path();
+    let wasm = if native() {
+        PathBuf::from("(no wasm: native build)")
+    } else {
+        wasm_path()
+    };
     let yaml = match &opts.raw_yaml {
         Some(raw) => raw
             .replace("{{LISTENER_PORT}}", &port.to_string())
@@ -349,6 +415,9 @@ fn spawn_envoy(opts: &EnvoyOpts, dir: &TempDir, port: u16, admin: u16) -> (Child
         .stdout(Stdio::null())
         // stderr, unlike --log-path, is written line by line: tests read it at once.
         .stderr(std::fs::File::create(&log_path).unwrap());
+    if native() {
+        cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_dir());
+    }
     for (k, v) in &opts.env {
         cmd.env(k, v);
     }
@@ -957,7 +1026,7 @@ pub fn external_stack_ports() -> Option<(u16, u16, u16)> {
 /// envoy/envoy.yaml with its ports and wasm path turned into the placeholders of
 /// [`EnvoyOpts::raw_yaml`].
 pub fn shipped_yaml() -> String {
-    std::fs::read_to_string(repo().join("envoy/envoy.yaml"))
+    std::fs::read_to_string(shipped_config_path())
         .unwrap()
         .replace("port_value: 10000", "port_value: {{LISTENER_PORT}}")
         .replace("port_value: 9901", "port_value: {{ADMIN_PORT}}")
