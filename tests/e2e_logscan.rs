@@ -107,7 +107,9 @@ fn start_envoy(scheme: &str, rx: &Receiver, verbose: Verbose) -> Option<Envoy> {
     let mut opts = EnvoyOpts::new(cfg, rx.port);
     match verbose {
         Verbose::All => opts.log_level = "trace".into(),
-        Verbose::FilterOnly => opts.component_log_level = Some("wasm:trace".into()),
+        Verbose::FilterOnly => {
+            opts.component_log_level = Some(format!("{}:trace", filter_log_component()))
+        }
     }
     opts.concurrency = 1;
     let push = if scheme == "ks_md5" { KS } else { HMAC };
@@ -251,7 +253,7 @@ fn scan(log: &str, sent: &Sent) -> Vec<String> {
     let mut filter_line = false;
     for line in log.lines() {
         if line.starts_with("[20") {
-            filter_line = line.contains("[wasm]") || line.contains("wasm log");
+            filter_line = is_filter_log_line(line);
         }
         for s in &sent.never {
             if line.contains(s.as_str()) {
@@ -299,7 +301,7 @@ fn no_secret_or_token_in_envoys_trace_log() {
         );
         assert!(log.contains("[trace]"), "Envoy runs at trace");
         assert!(
-            log.lines().filter(|l| l.contains("wasm log")).count() >= 10,
+            log.lines().filter(|l| is_filter_log_line(l)).count() >= 10,
             "the filter's lines are in the log"
         );
         for p in scan(&log, &sent) {

@@ -117,6 +117,9 @@ fn a_refused_callback_never_reaches_the_upstream_socket() {
 /// without a body is still decided.
 #[test]
 fn a_config_without_the_flag_fails_closed_and_says_why() {
+    if !only_for(Build::Wasm, "allow_on_headers_stop_iteration flag") {
+        return;
+    }
     let rx = Receiver::start();
     let mut opts = EnvoyOpts::new(base_config(), rx.port);
     opts.without_stop_iteration_flag = true;

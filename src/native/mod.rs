@@ -51,7 +51,9 @@ fn store() -> &'static MemoryStore {
 
 fn log(level: Level, line: &str) {
     // SAFETY: the buffer describes a live &str for the duration of the call.
-    unsafe { abi::envoy_dynamic_module_callback_log(level as u32, ModuleBuffer::of(line.as_bytes())) }
+    unsafe {
+        abi::envoy_dynamic_module_callback_log(level as u32, ModuleBuffer::of(line.as_bytes()))
+    }
 }
 
 fn now_ms() -> Option<u64> {
@@ -152,7 +154,12 @@ impl Config {
             o.queued.insert(id, (life, call, timeout_ms));
         }
         // SAFETY: the scheduler lives as long as this configuration; commit is thread-safe.
-        unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.scheduler, id) }
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+                self.scheduler,
+                id,
+            )
+        }
     }
 
     /// On the main thread: sends an etcd call as the configuration's callout.
@@ -404,7 +411,9 @@ impl Filter {
         let mut v = 0u64;
         // SAFETY: the live filter of the current hook; Envoy writes one u64.
         let ok = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_get_attribute_int(self.envoy, attribute, &mut v)
+            abi::envoy_dynamic_module_callback_http_filter_get_attribute_int(
+                self.envoy, attribute, &mut v,
+            )
         };
         ok.then_some(v)
     }
@@ -432,11 +441,13 @@ impl Filter {
     fn body_size(&self) -> usize {
         // SAFETY: the live filter of the current hook.
         unsafe {
-            abi::envoy_dynamic_module_callback_http_get_body_size(self.envoy, abi::BUFFERED_REQUEST_BODY)
-                + abi::envoy_dynamic_module_callback_http_get_body_size(
-                    self.envoy,
-                    abi::RECEIVED_REQUEST_BODY,
-                )
+            abi::envoy_dynamic_module_callback_http_get_body_size(
+                self.envoy,
+                abi::BUFFERED_REQUEST_BODY,
+            ) + abi::envoy_dynamic_module_callback_http_get_body_size(
+                self.envoy,
+                abi::RECEIVED_REQUEST_BODY,
+            )
         }
     }
 
@@ -448,7 +459,8 @@ impl Filter {
             // SAFETY: the live filter; the chunk array is sized by Envoy's own
             // count, and the chunks stay valid for this hook.
             unsafe {
-                let count = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(self.envoy, kind);
+                let count =
+                    abi::envoy_dynamic_module_callback_http_get_body_chunks_size(self.envoy, kind);
                 if count == 0 {
                     continue;
                 }
@@ -475,7 +487,10 @@ impl Filter {
         // SAFETY: the live filter; the array is sized by Envoy's own count and
         // the buffers stay valid for this hook.
         unsafe {
-            let n = abi::envoy_dynamic_module_callback_http_get_headers_size(self.envoy, abi::REQUEST_HEADER);
+            let n = abi::envoy_dynamic_module_callback_http_get_headers_size(
+                self.envoy,
+                abi::REQUEST_HEADER,
+            );
             let empty = EnvoyHeader {
                 key_ptr: std::ptr::null(),
                 key_length: 0,
@@ -610,6 +625,16 @@ fn request_hook(
 /// Loaded: the ABI version this module is written against.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
+    barrier(
+        "on_program_init",
+        || {
+            log(
+                Level::Info,
+                &format!("callback-guard {} starting", crate::VERSION),
+            )
+        },
+        |_| {},
+    );
     abi::ABI_VERSION.as_ptr()
 }
 
@@ -627,7 +652,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             // SAFETY: Envoy's buffer, valid for this hook.
             let bytes = unsafe { config.bytes() };
             // SAFETY: a plain query.
-            let debug = unsafe { abi::envoy_dynamic_module_callback_log_enabled(Level::Debug as u32) };
+            let debug =
+                unsafe { abi::envoy_dynamic_module_callback_log_enabled(Level::Debug as u32) };
             let level = if debug { Level::Debug } else { Level::Info };
             let core = match lifecycle::Plugin::configure(bytes, &ProcessEnv, level) {
                 Ok((core, lines)) => {
@@ -656,11 +682,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 .as_ref()
                 .and_then(|_| define(envoy, lifecycle::STORE_LATENCY, true));
             // SAFETY: Envoy's configuration pointer, on the main thread.
-            let scheduler =
-                unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(envoy) };
+            let scheduler = unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(envoy)
+            };
             let probe = core.etcd().is_some();
             let c = Arc::new(Config {
-                counters: Metric::all().map(|m| define(envoy, &m.name(), false)).collect(),
+                counters: Metric::all()
+                    .map(|m| define(envoy, &m.name(), false))
+                    .collect(),
                 core,
                 envoy,
                 latency,
@@ -674,7 +703,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 // The start-up check, once the main thread runs its loop (the
                 // clusters are there by then).
                 // SAFETY: the scheduler just made.
-                unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler, 0) }
+                unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+                        scheduler, 0,
+                    )
+                }
             }
             Arc::into_raw(c) as abi::ConfigModule
         },
@@ -699,7 +732,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: abi
             // SAFETY: the pointer `Arc::into_raw` made in config_new, given back once.
             let c = unsafe { Arc::from_raw(config as *const Config) };
             // SAFETY: the scheduler of this configuration, deleted once.
-            unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(c.scheduler) };
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(c.scheduler)
+            };
         },
         |_| {},
     )
@@ -729,14 +764,20 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
                         }
                         Err(r) => {
                             let detail = format!("callout result {r}");
-                            let (l, line) = c.core.probe_failed(r == abi::CALLOUT_CLUSTER_NOT_FOUND, &detail);
+                            let (l, line) = c
+                                .core
+                                .probe_failed(r == abi::CALLOUT_CLUSTER_NOT_FOUND, &detail);
                             log(l, &line);
                         }
                     }
                 }
                 return;
             }
-            let queued = c.orphans.lock().ok().and_then(|mut o| o.queued.remove(&event_id));
+            let queued = c
+                .orphans
+                .lock()
+                .ok()
+                .and_then(|mut o| o.queued.remove(&event_id));
             let Some((mut life, call, timeout_ms)) = queued else {
                 return;
             };
@@ -762,7 +803,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
             }
             c.drain_orphan(life);
         },
-        |hook| log(Level::Critical, &format!("callback-guard: a bug stopped detached registry work (panic in {hook})")),
+        |hook| {
+            log(
+                Level::Critical,
+                &format!("callback-guard: a bug stopped detached registry work (panic in {hook})"),
+            )
+        },
     )
 }
 
@@ -785,9 +831,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
             let Some(c) = (unsafe { (config as *const Config).as_ref() }) else {
                 return;
             };
-            let waiting = c.orphans.lock().ok().and_then(|mut o| o.in_flight.remove(&callout_id));
+            let waiting = c
+                .orphans
+                .lock()
+                .ok()
+                .and_then(|mut o| o.in_flight.remove(&callout_id));
             // SAFETY: Envoy's arrays, valid for this hook.
-            let (status, body) = unsafe { answer(result, headers, headers_size, chunks, chunks_size) };
+            let (status, body) =
+                unsafe { answer(result, headers, headers_size, chunks, chunks_size) };
             match waiting {
                 None => {}
                 // The start-up check.
@@ -803,7 +854,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
                 }
             }
         },
-        |hook| log(Level::Critical, &format!("callback-guard: a bug stopped detached registry work (panic in {hook})")),
+        |hook| {
+            log(
+                Level::Critical,
+                &format!("callback-guard: a bug stopped detached registry work (panic in {hook})"),
+            )
+        },
     )
 }
 
@@ -883,22 +939,28 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     end_of_stream: bool,
 ) -> u32 {
     let status = (abi::HEADERS_CONTINUE, abi::HEADERS_STOP_ITERATION);
-    request_hook("on_http_filter_request_headers", envoy, module, status, |f| {
-        let (headers, bytes) = f.headers();
-        #[cfg(feature = "crash-test")]
-        if crate::verdict::header(&headers, "x-callback-guard-test-crash") == Some("abort") {
-            // A bug, as the barrier must survive it.
-            #[allow(clippy::panic)]
-            {
-                panic!("crash-test: x-callback-guard-test-crash");
+    request_hook(
+        "on_http_filter_request_headers",
+        envoy,
+        module,
+        status,
+        |f| {
+            let (headers, bytes) = f.headers();
+            #[cfg(feature = "crash-test")]
+            if crate::verdict::header(&headers, "x-callback-guard-test-crash") == Some("abort") {
+                // A bug, as the barrier must survive it.
+                #[allow(clippy::panic)]
+                {
+                    panic!("crash-test: x-callback-guard-test-crash");
+                }
             }
-        }
-        f.run(Event::Headers {
-            headers,
-            bytes,
-            end_of_stream,
-        })
-    })
+            f.run(Event::Headers {
+                headers,
+                bytes,
+                end_of_stream,
+            })
+        },
+    )
 }
 
 #[no_mangle]
@@ -923,9 +985,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     module: abi::FilterModule,
 ) -> u32 {
     let status = (abi::TRAILERS_CONTINUE, abi::TRAILERS_STOP_ITERATION);
-    request_hook("on_http_filter_request_trailers", envoy, module, status, |f| {
-        f.run(Event::Trailers)
-    })
+    request_hook(
+        "on_http_filter_request_trailers",
+        envoy,
+        module,
+        status,
+        |f| f.run(Event::Trailers),
+    )
 }
 
 /// A filter callout's answer (etcd), on the request's worker.
@@ -941,17 +1007,24 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     chunks_size: usize,
 ) {
     let status = (0, 0);
-    request_hook("on_http_filter_http_callout_done", envoy, module, status, |f| {
-        if f.callout != Some(callout_id) {
-            return Flow::Continue;
-        }
-        f.callout = None;
-        // SAFETY: Envoy's arrays, valid for this hook.
-        let (code, body) = unsafe { answer(result, headers, headers_size, chunks, chunks_size) };
-        let now_ms = now_ms().unwrap_or(0);
-        let answer = code.map(|s| (s, &body[..]));
-        f.run(Event::Etcd { answer, now_ms })
-    });
+    request_hook(
+        "on_http_filter_http_callout_done",
+        envoy,
+        module,
+        status,
+        |f| {
+            if f.callout != Some(callout_id) {
+                return Flow::Continue;
+            }
+            f.callout = None;
+            // SAFETY: Envoy's arrays, valid for this hook.
+            let (code, body) =
+                unsafe { answer(result, headers, headers_size, chunks, chunks_size) };
+            let now_ms = now_ms().unwrap_or(0);
+            let answer = code.map(|s| (s, &body[..]));
+            f.run(Event::Etcd { answer, now_ms })
+        },
+    );
 }
 
 /// The request is over (before Envoy's access log): a start's reservation is
@@ -962,17 +1035,23 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     module: abi::FilterModule,
 ) {
     let status = (0, 0);
-    request_hook("on_http_filter_stream_complete", envoy, module, status, |f| {
-        let in_flight = f.callout.take().is_some();
-        let flow = f.run(Event::End);
-        if in_flight && f.life.busy() {
-            // Its callout dies with the request: the configuration sends the
-            // same call again and takes the answer.
-            let life = std::mem::take(&mut f.life);
-            f.config.detach(life, None, 0);
-        }
-        flow
-    });
+    request_hook(
+        "on_http_filter_stream_complete",
+        envoy,
+        module,
+        status,
+        |f| {
+            let in_flight = f.callout.take().is_some();
+            let flow = f.run(Event::End);
+            if in_flight && f.life.busy() {
+                // Its callout dies with the request: the configuration sends the
+                // same call again and takes the answer.
+                let life = std::mem::take(&mut f.life);
+                f.config.detach(life, None, 0);
+            }
+            flow
+        },
+    );
 }
 
 #[no_mangle]
@@ -1036,7 +1115,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_config: *const u8) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_config: *const u8) {
+}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(

@@ -79,6 +79,44 @@ pub fn shipped_config_path() -> PathBuf {
     })
 }
 
+/// The filter builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Wasm,
+    Native,
+}
+
+/// Whether the test is about `build`, the build under test; if not, it says
+/// so on stderr (the test is about something the other build does not have,
+/// such as a VM and its reload) and the caller returns.
+pub fn only_for(build: Build, what: &str) -> bool {
+    let under_test = if native() { Build::Native } else { Build::Wasm };
+    if under_test != build {
+        eprintln!(
+            "not run on the {under_test:?} build: this test is about the {build:?} build's {what}"
+        );
+    }
+    under_test == build
+}
+
+/// Envoy's log component of the filter's own lines (`--component-log-level`).
+pub fn filter_log_component() -> &'static str {
+    if native() {
+        "dynamic_modules"
+    } else {
+        "wasm"
+    }
+}
+
+/// Whether an Envoy log line is one the filter wrote.
+pub fn is_filter_log_line(line: &str) -> bool {
+    if native() {
+        line.contains("[dynamic_modules]")
+    } else {
+        line.contains("[wasm]") || line.contains("wasm log")
+    }
+}
+
 /// The HTTP filter name of the build under test (for `typed_per_filter_config`).
 pub fn guard_filter_name() -> &'static str {
     if native() {
