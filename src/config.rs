@@ -774,6 +774,17 @@ impl Config {
                 self.max_body_bytes
             ));
         }
+        let ca = &self.callback_auth;
+        let senders_checked =
+            ca.allow_cidrs.is_some() || ca.shared_key.is_some() || ca.webhook_signature.is_some();
+        if self.push_auth.is_none() && !senders_checked {
+            w.push(
+                "push_auth, callback_auth: neither is set, so only the callbacks' format and fields \
+                 (and apps, event age and duplicate streams when configured) are checked: \
+                 any sender's callback with any push token is let through"
+                    .to_string(),
+            );
+        }
         w
     }
 
@@ -1566,17 +1577,21 @@ mod tests {
     #[test]
     fn warns_when_a_replay_guard_cannot_apply_to_forms() {
         let parse = |j: &str| Config::from_json(j.as_bytes(), &no_env).unwrap();
-        assert!(parse("{}").warnings().is_empty());
-        assert!(parse(r#"{"max_event_age_s":300,"formats":["kls_v2"]}"#)
-            .warnings()
-            .is_empty());
-        let w = parse(r#"{"max_event_age_s":300}"#).warnings();
+        let auth = r#""callback_auth":{"allow_cidrs":["10.0.0.0/8"]}"#;
+        assert!(parse(&format!("{{{auth}}}")).warnings().is_empty());
+        assert!(parse(&format!(
+            r#"{{"max_event_age_s":300,"formats":["kls_v2"],{auth}}}"#
+        ))
+        .warnings()
+        .is_empty());
+        let w = parse(&format!(r#"{{"max_event_age_s":300,{auth}}}"#)).warnings();
         assert_eq!(
             w,
             ["max_event_age_s: kls_v1 callbacks carry no event time, so they get no replay guard"]
         );
         let w = parse(r#"{"max_event_age_s":300,"formats":["kls_v2","kls_v1","nginx_rtmp"]}"#)
             .warnings();
+        assert_eq!(w.len(), 2, "and no sender or token check: {w:?}");
         assert!(w[0].contains("kls_v1 and nginx_rtmp"), "{w:?}");
     }
 
@@ -1797,10 +1812,35 @@ mod tests {
     }
 
     #[test]
+    fn warns_when_neither_tokens_nor_senders_are_checked() {
+        let parse = |j: &str| Config::from_json(j.as_bytes(), &no_env).unwrap();
+        for weak in ["{}", "", r#"{"callback_auth":{}}"#, r#"{"apps":["live"]}"#] {
+            let w = parse(weak).warnings();
+            assert_eq!(w.len(), 1, "{weak}: {w:?}");
+            assert!(
+                w[0].starts_with("push_auth, callback_auth: neither is set")
+                    && w[0].contains("only the callbacks' format and fields"),
+                "{w:?}"
+            );
+        }
+        for checked in [
+            r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"x"}]}}"#,
+            r#"{"callback_auth":{"allow_cidrs":["10.0.0.0/8"]}}"#,
+            r#"{"callback_auth":{"shared_key":{"keys":[{"id":"a","secret":"x"}]}}}"#,
+            r#"{"callback_auth":{"webhook_signature":{"keys":[{"id":"w","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]}}}"#,
+        ] {
+            assert!(parse(checked).warnings().is_empty(), "{checked}");
+        }
+    }
+
+    #[test]
     fn warns_when_max_body_bytes_is_over_envoys_buffer_limit() {
         let parse = |j: &str| Config::from_json(j.as_bytes(), &no_env).unwrap();
-        assert!(parse(r#"{"max_body_bytes":1048576}"#).warnings().is_empty());
-        let w = parse(r#"{"max_body_bytes":1048577}"#).warnings();
+        let auth = r#""callback_auth":{"allow_cidrs":["10.0.0.0/8"]}"#;
+        assert!(parse(&format!(r#"{{"max_body_bytes":1048576,{auth}}}"#))
+            .warnings()
+            .is_empty());
+        let w = parse(&format!(r#"{{"max_body_bytes":1048577,{auth}}}"#)).warnings();
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("per_connection_buffer_limit_bytes"), "{w:?}");
     }

@@ -342,3 +342,155 @@ fn check_without_a_content_type_reads_the_body() {
         "{help}"
     );
 }
+
+/// `"mode": "observe"`: the filter forwards a failing callback, marked with
+/// `x-callback-guard-would-reject`; `check` says so, with its own exit status.
+#[test]
+fn check_in_observe_mode_forwards_with_the_would_be_refusal_and_exit_3() {
+    let observe = config_file(
+        "observe",
+        &format!(
+            r#"{{"mode":"observe","apps":["live"],"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KEY}"}}]}}}}"#
+        ),
+    );
+    let observe = observe.to_str().unwrap();
+    let now = NOW.to_string();
+    let forged = start_body("cam1", "0123456789abcdef");
+    let (rc, out, _) = run(
+        &["check", "--config", observe, "--now", &now],
+        forged.as_bytes(),
+    );
+    assert_eq!(rc, 3, "{out}");
+    assert_eq!(
+        out.trim(),
+        r#"{"action":"forward","status":200,"code":"","message":"observe mode: would reject: push token signature does not match","would_reject":{"status":403,"code":"AuthencationFailed","message":"push token signature does not match"},"headers":{"x-callback-guard-would-reject":"AuthencationFailed"}}"#
+    );
+    // A valid callback is forwarded as in enforce mode: exit 0, no mark.
+    let good = start_body("cam1", &ks_k("cam1", NOW + 600));
+    let (rc, out, _) = run(
+        &["check", "--config", observe, "--now", &now],
+        good.as_bytes(),
+    );
+    assert_eq!(rc, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["action"], "forward");
+    assert!(v.get("would_reject").is_none(), "{out}");
+    assert!(!out.contains("would-reject"), "{out}");
+    // The same forged callback under enforce is refused: exit 1.
+    let (rc, _, _) = run(
+        &[
+            "check",
+            "--config",
+            guarded_config().to_str().unwrap(),
+            "--now",
+            &now,
+        ],
+        forged.as_bytes(),
+    );
+    assert_eq!(rc, 1);
+    // The exit statuses are documented in the help.
+    let (_, help, _) = run(&["check", "--help"], b"");
+    for needle in [
+        "0 = forwarded",
+        "1 = refused",
+        "2 = usage",
+        "3 = forwarded by",
+    ] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+}
+
+/// The headers `check` prints are the ones the filter adds: none with an
+/// empty value (no key id when push tokens are not checked).
+#[test]
+fn check_prints_only_the_headers_the_filter_adds() {
+    let open = config_file("open", "{}");
+    let body = start_body("cam1", "whatever");
+    let (rc, out, _) = run(
+        &["check", "--config", open.to_str().unwrap()],
+        body.as_bytes(),
+    );
+    assert_eq!(rc, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let headers = v["headers"].as_object().unwrap();
+    let names: Vec<&str> = headers.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "x-callback-guard-event",
+            "x-callback-guard-format",
+            "x-callback-guard-verified"
+        ],
+        "{out}"
+    );
+    assert!(headers
+        .values()
+        .all(|v| v.as_str().is_some_and(|s| !s.is_empty())));
+    assert!(!out.contains("key-id"), "{out}");
+}
+
+#[test]
+fn check_config_warns_when_nothing_checks_who_sent_it() {
+    for json in ["{}", r#"{"apps":["live"]}"#] {
+        let open = config_file("open", json);
+        let (rc, out, err) = run(&["check-config", open.to_str().unwrap()], b"");
+        assert_eq!((rc, out.as_str()), (0, "ok\n"), "{json}");
+        assert!(
+            err.starts_with("warning: push_auth, callback_auth: neither is set")
+                && err.contains("only the callbacks' format and fields"),
+            "{json}: {err}"
+        );
+    }
+}
+
+#[test]
+fn sign_names_both_alternatives_of_a_missing_argument() {
+    let (rc, _, err) = sign("--scheme ks_md5 --app live --stream s --expires-in 60", &[]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("--key <KEY>|--key-env <KEY_ENV>"), "{err}");
+    let (rc, _, err) = sign("--scheme ks_md5 --app live --stream s --key abc", &[]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(
+        err.contains("--expires-in <EXPIRES_IN>|--expires-at <EXPIRES_AT>"),
+        "{err}"
+    );
+    let (rc, _, err) = sign(
+        "--scheme ks_md5 --app live --stream s --key abc --key-env K --expires-in 60",
+        &[],
+    );
+    assert_eq!(
+        (rc, err.contains("cannot be used with")),
+        (2, true),
+        "{err}"
+    );
+}
+
+#[test]
+fn sign_refuses_a_push_url_for_another_app() {
+    let hmac =
+        "--scheme hmac_sha256 --key 0123456789abcdef --app live --stream s --expires-at 1700000000";
+    let (rc, out, err) = sign(&format!("{hmac} --url rtmp://h/other"), &[]);
+    assert_eq!((rc, out.as_str()), (2, ""), "{err}");
+    assert!(
+        err.contains("app `other`, but --app is `live`") && err.contains("never pass"),
+        "{err}"
+    );
+    // ks_md5 does not sign the app: printed, with a warning.
+    let ks = "--scheme ks_md5 --key abc --app live --stream s --expires-at 1700000000";
+    let (rc, out, err) = sign(&format!("{ks} --url rtmp://h/other/"), &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.starts_with("rtmp://h/other/s?t=1700000000&k="), "{out}");
+    assert!(err.contains("warning: --url is for app `other`"), "{err}");
+    // The URL's app is --app, or added when the URL has none.
+    for url in ["rtmp://h/live", "rtmp://h/live/", "rtmp://h", "rtmp://h/"] {
+        let (rc, out, err) = sign(&format!("{hmac} --url {url}"), &[]);
+        assert_eq!(rc, 0, "{url}: {err}");
+        assert!(
+            out.starts_with("rtmp://h/live/s?t=1700000000&sign="),
+            "{out}"
+        );
+        assert_eq!(err, "", "{url}");
+    }
+    let (rc, _, err) = sign(&format!("{hmac} --url rtmp://h/live?x=1"), &[]);
+    assert_eq!((rc, err.contains("without a query")), (2, true), "{err}");
+}
