@@ -494,3 +494,203 @@ fn sign_refuses_a_push_url_for_another_app() {
     let (rc, _, err) = sign(&format!("{hmac} --url rtmp://h/live?x=1"), &[]);
     assert_eq!((rc, err.contains("without a query")), (2, true), "{err}");
 }
+
+/// `check-config FILE` with the environment variable the shipped configs'
+/// `secret_env` names set (as Envoy would pass it).
+fn check_config_with_key(file: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["check-config", file.to_str().unwrap()])
+        .env("CALLBACK_GUARD_PUSH_KEY", "ShippedKey1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn yaml_file(tag: &str, yaml: &str) -> std::path::PathBuf {
+    let json = config_file(tag, "");
+    let path = json.with_file_name("envoy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Every YAML shipped in envoy/ and deploy/: those with callback-guard filters
+/// give one `ok` per filter with its place; the others say that none was
+/// found (exit 2), so a file that lost its filter shows.
+#[test]
+fn check_config_reads_every_shipped_envoy_yaml() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let expected: &[(&str, &[&str])] = &[
+        (
+            "envoy/envoy.yaml",
+            &["document 1, static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]: ok"],
+        ),
+        (
+            "envoy/nginx-rtmp.yaml",
+            &["document 1, static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]: ok"],
+        ),
+        (
+            "deploy/istio/envoyfilter.yaml",
+            &["document 1, spec.configPatches[0].patch.value: ok"],
+        ),
+        (
+            "deploy/envoy-gateway/envoyextensionpolicy.yaml",
+            &["document 1, spec.wasm[0]: ok"],
+        ),
+    ];
+    let mut files = Vec::new();
+    let mut dirs = vec![root.join("envoy"), root.join("deploy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 15, "{files:?}");
+    let mut with_filters = 0;
+    for file in &files {
+        let rel = file.strip_prefix(root).unwrap().to_str().unwrap();
+        let (rc, out, err) = check_config_with_key(file);
+        match expected.iter().find(|(f, _)| *f == rel) {
+            Some((_, lines)) => {
+                with_filters += 1;
+                assert_eq!(rc, 0, "{rel}: {out}{err}");
+                assert_eq!(out.lines().collect::<Vec<_>>(), *lines, "{rel}");
+                for w in err.lines() {
+                    assert!(w.contains(": warning: "), "{rel}: {w}");
+                }
+            }
+            None => {
+                assert_eq!(rc, 2, "{rel}: {out}");
+                assert!(
+                    out.contains("no callback-guard filter found"),
+                    "{rel}: {out}"
+                );
+            }
+        }
+    }
+    assert_eq!(with_filters, expected.len(), "a shipped file went missing");
+
+    // The configuration is read, not only found: a mistake in each is named.
+    for (rel, _) in expected {
+        let text = std::fs::read_to_string(root.join(rel)).unwrap();
+        assert!(text.contains("\"apps\"") || text.contains("apps:"), "{rel}");
+        let broken = text
+            .replacen("\"apps\"", "\"appz\"", 1)
+            .replacen("apps:", "appz:", 1);
+        let (rc, out, _) = check_config_with_key(&yaml_file("broken", &broken));
+        assert_eq!(rc, 2, "{rel}: {out}");
+        assert!(
+            out.contains(": configuration: unknown field `appz`"),
+            "{rel}: {out}"
+        );
+    }
+}
+
+#[test]
+fn check_config_finds_each_filter_of_a_multi_document_yaml() {
+    let yaml = r#"
+# A bootstrap with two listeners, one guard each, and a wasm filter of another plugin.
+static_resources:
+  listeners:
+  - name: a
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          http_filters:
+          - name: other
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: other_plugin
+                configuration: { "@type": type.googleapis.com/google.protobuf.StringValue, value: "not json" }
+          - name: callback-guard
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                root_id: callback_guard
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{"apps":["a"],"apps":["b"]}'
+---
+# ECDS resource with the native module.
+name: callback-guard
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+  dynamic_module_config: { name: callback_guard }
+  filter_name: callback_guard
+  filter_config:
+    "@type": type.googleapis.com/google.protobuf.StringValue
+    value: '{"mode":"observ","callback_auth":{"allow_cidrs":["10.0.0.0/8"]}}'
+---
+# Istio's older form: a TypedStruct of the Wasm filter, no configuration (the defaults).
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+spec:
+  configPatches:
+  - patch:
+      value:
+        name: callback-guard
+        typed_config:
+          "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+          type_url: type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+          value:
+            config:
+              vm_config: { code: { local: { filename: /etc/callback_guard.wasm } } }
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: { name: callback-guard }
+spec:
+  url: oci://registry.example.com/callback-guard-wasm:0.1.0
+  pluginConfig:
+    push_auth: { scheme: ks_md5, keys: [{ id: k, secret: 12345 }] }
+"#;
+    let (rc, out, err) = check_config_with_key(&yaml_file("multi", yaml));
+    assert_eq!(rc, 2, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "document 1, static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[1]: apps: duplicate key: given more than once; set it once",
+            "document 2: mode: unknown mode `observ`, expected `enforce` or `observe`",
+            "document 3, spec.configPatches[0].patch.value: ok",
+            "document 4, spec: push_auth.keys[0].secret: invalid type: integer, expected a string",
+        ],
+        "{out}"
+    );
+    assert!(!out.contains("12345"), "a secret is never printed: {out}");
+    assert!(
+        err.contains("document 3, spec.configPatches[0].patch.value: warning: push_auth, callback_auth: neither is set"),
+        "{err}"
+    );
+    // Not YAML, and YAML with a configuration callback-guard cannot read.
+    let (rc, out, _) = check_config_with_key(&yaml_file("bad", "a: [1,\n"));
+    assert_eq!((rc, out.contains("not valid YAML")), (2, true), "{out}");
+    let (rc, out, _) = check_config_with_key(&yaml_file(
+        "struct",
+        r#"
+"@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+config:
+  name: callback_guard
+  configuration: { "@type": type.googleapis.com/google.protobuf.Struct, value: { apps: [a] } }
+"#,
+    ));
+    assert_eq!(rc, 2, "{out}");
+    assert!(
+        out.starts_with(
+            "document 1: configuration: a `type.googleapis.com/google.protobuf.Struct`"
+        ),
+        "{out}"
+    );
+}

@@ -16,6 +16,9 @@ use callback_guard::verdict::WOULD_REJECT_HEADER;
 use callback_guard::{decide, Action, Config, Request};
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[path = "cli/envoy_yaml.rs"]
+mod envoy_yaml;
+
 #[derive(Parser)]
 #[command(
     name = "callback-guard",
@@ -61,8 +64,15 @@ enum Cmd {
         now: Option<u64>,
     },
     /// Print every problem of a configuration file, or `ok`. Exit 0 = ok, 2 = problems.
+    ///
+    /// A `.yaml` / `.yml` file is an Envoy bootstrap or manifests (any number of
+    /// documents): each callback-guard filter's configuration in it is checked
+    /// (the Wasm filter's `configuration`, the dynamic module's `filter_config`,
+    /// Envoy Gateway's `EnvoyExtensionPolicy` and Istio's `WasmPlugin` config),
+    /// one result per filter, prefixed with its document and path. No such
+    /// filter in the file is a problem too.
     CheckConfig {
-        /// Configuration file (JSON).
+        /// Configuration file: the plugin configuration (JSON), or Envoy YAML.
         file: String,
     },
     /// Mint a push token: prints `t=…&k=…` / `t=…&sign=…`, or the push URL with `--url`.
@@ -133,6 +143,68 @@ fn now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+fn is_yaml(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.ends_with(".yaml") || lower.ends_with(".yml")
+}
+
+/// `check-config` on Envoy YAML: one line per callback-guard filter,
+/// `document N, PATH: ok` or one per problem; warnings on stderr.
+fn check_yaml(file: &str) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("{file}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let found = match envoy_yaml::find(&text) {
+        Ok(f) => f,
+        Err(e) => {
+            println!("{file}: not valid YAML: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if found.is_empty() {
+        println!(
+            "{file}: no callback-guard filter found (a Wasm filter or dynamic module naming callback_guard, \
+             an EnvoyExtensionPolicy or a WasmPlugin)"
+        );
+        return ExitCode::from(2);
+    }
+    let mut failed = false;
+    for f in found {
+        let place = if f.path.is_empty() {
+            format!("document {}", f.document)
+        } else {
+            format!("document {}, {}", f.document, f.path)
+        };
+        let result = f.config.map_err(|e| vec![e]).and_then(|text| {
+            Config::from_json(text.as_bytes(), &ProcessEnv)
+                .map_err(|errs| errs.iter().map(ToString::to_string).collect())
+        });
+        match result {
+            Ok(config) => {
+                println!("{place}: ok");
+                for w in config.warnings() {
+                    eprintln!("{place}: warning: {w}");
+                }
+            }
+            Err(problems) => {
+                failed = true;
+                for p in problems {
+                    println!("{place}: {p}");
+                }
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn load_config(path: &str) -> Result<Config, Vec<String>> {
     let bytes = std::fs::read(path).map_err(|e| vec![format!("{path}: {e}")])?;
     Config::from_json(&bytes, &ProcessEnv)
@@ -152,6 +224,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.cmd {
+        Cmd::CheckConfig { file } if is_yaml(&file) => check_yaml(&file),
         Cmd::CheckConfig { file } => match load_config(&file) {
             Ok(config) => {
                 println!("ok");
