@@ -836,7 +836,12 @@ impl Config {
             }
             for (i, a) in apps.iter().enumerate() {
                 if let Err(p) = crate::callback::check_name(a) {
-                    errs.push(ConfigError::new(format!("apps[{i}]"), p));
+                    let problem = if a.is_empty() {
+                        p.to_string()
+                    } else {
+                        format!("{p}: {}", shown(a))
+                    };
+                    errs.push(ConfigError::new(format!("apps[{i}]"), problem));
                 }
             }
             cfg.apps = Some(apps.into_iter().collect());
@@ -1078,7 +1083,10 @@ fn check_key_ids(keys: &[RawKey], path: &str, errs: &mut Vec<ConfigError>) {
         if !valid {
             errs.push(ConfigError::new(
                 format!("{path}[{i}].id"),
-                "must be 1 to 64 characters of letters, digits, `-`, `_` or `.`",
+                format!(
+                    "must be 1 to 64 characters of letters, digits, `-`, `_` or `.`, not {}",
+                    shown(&k.id)
+                ),
             ));
         } else if !seen.insert(k.id.as_str()) {
             errs.push(ConfigError::new(
@@ -1776,6 +1784,14 @@ mod tests {
         assert!(
             first(r#"{"duplicate_streams":{"store":{"etcd":{"cluster":"a b"}}}}"#)
                 .ends_with("not `a b`")
+        );
+        assert_eq!(
+            first(r#"{"apps":["li\u0007ve"]}"#),
+            "apps[0]: contains a control character: `li?ve`"
+        );
+        assert!(
+            first(r#"{"callback_auth":{"shared_key":{"keys":[{"id":"a/b","secret":"x"}]}}}"#)
+                .ends_with("not `a/b`")
         );
         // An unknown scheme is reported with the other problems, and no
         // secret check runs against a scheme nobody asked for.
