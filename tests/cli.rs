@@ -674,6 +674,31 @@ spec:
         err.contains("document 3, spec.configPatches[0].patch.value: warning: push_auth, callback_auth: neither is set"),
         "{err}"
     );
+    // A filter entry named callback-guard is callback-guard's, whatever its
+    // plugin says; a Wasm filter of another name is not.
+    let (rc, out, _) = check_config_with_key(&yaml_file(
+        "named",
+        r#"
+http_filters:
+- name: callback-guard
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      vm_config: { code: { local: { filename: /opt/guard.wasm } } }
+      configuration: { "@type": type.googleapis.com/google.protobuf.StringValue, value: '{"ttl_s":1}' }
+- name: another
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      vm_config: { code: { local: { filename: /opt/other.wasm } } }
+"#,
+    ));
+    assert_eq!(rc, 2, "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["document 1, http_filters[0]: configuration: unknown field `ttl_s`, expected one of `max_body_bytes`, `apps`, `formats`, `push_auth`, `callback_auth`, `duplicate_streams`, `max_event_age_s`, `mode`, `filter_state_mark`"],
+        "{out}"
+    );
     // Not YAML, and YAML with a configuration callback-guard cannot read.
     let (rc, out, _) = check_config_with_key(&yaml_file("bad", "a: [1,\n"));
     assert_eq!((rc, out.contains("not valid YAML")), (2, true), "{out}");

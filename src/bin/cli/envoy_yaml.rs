@@ -51,7 +51,7 @@ pub fn find(text: &str) -> Result<Vec<Found>, String> {
             .apply_merge()
             .map_err(|e| format!("document {}: {e}", i + 1))?;
         let mut found = Vec::new();
-        walk(&value, "", &mut found);
+        walk(&value, "", false, &mut found);
         out.extend(found.into_iter().map(|(path, config)| Found {
             document: i + 1,
             path,
@@ -85,10 +85,12 @@ fn names_callback_guard(s: &str) -> bool {
     s.contains("callback_guard") || s.contains("callback-guard")
 }
 
-fn walk(v: &Value, path: &str, out: &mut Hits) {
+/// `named`: the filter entry this is the `typed_config` of is named
+/// callback-guard (`name: callback-guard`).
+fn walk(v: &Value, path: &str, named: bool, out: &mut Hits) {
     match v {
         Value::Mapping(m) => {
-            if let Some(hit) = filter_at(v) {
+            if let Some(hit) = filter_at(v, named) {
                 if let Some(config) = hit {
                     // The place of the filter entry: the object whose
                     // `typed_config` this is.
@@ -104,6 +106,7 @@ fn walk(v: &Value, path: &str, out: &mut Hits) {
                 out.extend(found);
                 return;
             }
+            let entry_named = get_str(v, "name").is_some_and(names_callback_guard);
             for (k, child) in m {
                 let key = match k {
                     Value::String(s) => s.clone(),
@@ -111,15 +114,16 @@ fn walk(v: &Value, path: &str, out: &mut Hits) {
                         .map(|s| s.trim_end().to_string())
                         .unwrap_or_else(|_| "?".to_string()),
                 };
-                walk(child, &join(path, &key), out);
+                let named = entry_named && key == "typed_config";
+                walk(child, &join(path, &key), named, out);
             }
         }
         Value::Sequence(items) => {
             for (i, child) in items.iter().enumerate() {
-                walk(child, &format!("{path}[{i}]"), out);
+                walk(child, &format!("{path}[{i}]"), false, out);
             }
         }
-        Value::Tagged(t) => walk(&t.value, path, out),
+        Value::Tagged(t) => walk(&t.value, path, named, out),
         _ => {}
     }
 }
@@ -127,28 +131,35 @@ fn walk(v: &Value, path: &str, out: &mut Hits) {
 /// `Some(Some(config))`: a callback-guard filter; `Some(None)`: a filter of
 /// the same kind that is not callback-guard (not searched further); `None`:
 /// no filter here.
-fn filter_at(v: &Value) -> Option<Option<Result<String, String>>> {
+fn filter_at(v: &Value, named: bool) -> Option<Option<Result<String, String>>> {
     let ty = get_str(v, "@type")?;
     if ty == WASM_TYPE {
-        return Some(wasm_config(get(v, "config")));
+        return Some(wasm_config(get(v, "config"), named));
     }
     if TYPED_STRUCT_TYPES.contains(&ty) && get_str(v, "type_url") == Some(WASM_TYPE) {
-        return Some(wasm_config(get(v, "value").and_then(|s| get(s, "config"))));
+        return Some(wasm_config(
+            get(v, "value").and_then(|s| get(s, "config")),
+            named,
+        ));
     }
     if ty == DYNAMIC_MODULE_TYPE {
         let module = get(v, "dynamic_module_config").and_then(|c| get_str(c, "name"));
-        let ours = [module, get_str(v, "filter_name")]
-            .into_iter()
-            .flatten()
-            .any(names_callback_guard);
+        let ours = named
+            || [module, get_str(v, "filter_name")]
+                .into_iter()
+                .flatten()
+                .any(names_callback_guard);
         return Some(ours.then(|| string_value(get(v, "filter_config"), "filter_config")));
     }
     None
 }
 
-/// A Wasm `PluginConfig` that is callback-guard's: its configuration.
-fn wasm_config(config: Option<&Value>) -> Option<Result<String, String>> {
-    let config = config?;
+/// A Wasm `PluginConfig` that is callback-guard's (or of a filter entry
+/// named so): its configuration.
+fn wasm_config(config: Option<&Value>, named: bool) -> Option<Result<String, String>> {
+    let Some(config) = config else {
+        return named.then(|| Ok(String::new()));
+    };
     let vm = get(config, "vm_config");
     let code = vm.and_then(|vm| get(vm, "code"));
     let names = [
@@ -161,10 +172,7 @@ fn wasm_config(config: Option<&Value>) -> Option<Result<String, String>> {
             .and_then(|r| get(r, "http_uri"))
             .and_then(|h| get_str(h, "uri")),
     ];
-    names
-        .into_iter()
-        .flatten()
-        .any(names_callback_guard)
+    (named || names.into_iter().flatten().any(names_callback_guard))
         .then(|| string_value(get(config, "configuration"), "configuration"))
 }
 
