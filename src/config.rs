@@ -1,8 +1,9 @@
 //! Plugin configuration: the JSON a user puts in the wasm filter's `configuration`.
 //!
-//! Parsing is two steps. Serde reads the shape (unknown keys are refused and the
-//! error names the key path), then [`Config::validate`] checks meaning and collects
-//! every problem it finds, each naming its key. Secrets are resolved here, once,
+//! Parsing is two steps. Serde's derive reads the shape (unknown keys and keys
+//! given twice are refused, and `serde_path_to_error` names the key path), then
+//! [`Config::validate`] checks meaning and collects every problem it finds, each
+//! naming its key. Secrets are resolved here, once,
 //! from the inline value or from an environment variable (`secret_env`), so the
 //! request path never touches configuration text.
 
@@ -11,6 +12,7 @@ use std::net::IpAddr;
 
 use base64::Engine as _;
 use ipnet::IpNet;
+use serde::Deserialize;
 
 use crate::callback::Format;
 use crate::secret::Secret;
@@ -239,8 +241,10 @@ pub enum Mode {
     Observe,
 }
 
-// ---- the raw shape, read by `read` ---------------------------------------------------
+// ---- the raw shape, read by serde's derive (see `read`) ------------------------------
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
 struct RawConfig {
     max_body_bytes: Option<u64>,
     apps: Option<Vec<String>>,
@@ -253,12 +257,16 @@ struct RawConfig {
     filter_state_mark: Option<bool>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
 struct RawPushAuth {
-    scheme: Scheme,
+    scheme: String,
     keys: Vec<RawKey>,
     clock_skew_s: Option<u64>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
 struct RawKey {
     id: String,
     secret: Option<String>,
@@ -267,6 +275,8 @@ struct RawKey {
     domains: Option<Vec<String>>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
 struct RawCallbackAuth {
     allow_cidrs: Option<Vec<String>>,
     trusted_xff_hops: Option<usize>,
@@ -274,24 +284,38 @@ struct RawCallbackAuth {
     webhook_signature: Option<RawWebhook>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
 struct RawSharedKey {
     query_param: Option<String>,
     header: Option<String>,
     keys: Vec<RawKey>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
 struct RawWebhook {
     keys: Vec<RawKey>,
     tolerance_s: Option<u64>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
 struct RawDuplicateStreams {
     reject: Option<bool>,
     ttl_s: Option<u64>,
     max_streams: Option<usize>,
+    store: Option<RawStore>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
+struct RawStore {
     etcd: Option<RawEtcd>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object")]
 struct RawEtcd {
     cluster: String,
     key_prefix: Option<String>,
@@ -299,311 +323,391 @@ struct RawEtcd {
     authority: Option<String>,
 }
 
-/// Reads the raw configuration out of parsed JSON. Every problem names its
-/// key path (`push_auth.keys[1].secret_env`) and the kind of value found,
-/// never the value itself: a secret put in the wrong place must not reach a
-/// log line. Unknown keys are refused. Written by hand rather than with
-/// serde's derive: the derive's path tracking and error formatting made up
-/// more than a tenth of the module.
+/// Reads the raw shape with serde's derive: unknown keys and keys given twice
+/// are refused, and `serde_path_to_error` names the key path
+/// (`push_auth.keys[1].secret_env`). The JSON is first parsed into [`Doc`],
+/// which keeps every key of an object in order (so the derive sees a key given
+/// twice) and whose error type records the kind of value found, never the
+/// value: a secret put in the wrong place must not reach a log line (serde_json's
+/// own messages quote strings).
 mod read {
-    use serde_json::{Map, Value};
+    use std::fmt;
 
-    use super::{
-        ConfigError, RawCallbackAuth, RawConfig, RawDuplicateStreams, RawEtcd, RawKey, RawPushAuth,
-        RawSharedKey, RawWebhook, Scheme,
-    };
+    use serde::de::value::{MapDeserializer, SeqDeserializer};
+    use serde::de::{self, Deserialize, Expected, IntoDeserializer, Unexpected, Visitor};
+    use serde_path_to_error::Segment;
 
-    type R<T> = Result<T, ConfigError>;
+    use super::{ConfigError, RawConfig};
+    use crate::callback::printable;
 
-    /// What a value is, for messages.
-    fn kind(v: &Value) -> &'static str {
-        match v {
-            Value::Null => "null",
-            Value::Bool(_) => "boolean",
-            Value::Number(n) if n.is_u64() || n.is_i64() => "integer",
-            Value::Number(_) => "number with a fraction or an exponent",
-            Value::String(_) => "string",
-            Value::Array(_) => "array",
-            Value::Object(_) => "object",
+    /// A parsed JSON value; objects keep their keys in order, repeats included.
+    pub(super) enum Doc {
+        Null,
+        Bool(bool),
+        U64(u64),
+        I64(i64),
+        F64(f64),
+        Str(String),
+        Array(Vec<Doc>),
+        Object(Vec<(String, Doc)>),
+    }
+
+    impl<'de> Deserialize<'de> for Doc {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Doc, D::Error> {
+            d.deserialize_any(DocVisitor)
         }
     }
 
-    fn invalid_type(path: &str, v: &Value, expected: &str) -> ConfigError {
-        ConfigError::new(
-            path,
-            format!("invalid type: {}, expected {expected}", kind(v)),
-        )
+    struct DocVisitor;
+
+    impl<'de> Visitor<'de> for DocVisitor {
+        type Value = Doc;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_unit<E>(self) -> Result<Doc, E> {
+            Ok(Doc::Null)
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Doc, E> {
+            Ok(Doc::Bool(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Doc, E> {
+            Ok(Doc::U64(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Doc, E> {
+            Ok(Doc::I64(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Doc, E> {
+            Ok(Doc::F64(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Doc, E> {
+            Ok(Doc::Str(v.to_string()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Doc, E> {
+            Ok(Doc::Str(v))
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Doc, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok(Doc::Array(items))
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Doc, A::Error> {
+            let mut pairs = Vec::new();
+            while let Some(pair) = map.next_entry::<String, Doc>()? {
+                pairs.push(pair);
+            }
+            Ok(Doc::Object(pairs))
+        }
     }
 
-    /// An object being read: each key asked for is marked as known.
-    pub(super) struct Obj<'a> {
-        map: &'a Map<String, Value>,
-        path: String,
-        known: Vec<&'static str>,
+    impl Doc {
+        fn unexpected(&self) -> Unexpected<'_> {
+            match self {
+                Doc::Null => Unexpected::Unit,
+                Doc::Bool(b) => Unexpected::Bool(*b),
+                Doc::U64(n) => Unexpected::Unsigned(*n),
+                Doc::I64(n) => Unexpected::Signed(*n),
+                Doc::F64(n) => Unexpected::Float(*n),
+                Doc::Str(s) => Unexpected::Str(s),
+                Doc::Array(_) => Unexpected::Seq,
+                Doc::Object(_) => Unexpected::Map,
+            }
+        }
     }
 
-    impl<'a> Obj<'a> {
-        fn new(v: &'a Value, path: &str) -> R<Obj<'a>> {
-            match v {
-                Value::Object(map) => Ok(Obj {
-                    map,
-                    path: path.to_string(),
-                    known: Vec::new(),
-                }),
-                other => Err(invalid_type(path, other, "an object")),
+    impl<'de> de::Deserializer<'de> for Doc {
+        type Error = Problem;
+
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
+            match self {
+                Doc::Null => visitor.visit_unit(),
+                Doc::Bool(b) => visitor.visit_bool(b),
+                Doc::U64(n) => visitor.visit_u64(n),
+                Doc::I64(n) => visitor.visit_i64(n),
+                Doc::F64(n) => visitor.visit_f64(n),
+                Doc::Str(s) => visitor.visit_string(s),
+                Doc::Array(items) => visit_array(items, visitor),
+                Doc::Object(pairs) => visit_object(pairs, visitor),
             }
         }
 
-        fn at(&self, key: &str) -> String {
-            if self.path.is_empty() {
-                key.to_string()
-            } else {
-                format!("{}.{key}", self.path)
+        /// null is an absent value.
+        fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
+            match self {
+                Doc::Null => visitor.visit_none(),
+                other => visitor.visit_some(other),
             }
         }
 
-        /// The value of `key` and its path, unless absent (null counts as absent).
-        fn get(&mut self, key: &'static str) -> Option<(&'a Value, String)> {
-            self.known.push(key);
-            match self.map.get(key) {
-                None | Some(Value::Null) => None,
-                Some(v) => Some((v, self.at(key))),
+        /// Only an object: the derive would also read a struct from an array,
+        /// by position.
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            _fields: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, Problem> {
+            match self {
+                Doc::Object(pairs) => visit_object(pairs, visitor),
+                other => Err(de::Error::invalid_type(other.unexpected(), &visitor)),
             }
         }
 
-        fn u64(&mut self, key: &'static str) -> R<Option<u64>> {
-            self.get(key).map(|(v, p)| as_u64(v, &p)).transpose()
-        }
-
-        fn usize(&mut self, key: &'static str) -> R<Option<usize>> {
-            self.get(key)
-                .map(|(v, p)| {
-                    as_u64(v, &p).and_then(|n| {
-                        usize::try_from(n)
-                            .map_err(|_| ConfigError::new(&p, "invalid value: integer too large"))
-                    })
-                })
-                .transpose()
-        }
-
-        fn bool(&mut self, key: &'static str) -> R<Option<bool>> {
-            self.get(key)
-                .map(|(v, p)| v.as_bool().ok_or_else(|| invalid_type(&p, v, "a boolean")))
-                .transpose()
-        }
-
-        fn string(&mut self, key: &'static str) -> R<Option<String>> {
-            self.get(key).map(|(v, p)| as_string(v, &p)).transpose()
-        }
-
-        fn required_string(&mut self, key: &'static str) -> R<String> {
-            self.string(key)?.ok_or_else(|| {
-                ConfigError::new(self.path_or_root(), format!("missing field `{key}`"))
-            })
-        }
-
-        fn strings(&mut self, key: &'static str) -> R<Option<Vec<String>>> {
-            self.get(key)
-                .map(|(v, p)| {
-                    list(v, &p, "an array of strings")?
-                        .iter()
-                        .enumerate()
-                        .map(|(i, x)| as_string(x, &format!("{p}[{i}]")))
-                        .collect()
-                })
-                .transpose()
-        }
-
-        fn object(&mut self, key: &'static str) -> R<Option<Obj<'a>>> {
-            self.get(key).map(|(v, p)| Obj::new(v, &p)).transpose()
-        }
-
-        fn keys(&mut self, key: &'static str) -> R<Vec<RawKey>> {
-            let (v, p) = self.get(key).ok_or_else(|| {
-                ConfigError::new(self.path_or_root(), format!("missing field `{key}`"))
-            })?;
-            list(v, &p, "an array of key objects")?
-                .iter()
-                .enumerate()
-                .map(|(i, k)| raw_key(k, &format!("{p}[{i}]")))
-                .collect()
-        }
-
-        fn path_or_root(&self) -> &str {
-            if self.path.is_empty() {
-                "configuration"
-            } else {
-                &self.path
+        // The types of the shape, each taking its own kind of value only: so
+        // that each visitor is not handed every kind (less code in the module).
+        fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
+            match self {
+                Doc::Bool(b) => visitor.visit_bool(b),
+                other => Err(de::Error::invalid_type(other.unexpected(), &visitor)),
             }
         }
 
-        /// Refuses keys that were not asked for.
-        fn done(self) -> R<()> {
-            match self.map.keys().find(|k| !self.known.contains(&k.as_str())) {
-                None => Ok(()),
-                Some(k) => {
-                    let expected: Vec<String> =
-                        self.known.iter().map(|k| format!("`{k}`")).collect();
-                    Err(ConfigError::new(
-                        self.path_or_root(),
-                        format!(
-                            "unknown field `{}`, expected one of {}",
-                            crate::callback::printable(k),
-                            expected.join(", ")
-                        ),
-                    ))
+        fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
+            match self {
+                Doc::U64(n) => visitor.visit_u64(n),
+                Doc::I64(n) => visitor.visit_i64(n),
+                other => Err(de::Error::invalid_type(other.unexpected(), &visitor)),
+            }
+        }
+
+        fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
+            match self {
+                Doc::Str(s) => visitor.visit_string(s),
+                other => Err(de::Error::invalid_type(other.unexpected(), &visitor)),
+            }
+        }
+
+        fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
+            self.deserialize_string(visitor)
+        }
+
+        fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
+            self.deserialize_string(visitor)
+        }
+
+        fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
+            match self {
+                Doc::Array(items) => visit_array(items, visitor),
+                other => Err(de::Error::invalid_type(other.unexpected(), &visitor)),
+            }
+        }
+
+        serde::forward_to_deserialize_any! {
+            i8 i16 i32 i64 i128 u8 u16 u32 u128 f32 f64 char
+            bytes byte_buf unit unit_struct newtype_struct tuple
+            tuple_struct map enum ignored_any
+        }
+    }
+
+    fn visit_array<'de, V: Visitor<'de>>(items: Vec<Doc>, visitor: V) -> Result<V::Value, Problem> {
+        let mut seq = SeqDeserializer::new(items.into_iter());
+        let v = visitor.visit_seq(&mut seq)?;
+        seq.end()?;
+        Ok(v)
+    }
+
+    fn visit_object<'de, V: Visitor<'de>>(
+        pairs: Vec<(String, Doc)>,
+        visitor: V,
+    ) -> Result<V::Value, Problem> {
+        let mut map = MapDeserializer::new(pairs.into_iter());
+        let v = visitor.visit_map(&mut map)?;
+        map.end()?;
+        Ok(v)
+    }
+
+    impl<'de> IntoDeserializer<'de, Problem> for Doc {
+        type Deserializer = Doc;
+        fn into_deserializer(self) -> Doc {
+            self
+        }
+    }
+
+    /// What serde found wrong, with the kind of value but never the value.
+    #[derive(Debug)]
+    pub(super) enum Problem {
+        Type {
+            found: &'static str,
+            expected: String,
+        },
+        Value {
+            found: &'static str,
+            expected: String,
+        },
+        UnknownField {
+            field: String,
+            expected: &'static [&'static str],
+        },
+        Missing(&'static str),
+        Duplicate(&'static str),
+        Other(String),
+    }
+
+    /// The kind of a value, for messages.
+    fn kind(u: &Unexpected<'_>) -> &'static str {
+        match u {
+            Unexpected::Bool(_) => "boolean",
+            Unexpected::Unsigned(_) | Unexpected::Signed(_) => "integer",
+            Unexpected::Float(_) => "number with a fraction or an exponent",
+            Unexpected::Char(_) | Unexpected::Str(_) => "string",
+            Unexpected::Unit => "null",
+            Unexpected::Seq => "array",
+            Unexpected::Map => "object",
+            _ => "value",
+        }
+    }
+
+    /// serde's names of the expected types, in the words of the docs.
+    fn expected(e: &dyn Expected) -> String {
+        let e = e.to_string();
+        match e.as_str() {
+            "u8" | "u16" | "u32" | "u64" | "usize" => "a non-negative integer".to_string(),
+            "a sequence" => "an array".to_string(),
+            _ => e,
+        }
+    }
+
+    impl de::Error for Problem {
+        fn custom<T: fmt::Display>(msg: T) -> Self {
+            Problem::Other(msg.to_string())
+        }
+        fn invalid_type(unexp: Unexpected<'_>, exp: &dyn Expected) -> Self {
+            Problem::Type {
+                found: kind(&unexp),
+                expected: expected(exp),
+            }
+        }
+        fn invalid_value(unexp: Unexpected<'_>, exp: &dyn Expected) -> Self {
+            let found = match unexp {
+                Unexpected::Signed(n) if n < 0 => "negative integer",
+                Unexpected::Unsigned(_) | Unexpected::Signed(_) => "integer too large",
+                other => kind(&other),
+            };
+            Problem::Value {
+                found,
+                expected: expected(exp),
+            }
+        }
+        fn invalid_length(len: usize, exp: &dyn Expected) -> Self {
+            Problem::Other(format!("invalid length {len}, expected {}", expected(exp)))
+        }
+        fn unknown_variant(_variant: &str, expected: &'static [&'static str]) -> Self {
+            // No enum in the shape (names are checked by `validate`, which
+            // quotes them); never the value here.
+            Problem::Other(format!(
+                "unknown variant, expected {}",
+                alternatives(expected)
+            ))
+        }
+        fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
+            Problem::UnknownField {
+                field: printable(field),
+                expected,
+            }
+        }
+        fn missing_field(field: &'static str) -> Self {
+            Problem::Missing(field)
+        }
+        fn duplicate_field(field: &'static str) -> Self {
+            Problem::Duplicate(field)
+        }
+    }
+
+    impl fmt::Display for Problem {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Problem::Type { found, expected } => {
+                    write!(f, "invalid type: {found}, expected {expected}")
+                }
+                Problem::Value { found, expected } => {
+                    write!(f, "invalid value: {found}, expected {expected}")
+                }
+                Problem::UnknownField { field, expected } => write!(
+                    f,
+                    "unknown field `{field}`, expected {}",
+                    alternatives(expected)
+                ),
+                Problem::Missing(field) => write!(f, "missing field `{field}`"),
+                Problem::Duplicate(_) => {
+                    f.write_str("duplicate key: given more than once; set it once")
+                }
+                Problem::Other(m) => f.write_str(m),
+            }
+        }
+    }
+
+    impl std::error::Error for Problem {}
+
+    /// `` `a` ``, `` `a` or `b` ``, `` one of `a`, `b`, `c` ``.
+    pub(super) fn alternatives(names: &[&str]) -> String {
+        let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+        match quoted.as_slice() {
+            [] => "nothing here".to_string(),
+            [one] => one.clone(),
+            [a, b] => format!("{a} or {b}"),
+            all => format!("one of {}", all.join(", ")),
+        }
+    }
+
+    /// The raw configuration out of JSON text (not empty). One problem: the
+    /// first structural one.
+    pub(super) fn config(text: &str) -> Result<RawConfig, ConfigError> {
+        let doc: Doc = serde_json::from_str(text).map_err(|e| {
+            ConfigError::new(
+                "configuration",
+                format!(
+                    "is not valid JSON (line {} column {})",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        serde_path_to_error::deserialize(doc).map_err(|e| {
+            let mut segments: Vec<&Segment> = e.path().iter().collect();
+            // serde_path_to_error ends the path of an unknown key with the
+            // key itself: the message names it, the path is its object's.
+            if let Problem::UnknownField { .. } = e.inner() {
+                if let Some(Segment::Map { .. }) = segments.last() {
+                    segments.pop();
                 }
             }
-        }
-    }
-
-    fn as_u64(v: &Value, path: &str) -> R<u64> {
-        match v {
-            Value::Number(n) if n.is_u64() => n
-                .as_u64()
-                .ok_or_else(|| invalid_type(path, v, "an integer")),
-            Value::Number(n) if n.is_i64() => Err(ConfigError::new(
-                path,
-                "invalid value: negative integer, expected a non-negative integer",
-            )),
-            other => Err(invalid_type(path, other, "a non-negative integer")),
-        }
-    }
-
-    fn as_string(v: &Value, path: &str) -> R<String> {
-        v.as_str()
-            .map(str::to_string)
-            .ok_or_else(|| invalid_type(path, v, "a string"))
-    }
-
-    fn list<'v>(v: &'v Value, path: &str, expected: &str) -> R<&'v Vec<Value>> {
-        v.as_array().ok_or_else(|| invalid_type(path, v, expected))
-    }
-
-    fn raw_key(v: &Value, path: &str) -> R<RawKey> {
-        let mut o = Obj::new(v, path)?;
-        let key = RawKey {
-            id: o.required_string("id")?,
-            secret: o.string("secret")?,
-            secret_env: o.string("secret_env")?,
-            apps: o.strings("apps")?,
-            domains: o.strings("domains")?,
-        };
-        o.done()?;
-        Ok(key)
-    }
-
-    fn push_auth(mut o: Obj<'_>) -> R<RawPushAuth> {
-        let scheme = match o.get("scheme") {
-            None => return Err(ConfigError::new(o.path_or_root(), "missing field `scheme`")),
-            Some((v, p)) => match as_string(v, &p)?.as_str() {
-                "ks_md5" => Scheme::KsMd5,
-                "hmac_sha256" => Scheme::HmacSha256,
-                _ => {
-                    return Err(ConfigError::new(
-                        p,
-                        "unknown variant, expected `ks_md5` or `hmac_sha256`",
-                    ))
-                }
-            },
-        };
-        let pa = RawPushAuth {
-            scheme,
-            keys: o.keys("keys")?,
-            clock_skew_s: o.u64("clock_skew_s")?,
-        };
-        o.done()?;
-        Ok(pa)
-    }
-
-    fn callback_auth(mut o: Obj<'_>) -> R<RawCallbackAuth> {
-        let shared_key = match o.object("shared_key")? {
-            None => None,
-            Some(mut sk) => {
-                let r = RawSharedKey {
-                    query_param: sk.string("query_param")?,
-                    header: sk.string("header")?,
-                    keys: sk.keys("keys")?,
-                };
-                sk.done()?;
-                Some(r)
-            }
-        };
-        let webhook_signature = match o.object("webhook_signature")? {
-            None => None,
-            Some(mut ws) => {
-                let r = RawWebhook {
-                    keys: ws.keys("keys")?,
-                    tolerance_s: ws.u64("tolerance_s")?,
-                };
-                ws.done()?;
-                Some(r)
-            }
-        };
-        let ca = RawCallbackAuth {
-            allow_cidrs: o.strings("allow_cidrs")?,
-            trusted_xff_hops: o.usize("trusted_xff_hops")?,
-            shared_key,
-            webhook_signature,
-        };
-        o.done()?;
-        Ok(ca)
-    }
-
-    fn duplicate_streams(mut o: Obj<'_>) -> R<RawDuplicateStreams> {
-        let etcd = match o.object("store")? {
-            None => None,
-            Some(mut store) => {
-                let etcd =
-                    match store.object("etcd")? {
-                        None => return Err(ConfigError::new(
-                            store.path_or_root(),
-                            "missing field `etcd` (the only store besides the default shared data)",
-                        )),
-                        Some(mut e) => {
-                            let r = RawEtcd {
-                                cluster: e.required_string("cluster")?,
-                                key_prefix: e.string("key_prefix")?,
-                                timeout_ms: e.u64("timeout_ms")?,
-                                authority: e.string("authority")?,
-                            };
-                            e.done()?;
-                            r
+            let mut path = String::new();
+            for s in segments {
+                match s {
+                    Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                    Segment::Map { key } | Segment::Enum { variant: key } => {
+                        if !path.is_empty() {
+                            path.push('.');
                         }
-                    };
-                store.done()?;
-                Some(etcd)
+                        path.push_str(key);
+                    }
+                    Segment::Unknown => path.push_str(".?"),
+                }
             }
-        };
-        let ds = RawDuplicateStreams {
-            reject: o.bool("reject")?,
-            ttl_s: o.u64("ttl_s")?,
-            max_streams: o.usize("max_streams")?,
-            etcd,
-        };
-        o.done()?;
-        Ok(ds)
-    }
-
-    /// The whole configuration.
-    pub(super) fn config(v: &Value) -> R<RawConfig> {
-        let mut o = Obj::new(v, "").map_err(|_| invalid_type("configuration", v, "an object"))?;
-        let raw = RawConfig {
-            max_body_bytes: o.u64("max_body_bytes")?,
-            apps: o.strings("apps")?,
-            formats: o.strings("formats")?,
-            push_auth: o.object("push_auth")?.map(push_auth).transpose()?,
-            callback_auth: o.object("callback_auth")?.map(callback_auth).transpose()?,
-            duplicate_streams: o
-                .object("duplicate_streams")?
-                .map(duplicate_streams)
-                .transpose()?,
-            max_event_age_s: o.u64("max_event_age_s")?,
-            mode: o.string("mode")?,
-            filter_state_mark: o.bool("filter_state_mark")?,
-        };
-        o.done()?;
-        Ok(raw)
+            let mut problem = e.into_inner();
+            // Every array of the shape holds strings, but `keys`.
+            if let Problem::Type { expected, .. } = &mut problem {
+                if expected == "an array" {
+                    *expected = if path.ends_with("keys") {
+                        "an array of key objects"
+                    } else {
+                        "an array of strings"
+                    }
+                    .to_string();
+                }
+            }
+            // A key given twice is named itself; other problems name the
+            // value's key, or the object for unknown and missing keys.
+            let path = match (&problem, path.is_empty()) {
+                (Problem::Duplicate(field), true) => (*field).to_string(),
+                (Problem::Duplicate(field), false) => format!("{path}.{field}"),
+                (_, true) => "configuration".to_string(),
+                (_, false) => path,
+            };
+            ConfigError::new(path, problem.to_string())
+        })
     }
 }
 
@@ -635,17 +739,7 @@ impl Config {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| vec![ConfigError::new("configuration", "is not valid UTF-8")])?;
         let text = if text.trim().is_empty() { "{}" } else { text };
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            vec![ConfigError::new(
-                "configuration",
-                format!(
-                    "is not valid JSON (line {} column {})",
-                    e.line(),
-                    e.column()
-                ),
-            )]
-        })?;
-        let raw = read::config(&value).map_err(|e| vec![e])?;
+        let raw = read::config(text).map_err(|e| vec![e])?;
         Self::validate(raw, env)
     }
 
@@ -679,6 +773,17 @@ impl Config {
                  larger bodies get Envoy's own 413 unless the listener's limit is raised",
                 self.max_body_bytes
             ));
+        }
+        let ca = &self.callback_auth;
+        let senders_checked =
+            ca.allow_cidrs.is_some() || ca.shared_key.is_some() || ca.webhook_signature.is_some();
+        if self.push_auth.is_none() && !senders_checked {
+            w.push(
+                "push_auth, callback_auth: neither is set, so only the callbacks' format and fields \
+                 (and apps, event age and duplicate streams when configured) are checked: \
+                 any sender's callback with any push token is let through"
+                    .to_string(),
+            );
         }
         w
     }
@@ -715,7 +820,7 @@ impl Config {
             if n == 0 || n > 16 * 1024 * 1024 {
                 errs.push(ConfigError::new(
                     "max_body_bytes",
-                    "must be between 1 and 16777216",
+                    format!("must be between 1 and 16777216, not `{n}`"),
                 ));
             } else {
                 cfg.max_body_bytes = n as usize;
@@ -731,7 +836,12 @@ impl Config {
             }
             for (i, a) in apps.iter().enumerate() {
                 if let Err(p) = crate::callback::check_name(a) {
-                    errs.push(ConfigError::new(format!("apps[{i}]"), p));
+                    let problem = if a.is_empty() {
+                        p.to_string()
+                    } else {
+                        format!("{p}: {}", shown(a))
+                    };
+                    errs.push(ConfigError::new(format!("apps[{i}]"), problem));
                 }
             }
             cfg.apps = Some(apps.into_iter().collect());
@@ -778,7 +888,7 @@ impl Config {
                 if t == 0 || t > 30 * 86400 {
                     errs.push(ConfigError::new(
                         "duplicate_streams.ttl_s",
-                        "must be between 1 and 2592000 (30 days)",
+                        format!("must be between 1 and 2592000 (30 days), not `{t}`"),
                     ));
                 } else {
                     cfg.duplicate_streams.ttl_s = t;
@@ -788,14 +898,21 @@ impl Config {
                 if m == 0 || m > 10_000_000 {
                     errs.push(ConfigError::new(
                         "duplicate_streams.max_streams",
-                        "must be between 1 and 10000000",
+                        format!("must be between 1 and 10000000, not `{m}`"),
                     ));
                 } else {
                     cfg.duplicate_streams.max_streams = m;
                 }
             }
-            if let Some(e) = ds.etcd {
-                cfg.duplicate_streams.etcd = validate_etcd(e, &mut errs);
+            match ds.store {
+                None => {}
+                Some(RawStore { etcd: None }) => errs.push(ConfigError::new(
+                    "duplicate_streams.store",
+                    "missing field `etcd` (the only store besides the default shared data)",
+                )),
+                Some(RawStore { etcd: Some(e) }) => {
+                    cfg.duplicate_streams.etcd = validate_etcd(e, &mut errs);
+                }
             }
         }
 
@@ -805,9 +922,12 @@ impl Config {
             match m.as_str() {
                 "enforce" => cfg.mode = Mode::Enforce,
                 "observe" => cfg.mode = Mode::Observe,
-                _ => errs.push(ConfigError::new(
+                other => errs.push(ConfigError::new(
                     "mode",
-                    "unknown mode, expected `enforce` or `observe`",
+                    format!(
+                        "unknown mode `{}`, expected `enforce` or `observe`",
+                        crate::callback::printable(other)
+                    ),
                 )),
             }
         }
@@ -816,7 +936,9 @@ impl Config {
             if age > 30 * 86400 {
                 errs.push(ConfigError::new(
                     "max_event_age_s",
-                    "must be at most 2592000 (30 days); 0 turns the check off",
+                    format!(
+                        "must be at most 2592000 (30 days), not `{age}`; 0 turns the check off"
+                    ),
                 ));
             } else {
                 cfg.max_event_age_s = age;
@@ -840,7 +962,10 @@ fn validate_etcd(e: RawEtcd, errs: &mut Vec<ConfigError>) -> Option<EtcdStore> {
     if !token(&e.cluster) {
         errs.push(ConfigError::new(
             format!("{path}.cluster"),
-            "must name the Envoy cluster that reaches etcd (1 to 256 printable characters, no spaces)",
+            format!(
+                "must name the Envoy cluster that reaches etcd (1 to 256 printable characters, no spaces), not {}",
+                shown(&e.cluster)
+            ),
         ));
     }
     let key_prefix = e
@@ -849,23 +974,30 @@ fn validate_etcd(e: RawEtcd, errs: &mut Vec<ConfigError>) -> Option<EtcdStore> {
     if !token(&key_prefix) {
         errs.push(ConfigError::new(
             format!("{path}.key_prefix"),
-            "must be 1 to 256 printable characters, no spaces",
+            format!(
+                "must be 1 to 256 printable characters, no spaces, not {}",
+                shown(&key_prefix)
+            ),
         ));
     }
     let timeout_ms = e.timeout_ms.unwrap_or(DEFAULT_ETCD_TIMEOUT_MS);
     if !(1..=60_000).contains(&timeout_ms) {
         errs.push(ConfigError::new(
             format!("{path}.timeout_ms"),
-            "must be between 1 and 60000",
+            format!("must be between 1 and 60000, not `{timeout_ms}`"),
+        ));
+    }
+    // Unset, it is the cluster's name, whose problems are reported above.
+    if let Some(a) = e.authority.as_deref().filter(|a| !token(a)) {
+        errs.push(ConfigError::new(
+            format!("{path}.authority"),
+            format!(
+                "must be a host name (1 to 256 printable characters, no spaces), not {}",
+                shown(a)
+            ),
         ));
     }
     let authority = e.authority.unwrap_or_else(|| e.cluster.clone());
-    if !token(&authority) {
-        errs.push(ConfigError::new(
-            format!("{path}.authority"),
-            "must be a host name (1 to 256 printable characters, no spaces)",
-        ));
-    }
     (errs.len() == before).then_some(EtcdStore {
         cluster: e.cluster,
         key_prefix,
@@ -951,7 +1083,10 @@ fn check_key_ids(keys: &[RawKey], path: &str, errs: &mut Vec<ConfigError>) {
         if !valid {
             errs.push(ConfigError::new(
                 format!("{path}[{i}].id"),
-                "must be 1 to 64 characters of letters, digits, `-`, `_` or `.`",
+                format!(
+                    "must be 1 to 64 characters of letters, digits, `-`, `_` or `.`, not {}",
+                    shown(&k.id)
+                ),
             ));
         } else if !seen.insert(k.id.as_str()) {
             errs.push(ConfigError::new(
@@ -967,12 +1102,26 @@ fn validate_push_auth(
     env: &dyn Env,
     errs: &mut Vec<ConfigError>,
 ) -> Option<PushAuth> {
+    let scheme = match pa.scheme.as_str() {
+        "ks_md5" => Some(Scheme::KsMd5),
+        "hmac_sha256" => Some(Scheme::HmacSha256),
+        other => {
+            errs.push(ConfigError::new(
+                "push_auth.scheme",
+                format!(
+                    "unknown scheme `{}`, expected `ks_md5` or `hmac_sha256`",
+                    crate::callback::printable(other)
+                ),
+            ));
+            None
+        }
+    };
     check_key_ids(&pa.keys, "push_auth.keys", errs);
     let clock_skew_s = pa.clock_skew_s.unwrap_or(0);
     if clock_skew_s > 86400 {
         errs.push(ConfigError::new(
             "push_auth.clock_skew_s",
-            "must be at most 86400",
+            format!("must be at most 86400, not `{clock_skew_s}`"),
         ));
     }
     let mut keys = Vec::new();
@@ -981,8 +1130,9 @@ fn validate_push_auth(
         let Some(secret) = resolve_secret(k, &path, env, errs) else {
             continue;
         };
-        match pa.scheme {
-            Scheme::KsMd5 => {
+        match scheme {
+            None => {}
+            Some(Scheme::KsMd5) => {
                 let ok =
                     secret.len() <= 32 && secret.expose().iter().all(u8::is_ascii_alphanumeric);
                 if !ok {
@@ -995,17 +1145,16 @@ fn validate_push_auth(
                     ));
                 }
             }
-            Scheme::HmacSha256 => {
-                if secret.len() < 16 {
-                    errs.push(ConfigError::new(
-                        secret_path(k, &path),
-                        format!(
-                            "key `{}` is too short for hmac_sha256: at least 16 bytes",
-                            k.id
-                        ),
-                    ));
-                }
+            Some(Scheme::HmacSha256) if secret.len() < 16 => {
+                errs.push(ConfigError::new(
+                    secret_path(k, &path),
+                    format!(
+                        "key `{}` is too short for hmac_sha256: at least 16 bytes",
+                        k.id
+                    ),
+                ));
             }
+            Some(Scheme::HmacSha256) => {}
         }
         if let Some(apps) = &k.apps {
             if apps.is_empty() {
@@ -1034,7 +1183,7 @@ fn validate_push_auth(
         });
     }
     Some(PushAuth {
-        scheme: pa.scheme,
+        scheme: scheme?,
         keys,
         clock_skew_s,
     })
@@ -1104,7 +1253,7 @@ fn validate_callback_auth(
         if h > 10 {
             errs.push(ConfigError::new(
                 "callback_auth.trusted_xff_hops",
-                "must be at most 10",
+                format!("must be at most 10, not `{h}`"),
             ));
         }
         if out.allow_cidrs.is_none() && h > 0 {
@@ -1125,7 +1274,10 @@ fn validate_callback_auth(
             if !ok {
                 errs.push(ConfigError::new(
                     "callback_auth.shared_key.header",
-                    "must be a plain header name (letters, digits, `-`, `_`), not x-callback-guard-*",
+                    format!(
+                        "must be a plain header name (letters, digits, `-`, `_`), not x-callback-guard-*; found {}",
+                        shown(h)
+                    ),
                 ));
             }
         }
@@ -1153,7 +1305,7 @@ fn validate_callback_auth(
         if tolerance_s == 0 || tolerance_s > 3600 {
             errs.push(ConfigError::new(
                 "callback_auth.webhook_signature.tolerance_s",
-                "must be between 1 and 3600",
+                format!("must be between 1 and 3600, not `{tolerance_s}`"),
             ));
         }
         let path = "callback_auth.webhook_signature.keys";
@@ -1177,6 +1329,15 @@ fn validate_callback_auth(
         out.webhook_signature = Some(WebhookSignature { keys, tolerance_s });
     }
     out
+}
+
+/// A configuration value (never a secret) quoted for a message.
+fn shown(v: &str) -> String {
+    if v.is_empty() {
+        "empty".to_string()
+    } else {
+        format!("`{}`", crate::callback::printable(v))
+    }
 }
 
 /// `whsec_<base64>` → key bytes.
@@ -1424,17 +1585,21 @@ mod tests {
     #[test]
     fn warns_when_a_replay_guard_cannot_apply_to_forms() {
         let parse = |j: &str| Config::from_json(j.as_bytes(), &no_env).unwrap();
-        assert!(parse("{}").warnings().is_empty());
-        assert!(parse(r#"{"max_event_age_s":300,"formats":["kls_v2"]}"#)
-            .warnings()
-            .is_empty());
-        let w = parse(r#"{"max_event_age_s":300}"#).warnings();
+        let auth = r#""callback_auth":{"allow_cidrs":["10.0.0.0/8"]}"#;
+        assert!(parse(&format!("{{{auth}}}")).warnings().is_empty());
+        assert!(parse(&format!(
+            r#"{{"max_event_age_s":300,"formats":["kls_v2"],{auth}}}"#
+        ))
+        .warnings()
+        .is_empty());
+        let w = parse(&format!(r#"{{"max_event_age_s":300,{auth}}}"#)).warnings();
         assert_eq!(
             w,
             ["max_event_age_s: kls_v1 callbacks carry no event time, so they get no replay guard"]
         );
         let w = parse(r#"{"max_event_age_s":300,"formats":["kls_v2","kls_v1","nginx_rtmp"]}"#)
             .warnings();
+        assert_eq!(w.len(), 2, "and no sender or token check: {w:?}");
         assert!(w[0].contains("kls_v1 and nginx_rtmp"), "{w:?}");
     }
 
@@ -1563,10 +1728,135 @@ mod tests {
     }
 
     #[test]
+    fn keys_given_twice_are_refused_by_their_path() {
+        for (json, key) in [
+            (r#"{"apps":["a"],"apps":["b"]}"#, "apps"),
+            (r#"{"apps":null,"apps":["b"]}"#, "apps"),
+            (
+                r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"x"}]},
+                    "push_auth":{"scheme":"ks_md5","keys":[{"id":"b","secret":"y"}]}}"#,
+                "push_auth",
+            ),
+            (
+                r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"s3cretA","secret":"s3cretB"}]}}"#,
+                "push_auth.keys[0].secret",
+            ),
+            (
+                r#"{"duplicate_streams":{"store":{"etcd":{"cluster":"a","cluster":"b"}}}}"#,
+                "duplicate_streams.store.etcd.cluster",
+            ),
+            (r#"{"mode":"observe","mode":"enforce"}"#, "mode"),
+        ] {
+            let e = errs(json);
+            assert_eq!(e.len(), 1, "{json}: {e:?}");
+            assert_eq!(e[0].key, key, "{json}: {}", e[0]);
+            assert!(e[0].problem.contains("duplicate key"), "{}", e[0]);
+            assert!(!e[0].to_string().contains("s3cret"), "{}", e[0]);
+        }
+    }
+
+    #[test]
+    fn an_object_is_never_read_from_an_array() {
+        // serde's derive reads a struct from an array by position; the shape
+        // takes objects only.
+        let e = errs(r#"{"push_auth":["ks_md5",[{"id":"a","secret":"x"}]]}"#);
+        assert_eq!(e[0].key, "push_auth");
+        assert_eq!(e[0].problem, "invalid type: array, expected an object");
+        let e = errs(r#"{"duplicate_streams":{"store":{"etcd":["etcd"]}}}"#);
+        assert_eq!(e[0].key, "duplicate_streams.store.etcd");
+    }
+
+    #[test]
+    fn messages_quote_the_bad_value_unless_secret() {
+        let first = |j: &str| errs(j)[0].to_string();
+        assert_eq!(
+            first(r#"{"push_auth":{"scheme":"ks-md5","keys":[{"id":"a","secret":"x"}]}}"#),
+            "push_auth.scheme: unknown scheme `ks-md5`, expected `ks_md5` or `hmac_sha256`"
+        );
+        assert_eq!(
+            first(r#"{"mode":"observ"}"#),
+            "mode: unknown mode `observ`, expected `enforce` or `observe`"
+        );
+        assert_eq!(
+            first(r#"{"max_body_bytes":0}"#),
+            "max_body_bytes: must be between 1 and 16777216, not `0`"
+        );
+        assert!(
+            first(r#"{"duplicate_streams":{"store":{"etcd":{"cluster":"a b"}}}}"#)
+                .ends_with("not `a b`")
+        );
+        assert_eq!(
+            first(r#"{"apps":["li\u0007ve"]}"#),
+            "apps[0]: contains a control character: `li?ve`"
+        );
+        assert!(
+            first(r#"{"callback_auth":{"shared_key":{"keys":[{"id":"a/b","secret":"x"}]}}}"#)
+                .ends_with("not `a/b`")
+        );
+        // An unknown scheme is reported with the other problems, and no
+        // secret check runs against a scheme nobody asked for.
+        let e =
+            errs(r#"{"push_auth":{"scheme":"md5","keys":[{"id":"a b","secret":"has space"}]}}"#);
+        let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["push_auth.scheme", "push_auth.keys[0].id"]);
+        assert!(!format!("{e:?}").contains("has space"));
+        // Arrays say what they hold.
+        assert_eq!(
+            first(r#"{"apps":"live"}"#),
+            "apps: invalid type: string, expected an array of strings"
+        );
+        assert_eq!(
+            first(r#"{"push_auth":{"scheme":"ks_md5","keys":{}}}"#),
+            "push_auth.keys: invalid type: object, expected an array of key objects"
+        );
+    }
+
+    #[test]
+    fn an_empty_etcd_cluster_is_one_problem() {
+        // `authority` defaults to the cluster: the user never set it, so it
+        // is not reported as well.
+        let e = errs(r#"{"duplicate_streams":{"store":{"etcd":{"cluster":""}}}}"#);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].key, "duplicate_streams.store.etcd.cluster");
+        assert!(e[0].problem.ends_with("not empty"), "{}", e[0]);
+        // A bad authority the user did set is still reported.
+        let e = errs(
+            r#"{"duplicate_streams":{"store":{"etcd":{"cluster":"etcd","authority":"a b"}}}}"#,
+        );
+        assert_eq!(e[0].key, "duplicate_streams.store.etcd.authority");
+        assert!(e[0].problem.ends_with("not `a b`"), "{}", e[0]);
+    }
+
+    #[test]
+    fn warns_when_neither_tokens_nor_senders_are_checked() {
+        let parse = |j: &str| Config::from_json(j.as_bytes(), &no_env).unwrap();
+        for weak in ["{}", "", r#"{"callback_auth":{}}"#, r#"{"apps":["live"]}"#] {
+            let w = parse(weak).warnings();
+            assert_eq!(w.len(), 1, "{weak}: {w:?}");
+            assert!(
+                w[0].starts_with("push_auth, callback_auth: neither is set")
+                    && w[0].contains("only the callbacks' format and fields"),
+                "{w:?}"
+            );
+        }
+        for checked in [
+            r#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"x"}]}}"#,
+            r#"{"callback_auth":{"allow_cidrs":["10.0.0.0/8"]}}"#,
+            r#"{"callback_auth":{"shared_key":{"keys":[{"id":"a","secret":"x"}]}}}"#,
+            r#"{"callback_auth":{"webhook_signature":{"keys":[{"id":"w","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]}}}"#,
+        ] {
+            assert!(parse(checked).warnings().is_empty(), "{checked}");
+        }
+    }
+
+    #[test]
     fn warns_when_max_body_bytes_is_over_envoys_buffer_limit() {
         let parse = |j: &str| Config::from_json(j.as_bytes(), &no_env).unwrap();
-        assert!(parse(r#"{"max_body_bytes":1048576}"#).warnings().is_empty());
-        let w = parse(r#"{"max_body_bytes":1048577}"#).warnings();
+        let auth = r#""callback_auth":{"allow_cidrs":["10.0.0.0/8"]}"#;
+        assert!(parse(&format!(r#"{{"max_body_bytes":1048576,{auth}}}"#))
+            .warnings()
+            .is_empty());
+        let w = parse(&format!(r#"{{"max_body_bytes":1048577,{auth}}}"#)).warnings();
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("per_connection_buffer_limit_bytes"), "{w:?}");
     }

@@ -342,3 +342,380 @@ fn check_without_a_content_type_reads_the_body() {
         "{help}"
     );
 }
+
+/// `"mode": "observe"`: the filter forwards a failing callback, marked with
+/// `x-callback-guard-would-reject`; `check` says so, with its own exit status.
+#[test]
+fn check_in_observe_mode_forwards_with_the_would_be_refusal_and_exit_3() {
+    let observe = config_file(
+        "observe",
+        &format!(
+            r#"{{"mode":"observe","apps":["live"],"push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KEY}"}}]}}}}"#
+        ),
+    );
+    let observe = observe.to_str().unwrap();
+    let now = NOW.to_string();
+    let forged = start_body("cam1", "0123456789abcdef");
+    let (rc, out, _) = run(
+        &["check", "--config", observe, "--now", &now],
+        forged.as_bytes(),
+    );
+    assert_eq!(rc, 3, "{out}");
+    assert_eq!(
+        out.trim(),
+        r#"{"action":"forward","status":200,"code":"","message":"observe mode: would reject: push token signature does not match","would_reject":{"status":403,"code":"AuthencationFailed","message":"push token signature does not match"},"headers":{"x-callback-guard-would-reject":"AuthencationFailed"}}"#
+    );
+    // A valid callback is forwarded as in enforce mode: exit 0, no mark.
+    let good = start_body("cam1", &ks_k("cam1", NOW + 600));
+    let (rc, out, _) = run(
+        &["check", "--config", observe, "--now", &now],
+        good.as_bytes(),
+    );
+    assert_eq!(rc, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["action"], "forward");
+    assert!(v.get("would_reject").is_none(), "{out}");
+    assert!(!out.contains("would-reject"), "{out}");
+    // The same forged callback under enforce is refused: exit 1.
+    let (rc, _, _) = run(
+        &[
+            "check",
+            "--config",
+            guarded_config().to_str().unwrap(),
+            "--now",
+            &now,
+        ],
+        forged.as_bytes(),
+    );
+    assert_eq!(rc, 1);
+    // The exit statuses are documented in the help.
+    let (_, help, _) = run(&["check", "--help"], b"");
+    for needle in [
+        "0 = forwarded",
+        "1 = refused",
+        "2 = usage",
+        "3 = forwarded by",
+    ] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+}
+
+/// The headers `check` prints are the ones the filter adds: none with an
+/// empty value (no key id when push tokens are not checked).
+#[test]
+fn check_prints_only_the_headers_the_filter_adds() {
+    let open = config_file("open", "{}");
+    let body = start_body("cam1", "whatever");
+    let (rc, out, _) = run(
+        &["check", "--config", open.to_str().unwrap()],
+        body.as_bytes(),
+    );
+    assert_eq!(rc, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let headers = v["headers"].as_object().unwrap();
+    let names: Vec<&str> = headers.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "x-callback-guard-event",
+            "x-callback-guard-format",
+            "x-callback-guard-verified"
+        ],
+        "{out}"
+    );
+    assert!(headers
+        .values()
+        .all(|v| v.as_str().is_some_and(|s| !s.is_empty())));
+    assert!(!out.contains("key-id"), "{out}");
+}
+
+#[test]
+fn check_config_warns_when_nothing_checks_who_sent_it() {
+    for json in ["{}", r#"{"apps":["live"]}"#] {
+        let open = config_file("open", json);
+        let (rc, out, err) = run(&["check-config", open.to_str().unwrap()], b"");
+        assert_eq!((rc, out.as_str()), (0, "ok\n"), "{json}");
+        assert!(
+            err.starts_with("warning: push_auth, callback_auth: neither is set")
+                && err.contains("only the callbacks' format and fields"),
+            "{json}: {err}"
+        );
+    }
+}
+
+#[test]
+fn sign_names_both_alternatives_of_a_missing_argument() {
+    let (rc, _, err) = sign("--scheme ks_md5 --app live --stream s --expires-in 60", &[]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("--key <KEY>|--key-env <KEY_ENV>"), "{err}");
+    let (rc, _, err) = sign("--scheme ks_md5 --app live --stream s --key abc", &[]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(
+        err.contains("--expires-in <EXPIRES_IN>|--expires-at <EXPIRES_AT>"),
+        "{err}"
+    );
+    let (rc, _, err) = sign(
+        "--scheme ks_md5 --app live --stream s --key abc --key-env K --expires-in 60",
+        &[],
+    );
+    assert_eq!(
+        (rc, err.contains("cannot be used with")),
+        (2, true),
+        "{err}"
+    );
+}
+
+#[test]
+fn sign_refuses_a_push_url_for_another_app() {
+    let hmac =
+        "--scheme hmac_sha256 --key 0123456789abcdef --app live --stream s --expires-at 1700000000";
+    let (rc, out, err) = sign(&format!("{hmac} --url rtmp://h/other"), &[]);
+    assert_eq!((rc, out.as_str()), (2, ""), "{err}");
+    assert!(
+        err.contains("app `other`, but --app is `live`") && err.contains("never pass"),
+        "{err}"
+    );
+    // ks_md5 does not sign the app: printed, with a warning.
+    let ks = "--scheme ks_md5 --key abc --app live --stream s --expires-at 1700000000";
+    let (rc, out, err) = sign(&format!("{ks} --url rtmp://h/other/"), &[]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.starts_with("rtmp://h/other/s?t=1700000000&k="), "{out}");
+    assert!(err.contains("warning: --url is for app `other`"), "{err}");
+    // The URL's app is --app, or added when the URL has none.
+    for url in ["rtmp://h/live", "rtmp://h/live/", "rtmp://h", "rtmp://h/"] {
+        let (rc, out, err) = sign(&format!("{hmac} --url {url}"), &[]);
+        assert_eq!(rc, 0, "{url}: {err}");
+        assert!(
+            out.starts_with("rtmp://h/live/s?t=1700000000&sign="),
+            "{out}"
+        );
+        assert_eq!(err, "", "{url}");
+    }
+    let (rc, _, err) = sign(&format!("{hmac} --url rtmp://h/live?x=1"), &[]);
+    assert_eq!((rc, err.contains("without a query")), (2, true), "{err}");
+}
+
+/// `check-config FILE` with the environment variable the shipped configs'
+/// `secret_env` names set (as Envoy would pass it).
+fn check_config_with_key(file: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["check-config", file.to_str().unwrap()])
+        .env("CALLBACK_GUARD_PUSH_KEY", "ShippedKey1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn yaml_file(tag: &str, yaml: &str) -> std::path::PathBuf {
+    let json = config_file(tag, "");
+    let path = json.with_file_name("envoy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Every YAML shipped in envoy/ and deploy/: those with callback-guard filters
+/// give one `ok` per filter with its place; the others say that none was
+/// found (exit 2), so a file that lost its filter shows.
+#[test]
+fn check_config_reads_every_shipped_envoy_yaml() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let expected: &[(&str, &[&str])] = &[
+        (
+            "envoy/envoy.yaml",
+            &["document 1, static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]: ok"],
+        ),
+        (
+            "envoy/nginx-rtmp.yaml",
+            &["document 1, static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]: ok"],
+        ),
+        (
+            "deploy/istio/envoyfilter.yaml",
+            &["document 1, spec.configPatches[0].patch.value: ok"],
+        ),
+        (
+            "deploy/envoy-gateway/envoyextensionpolicy.yaml",
+            &["document 1, spec.wasm[0]: ok"],
+        ),
+    ];
+    let mut files = Vec::new();
+    let mut dirs = vec![root.join("envoy"), root.join("deploy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 15, "{files:?}");
+    let mut with_filters = 0;
+    for file in &files {
+        let rel = file.strip_prefix(root).unwrap().to_str().unwrap();
+        let (rc, out, err) = check_config_with_key(file);
+        match expected.iter().find(|(f, _)| *f == rel) {
+            Some((_, lines)) => {
+                with_filters += 1;
+                assert_eq!(rc, 0, "{rel}: {out}{err}");
+                assert_eq!(out.lines().collect::<Vec<_>>(), *lines, "{rel}");
+                for w in err.lines() {
+                    assert!(w.contains(": warning: "), "{rel}: {w}");
+                }
+            }
+            None => {
+                assert_eq!(rc, 2, "{rel}: {out}");
+                assert!(
+                    out.contains("no callback-guard filter found"),
+                    "{rel}: {out}"
+                );
+            }
+        }
+    }
+    assert_eq!(with_filters, expected.len(), "a shipped file went missing");
+
+    // The configuration is read, not only found: a mistake in each is named.
+    for (rel, _) in expected {
+        let text = std::fs::read_to_string(root.join(rel)).unwrap();
+        assert!(text.contains("\"apps\"") || text.contains("apps:"), "{rel}");
+        let broken = text
+            .replacen("\"apps\"", "\"appz\"", 1)
+            .replacen("apps:", "appz:", 1);
+        let (rc, out, _) = check_config_with_key(&yaml_file("broken", &broken));
+        assert_eq!(rc, 2, "{rel}: {out}");
+        assert!(
+            out.contains(": configuration: unknown field `appz`"),
+            "{rel}: {out}"
+        );
+    }
+}
+
+#[test]
+fn check_config_finds_each_filter_of_a_multi_document_yaml() {
+    let yaml = r#"
+# A bootstrap with two listeners, one guard each, and a wasm filter of another plugin.
+static_resources:
+  listeners:
+  - name: a
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          http_filters:
+          - name: other
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: other_plugin
+                configuration: { "@type": type.googleapis.com/google.protobuf.StringValue, value: "not json" }
+          - name: callback-guard
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                root_id: callback_guard
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{"apps":["a"],"apps":["b"]}'
+---
+# ECDS resource with the native module.
+name: callback-guard
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+  dynamic_module_config: { name: callback_guard }
+  filter_name: callback_guard
+  filter_config:
+    "@type": type.googleapis.com/google.protobuf.StringValue
+    value: '{"mode":"observ","callback_auth":{"allow_cidrs":["10.0.0.0/8"]}}'
+---
+# Istio's older form: a TypedStruct of the Wasm filter, no configuration (the defaults).
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+spec:
+  configPatches:
+  - patch:
+      value:
+        name: callback-guard
+        typed_config:
+          "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+          type_url: type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+          value:
+            config:
+              vm_config: { code: { local: { filename: /etc/callback_guard.wasm } } }
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: { name: callback-guard }
+spec:
+  url: oci://registry.example.com/callback-guard-wasm:0.1.0
+  pluginConfig:
+    push_auth: { scheme: ks_md5, keys: [{ id: k, secret: 12345 }] }
+"#;
+    let (rc, out, err) = check_config_with_key(&yaml_file("multi", yaml));
+    assert_eq!(rc, 2, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "document 1, static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[1]: apps: duplicate key: given more than once; set it once",
+            "document 2: mode: unknown mode `observ`, expected `enforce` or `observe`",
+            "document 3, spec.configPatches[0].patch.value: ok",
+            "document 4, spec: push_auth.keys[0].secret: invalid type: integer, expected a string",
+        ],
+        "{out}"
+    );
+    assert!(!out.contains("12345"), "a secret is never printed: {out}");
+    assert!(
+        err.contains("document 3, spec.configPatches[0].patch.value: warning: push_auth, callback_auth: neither is set"),
+        "{err}"
+    );
+    // A filter entry named callback-guard is callback-guard's, whatever its
+    // plugin says; a Wasm filter of another name is not.
+    let (rc, out, _) = check_config_with_key(&yaml_file(
+        "named",
+        r#"
+http_filters:
+- name: callback-guard
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      vm_config: { code: { local: { filename: /opt/guard.wasm } } }
+      configuration: { "@type": type.googleapis.com/google.protobuf.StringValue, value: '{"ttl_s":1}' }
+- name: another
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    config:
+      vm_config: { code: { local: { filename: /opt/other.wasm } } }
+"#,
+    ));
+    assert_eq!(rc, 2, "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["document 1, http_filters[0]: configuration: unknown field `ttl_s`, expected one of `max_body_bytes`, `apps`, `formats`, `push_auth`, `callback_auth`, `duplicate_streams`, `max_event_age_s`, `mode`, `filter_state_mark`"],
+        "{out}"
+    );
+    // Not YAML, and YAML with a configuration callback-guard cannot read.
+    let (rc, out, _) = check_config_with_key(&yaml_file("bad", "a: [1,\n"));
+    assert_eq!((rc, out.contains("not valid YAML")), (2, true), "{out}");
+    let (rc, out, _) = check_config_with_key(&yaml_file(
+        "struct",
+        r#"
+"@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+config:
+  name: callback_guard
+  configuration: { "@type": type.googleapis.com/google.protobuf.Struct, value: { apps: [a] } }
+"#,
+    ));
+    assert_eq!(rc, 2, "{out}");
+    assert!(
+        out.starts_with(
+            "document 1: configuration: a `type.googleapis.com/google.protobuf.Struct`"
+        ),
+        "{out}"
+    );
+}

@@ -12,8 +12,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use callback_guard::auth::token;
 use callback_guard::config::{ProcessEnv, Scheme};
 use callback_guard::registry::MemoryStore;
-use callback_guard::{decide, Config, Request, Verdict};
+use callback_guard::verdict::WOULD_REJECT_HEADER;
+use callback_guard::{decide, Action, Config, Request};
 use clap::{Parser, Subcommand, ValueEnum};
+
+#[path = "cli/envoy_yaml.rs"]
+mod envoy_yaml;
 
 #[derive(Parser)]
 #[command(
@@ -28,8 +32,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Decide one callback read from stdin; prints one JSON line.
-    /// Exit 0 = forward, 1 = reject, 2 = usage or configuration error.
+    /// Decide one callback read from stdin, as the filter does; prints one JSON line.
+    ///
+    /// Exit status: 0 = forwarded; 1 = refused at the edge; 2 = usage or
+    /// configuration error; 3 = forwarded by `"mode": "observe"` although it
+    /// fails a check (the line's `would_reject` says how enforce mode would
+    /// answer, and `headers` holds `x-callback-guard-would-reject`).
     Check {
         /// Plugin configuration (JSON, as in the Envoy filter's `configuration`).
         #[arg(long)]
@@ -56,8 +64,15 @@ enum Cmd {
         now: Option<u64>,
     },
     /// Print every problem of a configuration file, or `ok`. Exit 0 = ok, 2 = problems.
+    ///
+    /// A `.yaml` / `.yml` file is an Envoy bootstrap or manifests (any number of
+    /// documents): each callback-guard filter's configuration in it is checked
+    /// (the Wasm filter's `configuration`, the dynamic module's `filter_config`,
+    /// Envoy Gateway's `EnvoyExtensionPolicy` and Istio's `WasmPlugin` config),
+    /// one result per filter, prefixed with its document and path. No such
+    /// filter in the file is a problem too.
     CheckConfig {
-        /// Configuration file (JSON).
+        /// Configuration file: the plugin configuration (JSON), or Envoy YAML.
         file: String,
     },
     /// Mint a push token: prints `t=…&k=…` / `t=…&sign=…`, or the push URL with `--url`.
@@ -65,35 +80,48 @@ enum Cmd {
         /// Token scheme.
         #[arg(long, value_enum)]
         scheme: SchemeArg,
-        /// The key (prefer --key-env to keep it out of the process list).
-        #[arg(long, required_unless_present = "key_env", conflicts_with = "key_env")]
-        key: Option<String>,
-        /// Environment variable holding the key.
-        #[arg(long)]
-        key_env: Option<String>,
+        #[command(flatten)]
+        key: KeyArg,
         /// App name (signed by hmac_sha256).
         #[arg(long)]
         app: String,
         /// Stream name.
         #[arg(long)]
         stream: String,
-        /// Lifetime from now, in seconds.
-        #[arg(
-            long,
-            required_unless_present = "expires_at",
-            conflicts_with = "expires_at"
-        )]
-        expires_in: Option<u64>,
-        /// Expiry as Unix seconds.
-        #[arg(long)]
-        expires_at: Option<u64>,
+        #[command(flatten)]
+        expires: ExpiryArg,
         /// Key id to add as `kid` (hmac_sha256 only).
         #[arg(long)]
         kid: Option<String>,
-        /// Push URL base, e.g. rtmp://push.example.com/live; prints the whole URL.
+        /// Push URL base, rtmp://host/APP (its app must be --app) or rtmp://host
+        /// (the app is added); prints the whole URL.
         #[arg(long)]
         url: Option<String>,
     },
+}
+
+/// `sign`'s key: exactly one of the two (a missing one names both).
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct KeyArg {
+    /// The key (prefer --key-env to keep it out of the process list).
+    #[arg(long)]
+    key: Option<String>,
+    /// Environment variable holding the key.
+    #[arg(long)]
+    key_env: Option<String>,
+}
+
+/// `sign`'s expiry: exactly one of the two.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct ExpiryArg {
+    /// Lifetime from now, in seconds.
+    #[arg(long)]
+    expires_in: Option<u64>,
+    /// Expiry as Unix seconds.
+    #[arg(long)]
+    expires_at: Option<u64>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -104,10 +132,77 @@ enum SchemeArg {
     HmacSha256,
 }
 
+/// `check`: refused at the edge.
+const EXIT_REJECT: u8 = 1;
+/// `check`: forwarded in observe mode, though it would have been refused.
+const EXIT_OBSERVED: u8 = 3;
+
 fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+fn is_yaml(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.ends_with(".yaml") || lower.ends_with(".yml")
+}
+
+/// `check-config` on Envoy YAML: one line per callback-guard filter,
+/// `document N, PATH: ok` or one per problem; warnings on stderr.
+fn check_yaml(file: &str) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("{file}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let found = match envoy_yaml::find(&text) {
+        Ok(f) => f,
+        Err(e) => {
+            println!("{file}: not valid YAML: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if found.is_empty() {
+        println!(
+            "{file}: no callback-guard filter found (a Wasm filter or dynamic module naming callback_guard, \
+             an EnvoyExtensionPolicy or a WasmPlugin)"
+        );
+        return ExitCode::from(2);
+    }
+    let mut failed = false;
+    for f in found {
+        let place = if f.path.is_empty() {
+            format!("document {}", f.document)
+        } else {
+            format!("document {}, {}", f.document, f.path)
+        };
+        let result = f.config.map_err(|e| vec![e]).and_then(|text| {
+            Config::from_json(text.as_bytes(), &ProcessEnv)
+                .map_err(|errs| errs.iter().map(ToString::to_string).collect())
+        });
+        match result {
+            Ok(config) => {
+                println!("{place}: ok");
+                for w in config.warnings() {
+                    eprintln!("{place}: warning: {w}");
+                }
+            }
+            Err(problems) => {
+                failed = true;
+                for p in problems {
+                    println!("{place}: {p}");
+                }
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn load_config(path: &str) -> Result<Config, Vec<String>> {
@@ -129,6 +224,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.cmd {
+        Cmd::CheckConfig { file } if is_yaml(&file) => check_yaml(&file),
         Cmd::CheckConfig { file } => match load_config(&file) {
             Ok(config) => {
                 println!("ok");
@@ -163,12 +259,14 @@ fn main() -> ExitCode {
         ),
         Cmd::Sign {
             scheme,
-            key,
-            key_env,
+            key: KeyArg { key, key_env },
             app,
             stream,
-            expires_in,
-            expires_at,
+            expires:
+                ExpiryArg {
+                    expires_in,
+                    expires_at,
+                },
             kid,
             url,
         } => {
@@ -251,12 +349,46 @@ fn sign(
     Ok(match url {
         None => query,
         Some(base) => {
+            let base = push_base(base, app, scheme)?;
             let segment: String =
                 percent_encoding::utf8_percent_encode(stream, percent_encoding::NON_ALPHANUMERIC)
                     .collect();
-            format!("{}/{segment}?{query}", base.trim_end_matches('/'))
+            format!("{base}/{segment}?{query}")
         }
     })
+}
+
+/// The push URL up to the stream: `--url` with the app `--app` names. A URL
+/// of another app is refused for hmac_sha256 (which signs the app: the push
+/// could never pass) and warned about for ks_md5 (its callback carries the
+/// URL's app, which `apps` and key scoping then see).
+fn push_base(base: &str, app: &str, scheme: Scheme) -> Result<String, String> {
+    let base = base.trim_end_matches('/');
+    let Some((_, rest)) = base.split_once("://") else {
+        return Err(format!(
+            "--url `{base}` is not a URL like rtmp://host/{app}"
+        ));
+    };
+    if base.contains('?') || base.contains('#') {
+        return Err("--url takes the push URL without a query; sign adds it".into());
+    }
+    let url_app = rest.split_once('/').map_or("", |(_, path)| path);
+    if url_app.is_empty() {
+        return Ok(format!("{base}/{app}"));
+    }
+    if url_app == app {
+        return Ok(base.to_string());
+    }
+    let why = format!("--url is for app `{url_app}`, but --app is `{app}`");
+    match scheme {
+        Scheme::HmacSha256 => Err(format!(
+            "{why}: hmac_sha256 signs the app, so this push could never pass"
+        )),
+        Scheme::KsMd5 => {
+            eprintln!("callback-guard sign: warning: {why}: the callback will say app `{url_app}`");
+            Ok(base.to_string())
+        }
+    }
 }
 
 fn check(
@@ -301,33 +433,59 @@ fn check(
         source,
     };
     let store = MemoryStore::new();
-    match decide(&config, &req, now.unwrap_or_else(now_s), &store) {
-        Verdict::Forward(f) => {
-            let headers: serde_json::Map<String, serde_json::Value> = f
-                .headers()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v)))
-                .collect();
+    let verdict = decide(&config, &req, now.unwrap_or_else(now_s), &store);
+    // What the filter does with the verdict under the configured mode.
+    match verdict.under(config.mode) {
+        Action::Forward(f) => {
             print_outcome(&Outcome {
                 action: "forward",
                 status: 200,
                 code: "",
                 message: format!("verified: {}", f.verified.join(",")),
-                headers: Some(headers),
+                would_reject: None,
+                headers: Some(added_headers(&f.headers())),
             });
             ExitCode::SUCCESS
         }
-        Verdict::Reject(r) => {
+        Action::Refuse(r) => {
             print_outcome(&Outcome {
                 action: "reject",
                 status: r.code.status(),
                 code: r.code.as_str(),
                 message: r.message,
+                would_reject: None,
                 headers: None,
             });
-            ExitCode::from(1)
+            ExitCode::from(EXIT_REJECT)
+        }
+        Action::Observe(r) => {
+            let mark = [(WOULD_REJECT_HEADER, r.code.as_str().to_string())];
+            print_outcome(&Outcome {
+                action: "forward",
+                status: 200,
+                code: "",
+                message: format!("observe mode: would reject: {}", r.message),
+                would_reject: Some(WouldReject {
+                    status: r.code.status(),
+                    code: r.code.as_str(),
+                    message: r.message.clone(),
+                }),
+                headers: Some(added_headers(&mark)),
+            });
+            ExitCode::from(EXIT_OBSERVED)
         }
     }
+}
+
+/// The headers the filter adds to a forwarded callback: those with a value
+/// (src/filter/mod.rs skips an empty one, such as the key id when push
+/// tokens are not checked).
+fn added_headers(headers: &[(&str, String)]) -> serde_json::Map<String, serde_json::Value> {
+    headers
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
+        .collect()
 }
 
 /// The one JSON line `check` prints, keys in this order.
@@ -337,9 +495,20 @@ struct Outcome {
     status: u16,
     code: &'static str,
     message: String,
+    /// Observe mode: the refusal the callback was forwarded despite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    would_reject: Option<WouldReject>,
     /// The `x-callback-guard-*` headers a forward adds.
     #[serde(skip_serializing_if = "Option::is_none")]
     headers: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// What enforce mode would have answered.
+#[derive(serde::Serialize)]
+struct WouldReject {
+    status: u16,
+    code: &'static str,
+    message: String,
 }
 
 fn print_outcome(o: &Outcome) {
