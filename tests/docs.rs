@@ -1085,3 +1085,85 @@ fn snippets_are_told_apart_by_level() {
     ));
     assert_eq!(y("services: { envoy: {} }"), None);
 }
+
+/// Prose without its links (`[text](dest)`): a quote inside a link's text is linked.
+fn strip_links(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(mid) = rest.find("](") {
+        match (rest[..mid].rfind('['), rest[mid..].find(')')) {
+            (Some(open), Some(close)) => {
+                out.push_str(&rest[..open]);
+                rest = &rest[mid + close + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..mid + 2]);
+                rest = &rest[mid + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A heading's text as a reader quotes it: inline code marks dropped.
+fn plain(heading: &str) -> String {
+    heading.replace('`', "").trim().to_lowercase()
+}
+
+/// Problems with a page that names a section of another page in quotes ("Production
+/// notes") instead of linking it.
+fn unlinked_sections(page: &Page, others: &BTreeMap<PathBuf, BTreeSet<String>>) -> Vec<String> {
+    let own: BTreeSet<String> = page.headings.iter().map(|h| plain(h)).collect();
+    let mut problems = Vec::new();
+    for (line, chunk) in &page.prose {
+        let (outside, _) = split_code_spans(chunk);
+        let outside = strip_links(&outside);
+        let mut parts = outside.split('"');
+        parts.next();
+        while let (Some(quoted), Some(_)) = (parts.next(), parts.next()) {
+            let q = quoted.replace('\n', " ").trim().to_lowercase();
+            if q.is_empty() || own.contains(&q) {
+                continue;
+            }
+            for (path, headings) in others {
+                if path != &page.path && headings.contains(&q) {
+                    problems.push(format!(
+                        "{}:{line}: \"{quoted}\" is a section of {}: link it",
+                        rel(&page.path),
+                        rel(path)
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn sections_of_other_pages_are_linked_not_quoted() {
+    let headings: BTreeMap<PathBuf, BTreeSet<String>> = all_markdown()
+        .into_iter()
+        .map(|p| {
+            let h = read_page(&p).headings.iter().map(|h| plain(h)).collect();
+            (p, h)
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for path in user_pages() {
+        problems.extend(unlinked_sections(&read_page(&path), &headings));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // The defect of issue 20: configuration.md quoted "Production notes" of operations.md.
+    let dir = support::TempDir::new("docs-quoted");
+    let md = dir.0.join("page.md");
+    std::fs::write(&md, "# Page\n\n## Here\n\nsee \"Production notes\", \"Here\" and [\"Production notes\"](x.md)\n").unwrap();
+    let mut others = BTreeMap::new();
+    others.insert(
+        dir.0.join("other.md"),
+        BTreeSet::from(["production notes".to_string()]),
+    );
+    let found = unlinked_sections(&read_page(&md), &others);
+    assert_eq!(found.len(), 1, "{found:?}");
+}
