@@ -19,6 +19,9 @@
 //!   `reload_config`, no `fail_open`; shown inside connection manager fields, with
 //!   `http_protocol_options: { accept_http_10: true }`.
 //!
+//! Other markdown (CHANGELOG.md, BENCHMARKS.md, the lab notes of scripts/ecds/FINDINGS.md,
+//! fixture notes) is checked for links only: its snippets record history and placeholders.
+//!
 //! Under `CI=true` a missing Envoy is a failure; otherwise the Envoy part is skipped
 //! loudly (see tests/support).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
