@@ -1170,3 +1170,145 @@ fn sections_of_other_pages_are_linked_not_quoted() {
     let found = unlinked_sections(&read_page(&md), &others);
     assert_eq!(found.len(), 1, "{found:?}");
 }
+
+// ---- make targets and paths the docs name ---------------------------------------------
+
+/// The targets of the Makefile (rules and .PHONY names).
+fn make_targets() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(repo().join("Makefile")).unwrap();
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with('\t') || line.starts_with('#') {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix(".PHONY:") {
+            out.extend(rest.split_whitespace().map(String::from));
+        } else if let Some((head, _)) = line.split_once(':') {
+            if !head.contains('=') && !line.contains(":=") && !head.contains('$') {
+                out.extend(head.split_whitespace().map(String::from));
+            }
+        }
+    }
+    out
+}
+
+/// `make a b VAR=x` in a text: the targets named (variables and options dropped).
+fn make_invocations(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line
+            .split(|c: char| c.is_whitespace() || c == '`' || c == '(' || c == ')' || c == ';')
+            .filter(|w| !w.is_empty())
+            .collect();
+        for (i, w) in words.iter().enumerate() {
+            if *w != "make" {
+                continue;
+            }
+            for t in &words[i + 1..] {
+                let t = t.trim_end_matches([',', '.', ':']);
+                if t.contains('=') || t.starts_with('-') || t == "\\" {
+                    continue;
+                }
+                if t.is_empty()
+                    || !t
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                {
+                    break;
+                }
+                out.push(t.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_make_target_named_in_the_docs_exists() {
+    let targets = make_targets();
+    assert!(
+        targets.contains("test") && targets.contains("docker-up"),
+        "{targets:?}"
+    );
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for path in user_pages() {
+        let page = read_page(&path);
+        let mut texts: Vec<(usize, String)> = Vec::new();
+        for (line, chunk) in &page.prose {
+            texts.extend(split_code_spans(chunk).1.into_iter().map(|s| (*line, s)));
+        }
+        texts.extend(
+            page.blocks
+                .iter()
+                .filter(|b| b.lang == "sh")
+                .map(|b| (b.line, b.text.clone())),
+        );
+        for (line, text) in texts {
+            for t in make_invocations(&text) {
+                checked += 1;
+                if !targets.contains(&t) {
+                    problems.push(format!("{}:{line}: `make {t}`: no such target", rel(&path)));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(
+        checked >= 30,
+        "only {checked} make targets named in the docs"
+    );
+    eprintln!("{checked} make targets named in the docs exist");
+}
+
+/// Files of the repository that the docs name in backticks (`scripts/docker.sh`); the
+/// generated ones (under target/, the Docker configs) are made by the build.
+#[test]
+fn every_repository_path_named_in_the_docs_exists() {
+    let roots = [
+        "src/", "tests/", "scripts/", "envoy/", "deploy/", "docs/", "bench/", "benches/", "fuzz/",
+        ".ci/",
+    ];
+    let generated = |p: &str| {
+        p.starts_with("envoy/envoy.docker")
+            || p.starts_with("envoy/envoy.fleet.docker")
+            || p.contains('<')
+    };
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for path in user_pages() {
+        let page = read_page(&path);
+        for (line, chunk) in &page.prose {
+            for span in split_code_spans(chunk).1 {
+                let p = span.trim_end_matches([',', '.', ':']);
+                if p.contains(char::is_whitespace)
+                    || !roots.iter().any(|r| p.starts_with(r))
+                    || generated(p)
+                {
+                    continue;
+                }
+                let p = p.split_once(['#', '*']).map_or(p, |(a, _)| a);
+                checked += 1;
+                if !repo().join(p).exists() {
+                    problems.push(format!("{}:{line}: `{span}` does not exist", rel(&path)));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(checked >= 30, "only {checked} paths named in the docs");
+    eprintln!("{checked} repository paths named in the docs exist");
+}
+
+#[test]
+fn make_invocations_are_read_as_a_shell_would() {
+    assert_eq!(
+        make_invocations("make wasm bins envoy   # the filter\n(`make docker-up X=1 -j2`)"),
+        ["wasm", "bins", "envoy", "docker-up"]
+    );
+    assert_eq!(
+        make_invocations("run `make ... DOCKER_SUBNET=x`"),
+        Vec::<String>::new()
+    );
+    assert!(!make_targets().contains("no-such-target"));
+}
