@@ -1312,3 +1312,56 @@ fn make_invocations_are_read_as_a_shell_would() {
     );
     assert!(!make_targets().contains("no-such-target"));
 }
+
+/// Whether a line runs a bare `envoy -…` (not `.venv/bin/envoy`), anywhere in it.
+fn bare_envoy(line: &str) -> bool {
+    line.match_indices("envoy ").any(|(i, _)| {
+        let before = line[..i].chars().next_back();
+        let after = line[i + "envoy ".len()..].trim_start();
+        before.is_none_or(|c| c.is_whitespace() || c == '`' || c == '(') && after.starts_with('-')
+    })
+}
+
+#[test]
+fn no_pasted_command_expects_envoy_on_the_path() {
+    // After `make`, Envoy is .venv/bin/envoy (issue 20: "envoy -c ..." failed as pasted).
+    let mut problems = Vec::new();
+    for path in user_pages() {
+        let page = read_page(&path);
+        for b in page.blocks.iter().filter(|b| b.lang == "sh") {
+            for (i, line) in b.text.lines().enumerate() {
+                if bare_envoy(line) {
+                    problems.push(format!(
+                        "{}:{}: `{}`: envoy is .venv/bin/envoy",
+                        rel(&path),
+                        b.line + 1 + i,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
+    // The start commands in the shipped configs' header comments.
+    for name in ["envoy/envoy.yaml", "envoy/nginx-rtmp.yaml"] {
+        let text = std::fs::read_to_string(repo().join(name)).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let Some(comment) = line.strip_prefix('#') else {
+                continue;
+            };
+            if bare_envoy(comment) {
+                problems.push(format!(
+                    "{name}:{}: `{}`: envoy is .venv/bin/envoy",
+                    i + 1,
+                    comment.trim()
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(bare_envoy("CALLBACK_GUARD_PUSH_KEY=x envoy -c y"));
+    assert!(bare_envoy(
+        "# push key in the environment:  K=... envoy -c envoy/envoy.yaml"
+    ));
+    assert!(!bare_envoy("K=x .venv/bin/envoy -c y"));
+    assert!(!bare_envoy("the envoy binary"));
+}
