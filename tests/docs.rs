@@ -7,9 +7,9 @@
 //!   is a key the configuration reader accepts, and every JSON example, and every plugin
 //!   configuration inside a YAML example, passes `callback-guard check-config`.
 //! - Every YAML example is Envoy configuration that `envoy --mode validate` accepts, once
-//!   wrapped into the smallest bootstrap that fits its level (a bootstrap, HTTP
-//!   connection manager fields, an `http_filters` list or one filter, routes, a route's
-//!   fields, clusters), with the built module as its code. Kubernetes manifests are not
+//!   wrapped into the smallest bootstrap that fits its level (a bootstrap or some of its
+//!   fields, some listener fields, HTTP connection manager fields, an `http_filters` list
+//!   or one filter, routes, a route's fields, clusters), with the built module as its code. Kubernetes manifests are not
 //!   Envoy configuration and are skipped by name; no such snippet is on these pages today
 //!   (`make test-deploy` runs deploy/'s manifests in Envoy). A snippet that is none of
 //!   these fails the test, unless the line before its fence says
@@ -734,6 +734,10 @@ fn wasm_filters(v: &Value) -> Vec<Value> {
 #[derive(Debug, PartialEq)]
 enum Kind {
     Bootstrap,
+    /// Some fields of a bootstrap (`overload_manager:`, `stats_config:`).
+    BootstrapFields,
+    /// Some fields of a listener (`per_connection_buffer_limit_bytes:`).
+    ListenerFields,
     /// Fields of the HTTP connection manager (`http_filters:` and friends).
     HcmFields,
     /// Entries of `http_filters`.
@@ -747,17 +751,116 @@ enum Kind {
     NotEnvoy(&'static str),
 }
 
+/// Fields of envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.
 const HCM_FIELDS: &[&str] = &[
-    "http_filters",
-    "http_protocol_options",
-    "stat_prefix",
     "codec_type",
+    "stat_prefix",
+    "rds",
     "route_config",
+    "scoped_routes",
+    "http_filters",
+    "add_user_agent",
+    "tracing",
     "common_http_protocol_options",
+    "http1_safe_max_connection_duration",
+    "http_protocol_options",
+    "http2_protocol_options",
+    "http3_protocol_options",
+    "server_name",
+    "server_header_transformation",
+    "scheme_header_transformation",
+    "max_request_headers_kb",
     "stream_idle_timeout",
     "request_timeout",
+    "request_headers_timeout",
+    "drain_timeout",
+    "delayed_close_timeout",
+    "access_log",
+    "access_log_options",
     "use_remote_address",
     "xff_num_trusted_hops",
+    "original_ip_detection_extensions",
+    "early_header_mutation_extensions",
+    "internal_address_config",
+    "skip_xff_append",
+    "via",
+    "generate_request_id",
+    "preserve_external_request_id",
+    "always_set_request_id_in_response",
+    "forward_client_cert_details",
+    "set_current_client_cert_details",
+    "proxy_100_continue",
+    "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
+    "upgrade_configs",
+    "normalize_path",
+    "merge_slashes",
+    "path_with_escaped_slashes_action",
+    "request_id_extension",
+    "local_reply_config",
+    "strip_matching_host_port",
+    "strip_any_host_port",
+    "stream_error_on_invalid_http_message",
+    "strip_trailing_host_dot",
+    "proxy_status_config",
+    "typed_header_validation_config",
+    "append_x_forwarded_port",
+    "append_local_overload",
+    "add_proxy_protocol_connection_state",
+];
+
+/// Fields of envoy.config.listener.v3.Listener.
+const LISTENER_FIELDS: &[&str] = &[
+    "name",
+    "address",
+    "additional_addresses",
+    "stat_prefix",
+    "filter_chains",
+    "filter_chain_matcher",
+    "use_original_dst",
+    "default_filter_chain",
+    "per_connection_buffer_limit_bytes",
+    "metadata",
+    "drain_type",
+    "listener_filters",
+    "listener_filters_timeout",
+    "continue_on_listener_filters_timeout",
+    "transparent",
+    "freebind",
+    "socket_options",
+    "tcp_fast_open_queue_length",
+    "traffic_direction",
+    "udp_listener_config",
+    "connection_balance_config",
+    "enable_reuse_port",
+    "access_log",
+    "tcp_backlog_size",
+    "max_connections_to_accept_per_socket_event",
+    "bind_to_port",
+    "enable_mptcp",
+    "ignore_global_conn_limit",
+    "bypass_overload_manager",
+];
+
+/// Fields of envoy.config.bootstrap.v3.Bootstrap.
+const BOOTSTRAP_FIELDS: &[&str] = &[
+    "node",
+    "static_resources",
+    "dynamic_resources",
+    "cluster_manager",
+    "stats_sinks",
+    "stats_config",
+    "stats_flush_interval",
+    "watchdogs",
+    "tracing",
+    "layered_runtime",
+    "admin",
+    "overload_manager",
+    "enable_dispatcher_stats",
+    "header_prefix",
+    "bootstrap_extensions",
+    "fatal_actions",
+    "default_regex_engine",
+    "application_log_config",
 ];
 
 fn kind(v: &Value) -> Option<Kind> {
@@ -770,16 +873,24 @@ fn kind(v: &Value) -> Option<Kind> {
             Kind::NotEnvoy("a Kubernetes manifest (make test-deploy runs deploy/'s in Envoy)"),
         ),
         Value::Object(m) if m.contains_key("static_resources") => Some(Kind::Bootstrap),
-        Value::Object(m)
-            if m.contains_key("http_filters")
-                && m.keys().all(|k| HCM_FIELDS.contains(&k.as_str())) =>
-        {
-            Some(Kind::HcmFields)
-        }
         Value::Object(m) if m.keys().all(|k| k == "typed_per_filter_config") && !m.is_empty() => {
             Some(Kind::RouteFields)
         }
         Value::Object(_) if is_filter(v) => Some(Kind::HttpFilters),
+        Value::Object(m) if m.get("load_assignment").is_some() => Some(Kind::Clusters),
+        Value::Object(m) if !m.is_empty() && m.keys().all(|k| HCM_FIELDS.contains(&k.as_str())) => {
+            Some(Kind::HcmFields)
+        }
+        Value::Object(m)
+            if !m.is_empty() && m.keys().all(|k| LISTENER_FIELDS.contains(&k.as_str())) =>
+        {
+            Some(Kind::ListenerFields)
+        }
+        Value::Object(m)
+            if !m.is_empty() && m.keys().all(|k| BOOTSTRAP_FIELDS.contains(&k.as_str())) =>
+        {
+            Some(Kind::BootstrapFields)
+        }
         Value::Array(a) if !a.is_empty() && a.iter().all(is_filter) => Some(Kind::HttpFilters),
         Value::Array(a) if !a.is_empty() && a.iter().all(|r| r.get("match").is_some()) => {
             Some(Kind::Routes)
@@ -861,7 +972,9 @@ fn bootstrap(snippet: &Value, kind: &Kind, wasm: &str) -> Value {
             for (k, v) in snippet.as_object().unwrap() {
                 hcm[k] = v.clone();
             }
-            filters = snippet["http_filters"].as_array().unwrap().clone();
+            if let Some(list) = snippet["http_filters"].as_array() {
+                filters = list.clone();
+            }
         }
         Kind::HttpFilters => {
             let list = match snippet {
@@ -889,7 +1002,11 @@ fn bootstrap(snippet: &Value, kind: &Kind, wasm: &str) -> Value {
             }
             routes = vec![r];
         }
-        Kind::Clusters => clusters.extend(snippet.as_array().unwrap().iter().cloned()),
+        Kind::Clusters => match snippet {
+            Value::Array(a) => clusters.extend(a.iter().cloned()),
+            one => clusters.push(one.clone()),
+        },
+        Kind::BootstrapFields | Kind::ListenerFields => {}
         Kind::NotEnvoy(_) => unreachable!(),
     }
     // Filters the routes disable that the chain does not have: stand-ins that pass.
@@ -919,6 +1036,20 @@ fn bootstrap(snippet: &Value, kind: &Kind, wasm: &str) -> Value {
             "clusters": clusters,
         }
     });
+    let fields = snippet.as_object();
+    match (kind, fields) {
+        (Kind::ListenerFields, Some(m)) => {
+            for (k, v) in m {
+                b["static_resources"]["listeners"][0][k] = v.clone();
+            }
+        }
+        (Kind::BootstrapFields, Some(m)) => {
+            for (k, v) in m {
+                b[k] = v.clone();
+            }
+        }
+        _ => {}
+    }
     if contains_key(&b, "ads") {
         b["static_resources"]["clusters"].as_array_mut().unwrap().push(json!({"name": "xds", "type": "STATIC",
             "connect_timeout": "1s", "typed_extension_protocol_options": {
@@ -1086,6 +1217,13 @@ fn snippets_are_told_apart_by_level() {
         y("apiVersion: v1\nkind: Secret"),
         Some(Kind::NotEnvoy(_))
     ));
+    assert_eq!(y("stream_idle_timeout: 30s"), Some(Kind::HcmFields));
+    assert_eq!(
+        y("per_connection_buffer_limit_bytes: 32768"),
+        Some(Kind::ListenerFields)
+    );
+    assert_eq!(y("overload_manager: {}"), Some(Kind::BootstrapFields));
+    assert_eq!(y("name: c\nload_assignment: {}"), Some(Kind::Clusters));
     assert_eq!(y("services: { envoy: {} }"), None);
 }
 
