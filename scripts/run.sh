@@ -8,7 +8,8 @@ ENVOY_BIN="${ENVOY_BIN:-$PWD/.venv/bin/envoy}"
 CLI=target/release/callback-guard
 RECEIVER=target/release/callback-receiver
 # The demo key; set your own with CALLBACK_GUARD_PUSH_KEY=... make run
-export CALLBACK_GUARD_PUSH_KEY="${CALLBACK_GUARD_PUSH_KEY:-demo0key0123456789}"
+DEMO_KEY=demo0key0123456789
+export CALLBACK_GUARD_PUSH_KEY="${CALLBACK_GUARD_PUSH_KEY:-$DEMO_KEY}"
 
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
 
@@ -46,6 +47,14 @@ stream="cam$RANDOM"
 now="'\"\$(date +%s)\"'"
 query=$("$CLI" sign --scheme ks_md5 --key-env CALLBACK_GUARD_PUSH_KEY --app live --stream "$stream" --expires-in 3600)
 t=${query#t=}; t=${t%%&*}; k=${query##*k=}
+# The sign command as the user pastes it, into a shell that may not have the key: the
+# demo key is public, so it is spelled out; a key of your own is not printed.
+sign_cmd="$CLI sign --scheme ks_md5 --key-env CALLBACK_GUARD_PUSH_KEY --app live --stream $stream --expires-at $t"
+if [ "$CALLBACK_GUARD_PUSH_KEY" = "$DEMO_KEY" ]; then
+  sign_line="CALLBACK_GUARD_PUSH_KEY=$DEMO_KEY $sign_cmd"
+else
+  sign_line="$sign_cmd    # with your CALLBACK_GUARD_PUSH_KEY exported"
+fi
 body() { printf '{"Version":"1.0","App":"live","Pubdomain":"push.example.com","Stream":"%s","PubStartUnixTime":%s000,"NotifyType":"PubStart","ClientIp":" ","ClientPort":" ","Node":" ","PubParam":{"t":"%s","k":"%s"}}' "$stream" "$now" "$t" "$1"; }
 
 cat <<MSG
@@ -53,9 +62,13 @@ cat <<MSG
 callback-guard is running: Envoy on http://127.0.0.1:10000 (admin :9901), receiver on :8080.
 Envoy log: /tmp/callback-guard-envoy.log
 
-A valid new-version PubStart (token minted by: $CLI sign --scheme ks_md5 --app live --stream $stream --expires-in 3600):
+A valid new-version PubStart:
 
   curl -i http://127.0.0.1:10000/callback -H 'content-type: application/json' -d '$(body "$k")'
+
+Its push token t=$t&k=$k was minted by (use --expires-in 3600 for a fresh one):
+
+  $sign_line
 
 The same callback with a forged token (answered 403 AuthencationFailed by Envoy; the receiver sees nothing):
 
