@@ -78,7 +78,7 @@ test-native: native native-crash-test wasm bins native-config
 	  CALLBACK_GUARD_OLD_ENVOY=$(CURDIR)/.venv-envoy-1.36.2/bin/envoy \
 	  $(CARGO) test --test native_abi -- --ignored
 	@for e in .venv .venv-envoy-1.38.3; do \
-	  echo "== native suites on $$($(CURDIR)/$$e/bin/envoy --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean' | cut -d/ -f1)"; \
+	  echo "== native suites on $$e: $$($(CURDIR)/$$e/bin/envoy --version | grep -o '/1\.[0-9]*\.[0-9]*/' | head -1)"; \
 	  CALLBACK_GUARD_BUILD=native ENVOY_BIN=$(CURDIR)/$$e/bin/envoy \
 	    $(CARGO) test $(addprefix --test ,$(NATIVE_SUITES)) || exit 1; \
 	done

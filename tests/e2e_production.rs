@@ -399,5 +399,7 @@ fn the_grafana_dashboard_queries_metrics_that_exist() {
             }
         }
     }
-    assert!(checked >= 7, "{checked}");
+    // The native build has no VM: the three VM reload panels stay empty.
+    let expected = if native() { 6 } else { 7 };
+    assert!(checked >= expected, "{checked}");
 }

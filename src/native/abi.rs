@@ -134,6 +134,31 @@ pub const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
 /// `envoy_dynamic_module_type_metrics_result`.
 pub const METRICS_SUCCESS: u32 = 0;
 
+/// `envoy_dynamic_module_callback_http_filter_config_increment_counter`:
+/// exported from Envoy 1.40 on, not by 1.38. Looked up at run time
+/// ([`config_increment_counter`]) so that the module still loads on 1.38.
+pub type ConfigIncrementCounter =
+    unsafe extern "C" fn(ConfigEnvoy, usize, *const ModuleBuffer, usize, u64) -> u32;
+
+extern "C" {
+    /// glibc's `dlsym`; with a null handle (`RTLD_DEFAULT`) it searches the
+    /// program and its libraries, so it finds Envoy's exported callbacks.
+    fn dlsym(handle: *mut c_void, symbol: *const std::ffi::c_char) -> *mut c_void;
+}
+
+/// Envoy's config-level counter increment, when this Envoy exports it.
+pub fn config_increment_counter() -> Option<ConfigIncrementCounter> {
+    static F: std::sync::OnceLock<Option<ConfigIncrementCounter>> = std::sync::OnceLock::new();
+    *F.get_or_init(|| {
+        let name = c"envoy_dynamic_module_callback_http_filter_config_increment_counter";
+        // SAFETY: a plain symbol lookup with a NUL-terminated name.
+        let p = unsafe { dlsym(std::ptr::null_mut(), name.as_ptr()) };
+        // SAFETY: when Envoy exports the symbol, it is this function (abi.h).
+        (!p.is_null())
+            .then(|| unsafe { std::mem::transmute::<*mut c_void, ConfigIncrementCounter>(p) })
+    })
+}
+
 extern "C" {
     pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
     pub fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;

@@ -18,8 +18,10 @@
 //!   (a start given back after the upstream refused it, an op whose request
 //!   went away) moves to the filter configuration, whose callouts run on
 //!   Envoy's main thread ([`Orphans`]);
-//! - counters are Envoy's, incremented at once; increments of such detached
-//!   work wait for the next request's hook ([`Config::backlog`]).
+//! - counters are Envoy's, incremented at once; those of such detached work
+//!   too on Envoy >= 1.40 (its config-level increment, looked up at run
+//!   time), while on 1.38 they wait for the next request's hook
+//!   ([`Config::backlog`]).
 
 mod abi;
 
@@ -80,7 +82,8 @@ struct Config {
     /// Counter ids by [`Metric::index`].
     counters: Vec<Option<usize>>,
     latency: Option<usize>,
-    /// Increments of work that no request carries any more, for the next hook.
+    /// Increments of work that no request carries any more, for the next hook
+    /// (Envoy 1.38, which has no config-level increment).
     backlog: Mutex<Counts>,
     backlogged: AtomicBool,
     /// Main-thread events for detached work.
@@ -107,9 +110,16 @@ struct Orphans {
 
 impl Config {
     fn count(&self, filter: Option<abi::FilterEnvoy>, m: Metric) {
-        match filter {
-            Some(f) => self.increment(f, m.index(), 1),
-            None => {
+        match (filter, abi::config_increment_counter()) {
+            (Some(f), _) => self.increment(f, m.index(), 1),
+            // Envoy >= 1.40, on the main thread: at once.
+            (None, Some(increment)) => {
+                if let Some(Some(id)) = self.counters.get(m.index()) {
+                    // SAFETY: this configuration's Envoy pointer, on the main thread.
+                    unsafe { increment(self.envoy, *id, std::ptr::null(), 0, 1) };
+                }
+            }
+            (None, None) => {
                 if let Ok(mut b) = self.backlog.lock() {
                     b.bump(m);
                     self.backlogged.store(true, Ordering::Release);
