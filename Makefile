@@ -157,18 +157,21 @@ $(TOOLS_PY):
 	$(PYTHON) -m venv .venv-tools
 	.venv-tools/bin/pip install --quiet --disable-pip-version-check pyyaml
 
-# The floor filter of make bench-envoy: bench/floor, its own crate (proxy-wasm SDK).
+# The floor filters of make bench-envoy: bench/floor (proxy-wasm SDK) and
+# bench/native-floor (a dynamic module on callback-guard's ABI declarations), own crates.
 bench-floor: target
 	$(CARGO) build --release --target wasm32-wasip1 --manifest-path bench/floor/Cargo.toml
+	$(CARGO) build --release --manifest-path bench/native-floor/Cargo.toml
 
 # decide() timed inside Envoy's V8 (cargo feature vm-bench), per build setting.
 bench-vm: target $(ENVOY_DEP)
 	@command -v wasm-opt >/dev/null || { apt-get update -qq && apt-get install -y -qq binaryen; }
 	$(PYTHON) scripts/bench_vm.py
 
-# Bare Envoy, the floor filter, callback-guard, a Lua KLS-token check, a Lua
-# substring check and callback-guard on etcd, side by side (about 4 minutes).
-bench-envoy: wasm bins bench-floor pytools $(ENVOY_DEP)
+# Bare Envoy, the wasm floor, callback-guard (wasm), the native floor, callback-guard's
+# native module, a Lua KLS-token check, a Lua substring check and callback-guard on
+# etcd, side by side (about 5 minutes).
+bench-envoy: wasm native bins bench-floor pytools $(ENVOY_DEP)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	@command -v etcd >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null; }

@@ -47,6 +47,9 @@ WASM = os.environ.get("CALLBACK_GUARD_WASM", os.path.join(ROOT, "target/wasm32-w
 # same run: how a change is measured before/after on a noisy machine.
 WASM_B = os.environ.get("BENCH_GUARD_B")
 FLOOR_WASM = os.path.join(ROOT, "bench/floor/target/wasm32-wasip1/release/floor.wasm")
+# The native builds (Envoy >= 1.38): callback-guard's module and the native floor.
+NATIVE_DIR = os.path.join(ROOT, "target/native")
+NATIVE_FLOOR_DIR = os.path.join(ROOT, "bench/native-floor/target/release")
 LUA_KLS = os.path.join(ROOT, "bench/kls_token.lua")
 CLI = os.path.join(ROOT, "target/release/callback-guard")
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
@@ -55,7 +58,11 @@ CONNECTIONS = int(os.environ.get("CONNECTIONS", "16"))
 # bench/kls_token.lua has the same key.
 KEY = "benchKey0123456789"
 ETCD = os.environ.get("ETCD_BIN", "/usr/bin/etcd")
-NAMES = ["bare", "floor", "guard", "lua-kls", "lua", "guard-64", "guard+etcd"] + (["guard-b"] if WASM_B else [])
+NAMES = ["bare", "floor", "guard", "native-floor", "native", "lua-kls", "lua", "guard-64", "guard+etcd"] + (
+    ["guard-b"] if WASM_B else []
+)
+# Where each native row's Envoy finds its module (ENVOY_DYNAMIC_MODULES_SEARCH_PATH).
+MODULE_DIRS = {"native": NATIVE_DIR, "native-floor": NATIVE_FLOOR_DIR}
 # These rows spread the callbacks over 64 streams (STREAMS_64): with etcd, one
 # stream hammered from 16 connections is 16 writers on one key, which no real
 # platform does. guard-64 is the shared-data guard on the same traffic.
@@ -178,6 +185,31 @@ def guard_filters(wasm=WASM, plugin=PLUGIN):
     return [f]
 
 
+def native_guard_filters(plugin=PLUGIN):
+    """callback-guard's module entry exactly as envoy/envoy-native.yaml ships it."""
+    with open(os.path.join(ROOT, "envoy/envoy-native.yaml")) as f:
+        doc = yaml.safe_load(f)
+    chain = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    if [f["name"] for f in chain] != ["envoy.filters.http.dynamic_modules", "envoy.filters.http.router"]:
+        sys.exit("envoy/envoy-native.yaml: expected callback-guard then the router")
+    chain[0]["typed_config"]["filter_config"]["value"] = plugin
+    return [chain[0]]
+
+
+def native_floor_filters():
+    return [
+        {
+            "name": "envoy.filters.http.dynamic_modules",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                "dynamic_module_config": {"name": "native_floor"},
+                "filter_name": "floor",
+                "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": ""},
+            },
+        }
+    ]
+
+
 def floor_filters():
     return [
         {
@@ -273,7 +305,7 @@ class Etcd(Proc):
         sys.exit("etcd did not become healthy, see its log")
 
 class EnvoyProc(Proc):
-    def __init__(self, name, cfg, tmp):
+    def __init__(self, name, cfg, tmp, module_dir=None):
         self.name = name
         path = os.path.join(tmp, f"{name}.json")
         with open(path, "w") as f:
@@ -284,6 +316,7 @@ class EnvoyProc(Proc):
             [ENVOY, "-c", path, "--concurrency", "1", "--disable-hot-restart", "-l", "warning"],
             stdout=subprocess.DEVNULL,
             stderr=self.log,
+            env=dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=module_dir or NATIVE_DIR),
         )
 
     def wait_ready(self):
@@ -375,6 +408,8 @@ def main():
         (WASM, "make wasm"),
         (CLI, "make bins"),
         (FLOOR_WASM, "make bench-floor"),
+        (os.path.join(NATIVE_DIR, "libcallback_guard.so"), "make native"),
+        (os.path.join(NATIVE_FLOOR_DIR, "libnative_floor.so"), "make bench-floor"),
         (ETCD, "apt-get install etcd-server"),
     ]:
         if not os.path.exists(path):
@@ -388,6 +423,8 @@ def main():
         "bare": [],
         "floor": floor_filters(),
         "guard": guard_filters(),
+        "native-floor": native_floor_filters(),
+        "native": native_guard_filters(),
         "lua-kls": lua_filters({"filename": LUA_KLS}),
         "lua": lua_filters(LUA_SUBSTRING),
     }
@@ -402,6 +439,7 @@ def main():
             name,
             config(free_port(), ports[name], up_port, filters[name], etcd.port if name == "guard+etcd" else None),
             tmp,
+            MODULE_DIRS.get(name),
         )
         for name in NAMES
     }
@@ -465,6 +503,10 @@ def main():
     )
     for other in ["bare", "floor"] + (["guard-b"] if WASM_B else []):
         print(f"Envoy CPU per request, guard - {other}: {med('guard', 'cpu_us') - med(other, 'cpu_us'):+.1f} us")
+    for other in ["bare", "native-floor", "lua-kls", "lua", "guard"]:
+        print(f"native/{other} throughput: {med('native', 'rps') / med(other, 'rps'):.3f}")
+    for other in ["bare", "native-floor"]:
+        print(f"Envoy CPU per request, native - {other}: {med('native', 'cpu_us') - med(other, 'cpu_us'):+.1f} us")
     bad = sum(r["non2xx"] + r["errors"] for n in NAMES for r in results[n])
     if bad:
         sys.exit(f"{bad} non-2xx or errors on valid callbacks: the benchmark is invalid")
