@@ -130,6 +130,8 @@ lint: target
 	  [ $$rc = 0 ] || exit $$rc; \
 	  if printf '%s\n' "$$out" | grep -q '^warning'; then echo "lint: cargo printed a warning"; exit 1; fi
 	$(CARGO) clippy --lib --target wasm32-wasip1 --release -- -D warnings
+	$(CARGO) clippy --lib --features native,crash-test -- -D warnings
+	$(CARGO) fmt --check --manifest-path bench/native-floor/Cargo.toml
 
 fmt:
 	$(CARGO) fmt

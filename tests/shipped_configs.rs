@@ -127,3 +127,37 @@ fn the_shipped_plugin_configurations_are_valid() {
         }
     }
 }
+
+/// envoy/envoy-native.yaml is what scripts/native_config.py makes of
+/// envoy/envoy.yaml: the filter chain and its configuration are written once.
+#[test]
+fn the_native_config_is_generated_from_envoy_yaml() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("python3")
+        .arg(root.join("scripts/native_config.py"))
+        .arg("--check")
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let native = std::fs::read_to_string(root.join("envoy/envoy-native.yaml")).unwrap();
+    let wasm = std::fs::read_to_string(root.join("envoy/envoy.yaml")).unwrap();
+    // The same plugin configuration JSON, byte for byte (modulo indentation).
+    let json = |t: &str| -> String {
+        let at = t.find("value: |").expect("a value block");
+        t[at..]
+            .lines()
+            .skip(1)
+            .take_while(|l| {
+                l.trim_start().starts_with(['{', '"', '}', '[', ']']) || l.trim().is_empty()
+            })
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(json(&native), json(&wasm));
+    assert!(json(&wasm).contains("push_auth"));
+}

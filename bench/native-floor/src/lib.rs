@@ -62,7 +62,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
         unsafe {
             let n = abi::envoy_dynamic_module_callback_http_get_body_chunks_size(envoy, kind);
             let mut chunks = vec![EnvoyBuffer::NULL; n];
-            if n > 0 && abi::envoy_dynamic_module_callback_http_get_body_chunks(envoy, kind, chunks.as_mut_ptr()) {
+            if n > 0
+                && abi::envoy_dynamic_module_callback_http_get_body_chunks(
+                    envoy,
+                    kind,
+                    chunks.as_mut_ptr(),
+                )
+            {
                 for c in chunks {
                     body.extend_from_slice(c.bytes());
                 }
