@@ -4,6 +4,7 @@ Envoy bootstrap that a real Envoy can load, so the manifests are tested, not jus
 
     python deploy/extract.py istio         --wasm PATH [options] -o bootstrap.yaml
     python deploy/extract.py envoy-gateway --wasm PATH [options] -o bootstrap.yaml
+    python deploy/extract.py envoy-gateway-native --module PATH [options] -o bootstrap.yaml
 
 Needs PyYAML: `make pytools` makes .venv-tools/bin/python with it (the project's Python for
 scripts that read YAML); any Python with `pip install pyyaml` does too.
@@ -32,7 +33,22 @@ envoy-gateway: builds what Envoy Gateway 1.6-1.9 generates from the EnvoyExtensi
     are added. --extra-route PATH adds a route of another HTTPRoute (not targeted by the
     policy) to the same listener, to show the RBAC filter leaves it alone.
 
-Both: the plugin configuration must not have been lost on the way, the Secret -> env ->
+envoy-gateway-native: the same for deploy/envoy-gateway-native, callback-guard's native module
+    (an Envoy dynamic module) delivered with EnvoyExtensionPolicy.spec.dynamicModules, allowed
+    by EnvoyProxy.spec.dynamicModules (Envoy Gateway >= 1.8; internal/xds/translator/
+    dynamicmodule.go): a DynamicModuleFilter named envoy.filters.http.dynamic_modules/
+    envoyextensionpolicy/<ns>/<name>/dynamic-module/<i>, disabled, enabled per route as
+    above, with dynamic_module_config.module.local.filename (the EnvoyProxy entry's
+    source.local.path, made --module here), do_not_close, filter_name, and filter_config =
+    the policy's config as compact JSON in a StringValue. Its checks: the module is in the
+    EnvoyProxy's allowlist with a Local source and doNotClose (the stream registry lives in
+    the module), the push key reaches Envoy's environment from a Secret (secret_env reads
+    it there), the stats tags are envoy/envoy-native.yaml's, the bootstrap Merge adds a
+    runtime layer with envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix
+    (the wasm's Prometheus names), and the RBAC defence as for envoy-gateway. No flag, no
+    failure_policy: the wasm's checks of those do not apply.
+
+All: the plugin configuration must not have been lost on the way, the Secret -> env ->
 host_env_keys chain must be whole, the filter must fail closed and recover
 (failure_policy FAIL_RELOAD with reload_config, no fail_open), the stats tags must be the ones
 of envoy/envoy.yaml, and where an RBAC filter requires callback-guard's mark it must come
@@ -75,10 +91,14 @@ DEPLOY = Path(__file__).resolve().parent
 REPO = DEPLOY.parent
 # The one place the filter chain is written; the manifests' stats tags must match its own.
 ENVOY_YAML = REPO / "envoy" / "envoy.yaml"
+ENVOY_NATIVE_YAML = REPO / "envoy" / "envoy-native.yaml"
 
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 STRING_VALUE_TYPE = "type.googleapis.com/google.protobuf.StringValue"
+DYNAMIC_MODULE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+# The runtime flag that gives the module's counters the wasm's Prometheus names.
+STRIP_PREFIX_FLAG = "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
@@ -163,29 +183,36 @@ def env_from_secret(env_list, where):
 # ----------------------------------------------------------------------------- checks
 
 
-def reference_stats_tags() -> list[dict]:
-    boot = yaml.safe_load(ENVOY_YAML.read_text())
+def reference_stats_tags(source: Path = ENVOY_YAML) -> list[dict]:
+    boot = yaml.safe_load(source.read_text())
     tags = ((boot.get("stats_config") or {}).get("stats_tags")) or []
     if not tags:
-        fail(f"{ENVOY_YAML} has no stats_config.stats_tags to compare with")
+        fail(f"{source} has no stats_config.stats_tags to compare with")
     return tags
 
 
-def check_stats_tags(tags: list[dict], where: str):
-    """The manifest's tags must be envoy/envoy.yaml's, every one of them, regexes included."""
+def check_stats_tags(tags: list[dict], where: str, source: Path = ENVOY_YAML):
+    """The manifest's tags must be the shipped config's, every one of them, regexes included."""
     have = {(t.get("tag_name"), t.get("regex")) for t in tags}
-    for ref in reference_stats_tags():
+    shown = source.relative_to(REPO)
+    for ref in reference_stats_tags(source):
         if (ref["tag_name"], ref["regex"]) not in have:
-            fail(f"{where}: stats tag {ref['tag_name']!r} with regex {ref['regex']!r} (envoy/envoy.yaml) is missing")
-    note(f"{where}: stats tags {sorted(t for t, _ in have)} match envoy/envoy.yaml")
+            fail(f"{where}: stats tag {ref['tag_name']!r} with regex {ref['regex']!r} ({shown}) is missing")
+    note(f"{where}: stats tags {sorted(t for t, _ in have)} match {shown}")
+
+
+def plugin_holder(cfg: dict) -> dict:
+    """The StringValue with the plugin JSON: the Wasm PluginConfig's configuration, or a
+    DynamicModuleFilter's filter_config."""
+    return cfg["configuration"] if "configuration" in cfg else cfg["filter_config"]
 
 
 def plugin_json(cfg: dict) -> dict:
-    return json.loads(cfg["configuration"]["value"])
+    return json.loads(plugin_holder(cfg)["value"])
 
 
 def set_plugin_json(cfg: dict, plugin: dict):
-    cfg["configuration"]["value"] = json.dumps(plugin, indent=2) + "\n"
+    plugin_holder(cfg)["value"] = json.dumps(plugin, indent=2) + "\n"
 
 
 def check_wasm(wasm: dict, where: str, args) -> dict:
@@ -219,6 +246,31 @@ def check_wasm(wasm: dict, where: str, args) -> dict:
     note(f"{where}: failure_policy FAIL_RELOAD, reload backoff {backoff['base_interval']}..{backoff['max_interval']}, "
          f"filter_state_mark {plugin.get('filter_state_mark', False)}")
     return cfg
+
+
+def check_native(dm: dict, where: str) -> dict:
+    """Checks on a DynamicModuleFilter message (proto field names); returns it."""
+    module = ((dm.get("dynamic_module_config") or {}).get("module") or {}).get("local") or {}
+    if not module.get("filename"):
+        fail(f"{where}: no dynamic_module_config.module.local.filename")
+    if (dm.get("dynamic_module_config") or {}).get("do_not_close") is not True:
+        fail(f"{where}: do_not_close is not true: the stream registry would go with the module when Envoy unloads it")
+    if dm.get("filter_name") != "callback_guard":
+        fail(f"{where}: filter_name is {dm.get('filter_name')!r}, not callback_guard (the filter in libcallback_guard.so)")
+    if dm.get("terminal_filter"):
+        fail(f"{where}: terminal_filter is set: callback-guard forwards to the upstream")
+    conf = dm.get("filter_config") or {}
+    if conf.get("@type") != STRING_VALUE_TYPE:
+        fail(f"{where}: filter_config is not a google.protobuf.StringValue (no config in the policy?)")
+    try:
+        plugin = json.loads(conf.get("value", ""))
+    except json.JSONDecodeError as e:
+        fail(f"{where}: the plugin configuration is not JSON: {e}")
+    envs = [k.get("secret_env") for k in (plugin.get("push_auth") or {}).get("keys", [])]
+    if PUSH_KEY_ENV not in envs:
+        fail(f"{where}: no push_auth key reads secret_env {PUSH_KEY_ENV}")
+    note(f"{where}: module {module['filename']}, do_not_close, filter_state_mark {plugin.get('filter_state_mark', False)}")
+    return dm
 
 
 def is_mark_rbac(f: dict) -> bool:
@@ -272,7 +324,7 @@ def check_rbac_defence(filters: list[dict], wasm_name: str, plugin_cfg: dict, ro
             if runs_rbac and not runs_wasm:
                 fail(f"{where}: route {r.get('name')!r} enables {rname!r} without callback-guard: it would answer 403 to everything")
     order = " -> ".join(names)
-    note(f"{where}: RBAC defence {rname!r} after the Wasm filter ({order})")
+    note(f"{where}: RBAC defence {rname!r} after callback-guard's filter ({order})")
     return rname
 
 
@@ -499,6 +551,42 @@ def eg_routes(route: dict, listener: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def eg_native_filter(ns, policy, index, d, proxy_entries, args) -> dict:
+    """The HCM http filter Envoy Gateway builds for a dynamicModules entry
+    (dynamicModuleConfig + buildHCMDynamicModuleFilter), the module path made --module."""
+    where = f"EnvoyExtensionPolicy {ns}/{policy} dynamicModules[{index}]"
+    entry = [e for e in proxy_entries if e.get("name") == d.get("name")]
+    if not entry:
+        fail(f"{where}: module {d.get('name')!r} is not in the EnvoyProxy's dynamicModules "
+             f"({[e.get('name') for e in proxy_entries]}): Envoy Gateway rejects the policy")
+    entry = one(entry, f"EnvoyProxy dynamicModules entry {d.get('name')!r}")
+    src = entry.get("source") or {}
+    if src.get("type", "Local") != "Local":
+        fail(f"{where}: source type {src.get('type')!r}: this script handles Local modules (the file in the Envoy image)")
+    path = (src.get("local") or {}).get("path") or fail(f"{where}: the EnvoyProxy entry has no source.local.path")
+    if not path.startswith("/"):
+        fail(f"{where}: source.local.path {path!r} is not absolute")
+    dmc = {"module": {"local": {"filename": str(args.module)}}}
+    # Proto3 bools: false is not marshalled (protojson omits defaults).
+    if entry.get("doNotClose"):
+        dmc["do_not_close"] = True
+    if entry.get("loadGlobally"):
+        dmc["load_globally"] = True
+    filt = {"@type": DYNAMIC_MODULE_TYPE, "dynamic_module_config": dmc}
+    if d.get("filterName"):
+        filt["filter_name"] = d["filterName"]
+    if d.get("config") is not None:
+        # apiextensionsv1.JSON: Kubernetes hands Envoy Gateway the object as JSON.
+        # Kubernetes stores it as JSON with sorted keys; the module does not care about order.
+        filt["filter_config"] = {"@type": STRING_VALUE_TYPE,
+                                 "value": json.dumps(d["config"], separators=(",", ":"), sort_keys=True)}
+    if d.get("terminalFilter"):
+        filt["terminal_filter"] = True
+    note(f"envoy-gateway-native: {where}: module {d['name']!r} from {path} (here {args.module})")
+    return {"name": f"envoy.filters.http.dynamic_modules/envoyextensionpolicy/{ns}/{policy}/dynamic-module/{index}",
+            "disabled": True, "typed_config": filt}
+
+
 def eg_wasm_filter(ns, policy, index, w, args) -> dict:
     """The HCM http filter Envoy Gateway builds (wasmConfig + buildHCMWasmFilter), with the
     code made local (Envoy Gateway serves it over HTTP from its own cache instead)."""
@@ -607,11 +695,17 @@ def apply_patch(doc: dict, p: dict):
         note(f"envoy-gateway: EnvoyPatchPolicy add {ptr} = {shown}")
 
 
-def extract_envoy_gateway(docs, args) -> dict:
+def extract_envoy_gateway(docs, args, native: bool = False) -> dict:
+    mesh = "envoy-gateway-native" if native else "envoy-gateway"
     eep = one(of_kind(docs, "EnvoyExtensionPolicy"), "EnvoyExtensionPolicy")
     ns, policy = meta(eep)
     spec = eep.get("spec") or {}
-    wasms = spec.get("wasm") or fail("the EnvoyExtensionPolicy has no wasm entries")
+    if native:
+        if spec.get("wasm"):
+            fail("the EnvoyExtensionPolicy has wasm entries too: this script handles callback-guard alone")
+        wasms = spec.get("dynamicModules") or fail("the EnvoyExtensionPolicy has no dynamicModules entries")
+    else:
+        wasms = spec.get("wasm") or fail("the EnvoyExtensionPolicy has no wasm entries")
 
     # targetRefs -> HTTPRoute -> Gateway -> EnvoyProxy -> Secret
     refs = spec.get("targetRefs") or ([spec["targetRef"]] if spec.get("targetRef") else [])
@@ -638,8 +732,19 @@ def extract_envoy_gateway(docs, args) -> dict:
          f"(must be the namespace the Envoy pods run in)")
 
     if len(wasms) != 1:
-        fail("this script handles one Wasm entry (callback-guard) per policy")
-    wasm_filter = eg_wasm_filter(ns, policy, 0, wasms[0], args)
+        fail(f"this script handles one {'dynamicModules' if native else 'Wasm'} entry (callback-guard) per policy")
+    if native:
+        # The module must be in the Envoy container: an image that carries it, or a volume.
+        path = next((((e.get("source") or {}).get("local") or {}).get("path") for e in ep["spec"].get("dynamicModules") or []
+                     if e.get("name") == wasms[0].get("name")), None) or ""
+        mounts = [m.get("mountPath", "") for m in container.get("volumeMounts") or []]
+        if not container.get("image") and not any(path.startswith(m.rstrip("/") + "/") for m in mounts if m):
+            fail(f"EnvoyProxy {gw_ns}/{pref['name']}: neither a container image nor a volumeMount provides {path or 'the module'}: "
+                 "the stock Envoy image has no libcallback_guard.so")
+        note(f"envoy-gateway-native: {path} from {container.get('image') or 'a volume'}")
+        wasm_filter = eg_native_filter(ns, policy, 0, wasms[0], ep["spec"].get("dynamicModules") or [], args)
+    else:
+        wasm_filter = eg_wasm_filter(ns, policy, 0, wasms[0], args)
     wasm_name = wasm_filter["name"]
 
     # The Listener and its RouteConfiguration as Envoy Gateway marshals them (protojson,
@@ -687,25 +792,39 @@ def extract_envoy_gateway(docs, args) -> dict:
 
     hcm = listener_doc["default_filter_chain"]["filters"][0]["typed_config"]
     filters = hcm["http_filters"]
-    patched = next((f for f in filters if f.get("name") == wasm_name), None) or fail(f"the Wasm filter {wasm_name} is gone")
-    cfg = check_wasm(patched["typed_config"], f"filter {wasm_name}", args)
-    check_rbac_defence(filters, wasm_name, cfg, routes, "envoy-gateway", True, args)
+    patched = next((f for f in filters if f.get("name") == wasm_name), None) or fail(f"the filter {wasm_name} is gone")
+    if native:
+        cfg = check_native(patched["typed_config"], f"filter {wasm_name}")
+    else:
+        cfg = check_wasm(patched["typed_config"], f"filter {wasm_name}", args)
+    check_rbac_defence(filters, wasm_name, cfg, routes, mesh, True, args)
     apply_negative_switches(cfg, args)
     add_allow_cidrs(cfg, args.add_allow_cidr)
     if args.simulate_missing_wasm:
         filters = simulate_missing_wasm(filters, routes, wasm_name)
 
     stats_tags = []
+    merged = {}
     boot = ep["spec"].get("bootstrap") or {}
     if boot:
         if boot.get("type") != "Merge":
             fail("EnvoyProxy bootstrap: only type Merge is expected here")
-        stats_tags = ((yaml.safe_load(boot["value"]) or {}).get("stats_config") or {}).get("stats_tags", [])
-    check_stats_tags(stats_tags, f"EnvoyProxy {gw_ns}/{pref['name']} bootstrap")
+        merged = yaml.safe_load(boot["value"]) or {}
+        stats_tags = (merged.get("stats_config") or {}).get("stats_tags", [])
+    where = f"EnvoyProxy {gw_ns}/{pref['name']} bootstrap"
+    check_stats_tags(stats_tags, where, ENVOY_NATIVE_YAML if native else ENVOY_YAML)
+    runtime = None
+    if native:
+        runtime = merged.get("layered_runtime") or fail(
+            f"{where}: no layered_runtime: without {STRIP_PREFIX_FLAG} the module's counters are "
+            "envoy_dynamicmodulescustom_callback_guard_*, not the wasm's names (deploy/grafana)")
+        if not any((layer.get("static_layer") or {}).get(STRIP_PREFIX_FLAG) is True for layer in runtime.get("layers") or []):
+            fail(f"{where}: no static runtime layer sets {STRIP_PREFIX_FLAG}: true (the wasm's Prometheus names)")
+        note(f"{where}: runtime layer with {STRIP_PREFIX_FLAG}: true (merged: one more layer after Envoy Gateway's)")
 
     route_config = {"name": route_doc["name"], "virtual_hosts": route_doc["virtual_hosts"]}
     return {"http_filters": filters, "route_config": route_config,
-            "stats_config": {"stats_tags": stats_tags}, "plugin_cfg": cfg}
+            "stats_config": {"stats_tags": stats_tags}, "plugin_cfg": cfg, "layered_runtime": runtime}
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -741,16 +860,20 @@ def build_bootstrap(x: dict, args) -> dict:
     }
     if stats:
         boot["stats_config"] = stats
+    if x.get("layered_runtime"):
+        boot["layered_runtime"] = x["layered_runtime"]
     return boot
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("mesh", choices=["istio", "envoy-gateway"])
+    ap.add_argument("mesh", choices=["istio", "envoy-gateway", "envoy-gateway-native"])
     ap.add_argument("--manifests", type=Path, help="directory of the manifests (default: deploy/<mesh>)")
     ap.add_argument("--istio-rbac", action="store_true",
                     help="istio: also read optional/require-mark-rbac.yaml (the optional RBAC defence)")
-    ap.add_argument("--wasm", type=Path, required=True, help="the module to load (code.local)")
+    ap.add_argument("--wasm", type=Path, help="istio, envoy-gateway: the Wasm module to load (code.local)")
+    ap.add_argument("--module", type=Path,
+                    help="envoy-gateway-native: libcallback_guard.so to load (module.local.filename)")
     ap.add_argument("--port", type=int, default=10000)
     ap.add_argument("--admin-port", type=int, default=9901)
     ap.add_argument("--upstream", default="127.0.0.1:8080", help="HOST:PORT of the callback receiver")
@@ -769,10 +892,22 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--out", type=Path, help="write the bootstrap here (default: stdout)")
     ap.add_argument("--plugin-config-out", type=Path, help="write the plugin configuration JSON here")
     args = ap.parse_args(argv)
-    args.wasm = args.wasm.resolve()
-    if not args.wasm.is_file():
-        print(f"extract: {args.wasm}: no such file", file=sys.stderr)
+    native = args.mesh == "envoy-gateway-native"
+    code = args.module if native else args.wasm
+    if code is None:
+        print(f"extract: {args.mesh} needs {'--module' if native else '--wasm'}", file=sys.stderr)
         return 1
+    code = code.resolve()
+    if not code.is_file():
+        print(f"extract: {code}: no such file", file=sys.stderr)
+        return 1
+    if native:
+        args.module = code
+        if args.drop_stop_iteration:
+            print("extract: --drop-stop-iteration is for the Wasm filter", file=sys.stderr)
+            return 1
+    else:
+        args.wasm = code
     directory = args.manifests or DEPLOY / args.mesh
     extra = []
     if args.istio_rbac:
@@ -782,7 +917,7 @@ def main(argv=None) -> int:
         extra = sorted((directory / "optional").glob("*.yaml"))
     try:
         docs = load_docs(directory, extra)
-        x = extract_istio(docs, args) if args.mesh == "istio" else extract_envoy_gateway(docs, args)
+        x = extract_istio(docs, args) if args.mesh == "istio" else extract_envoy_gateway(docs, args, native)
         boot = build_bootstrap(x, args)
     except ExtractError as e:
         print(f"extract: FAILED ({args.mesh}): {e}", file=sys.stderr)
@@ -795,7 +930,7 @@ def main(argv=None) -> int:
     else:
         sys.stdout.write(text)
     if args.plugin_config_out:
-        args.plugin_config_out.write_text(x["plugin_cfg"]["configuration"]["value"])
+        args.plugin_config_out.write_text(plugin_holder(x["plugin_cfg"])["value"])
         note(f"wrote {args.plugin_config_out}")
     return 0
 

