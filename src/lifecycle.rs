@@ -209,6 +209,29 @@ impl Plugin {
         Ok((Plugin::new(config, log_level), lines))
     }
 
+    /// [`Plugin::configure`] for a host: every line goes to `log` (the
+    /// failure's one line as critical), and `None` means the host must refuse
+    /// the filter.
+    pub fn load(
+        bytes: &[u8],
+        env: &dyn Env,
+        log_level: Level,
+        log: &mut dyn FnMut(Level, &str),
+    ) -> Option<Plugin> {
+        match Plugin::configure(bytes, env, log_level) {
+            Ok((plugin, lines)) => {
+                for (level, line) in lines {
+                    log(level, &line);
+                }
+                Some(plugin)
+            }
+            Err(line) => {
+                log(Level::Critical, &line);
+                None
+            }
+        }
+    }
+
     /// A plugin for an already read configuration.
     pub fn new(config: Config, log_level: Level) -> Plugin {
         Plugin {
@@ -808,23 +831,30 @@ impl Stream {
                 self.local = Some(op);
                 self.emit(Effect::Local { op, claim, now_s });
             }
-            Some(etcd) => {
-                let (op, step) = EtcdOp::begin(
-                    op,
-                    claim,
-                    &etcd.key_prefix,
-                    ds.ttl_s,
-                    now_s,
-                    now_ms,
-                    etcd.timeout_ms,
-                );
-                let remote = Remote {
-                    op,
-                    started_ms: now_ms,
-                };
-                self.step(plugin, remote, step, now_ms);
-            }
+            Some(_) => self.begin_remote(plugin, op, claim, now_ms),
         }
+    }
+
+    /// Starts an op on etcd at `now_ms`.
+    fn begin_remote(&mut self, plugin: &Plugin, op: Op, claim: Claim, now_ms: u64) {
+        let ds = &plugin.config.duplicate_streams;
+        let Some(etcd) = ds.etcd.as_ref() else {
+            return;
+        };
+        let (op, step) = EtcdOp::begin(
+            op,
+            claim,
+            &etcd.key_prefix,
+            ds.ttl_s,
+            now_ms / 1000,
+            now_ms,
+            etcd.timeout_ms,
+        );
+        let remote = Remote {
+            op,
+            started_ms: now_ms,
+        };
+        self.step(plugin, remote, step, now_ms);
     }
 
     /// Sends the etcd op's next call, or acts on its result.
@@ -908,22 +938,7 @@ impl Stream {
                     now_s: now_ms / 1000,
                 });
             }
-            Some(etcd) => {
-                let (op, step) = EtcdOp::begin(
-                    Op::GiveBack,
-                    claim,
-                    &etcd.key_prefix,
-                    ds.ttl_s,
-                    now_ms / 1000,
-                    now_ms,
-                    etcd.timeout_ms,
-                );
-                let remote = Remote {
-                    op,
-                    started_ms: now_ms,
-                };
-                self.step(plugin, remote, step, now_ms);
-            }
+            Some(_) => self.begin_remote(plugin, Op::GiveBack, claim, now_ms),
         }
     }
 

@@ -375,17 +375,8 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
     } else {
         Level::Info
     };
-    let core = match lifecycle::Plugin::configure(&bytes, &ProcessEnv, envoy_level) {
-        Ok((core, lines)) => {
-            for (l, line) in lines {
-                log(l, &line);
-            }
-            core
-        }
-        Err(line) => {
-            log(Level::Critical, &line);
-            return 0;
-        }
+    let Some(core) = lifecycle::Plugin::load(&bytes, &ProcessEnv, envoy_level, &mut log) else {
+        return 0;
     };
     if let Some(layout) = core.local_registry() {
         init_registry(&layout);

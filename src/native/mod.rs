@@ -174,28 +174,9 @@ impl Config {
 
     /// On the main thread: sends an etcd call as the configuration's callout.
     fn config_callout(&self, call: &Call, timeout_ms: u32) -> Result<u64, u32> {
-        let Some(etcd) = self.core.config.duplicate_streams.etcd.as_ref() else {
-            return Err(abi::CALLOUT_CLUSTER_NOT_FOUND);
-        };
-        let headers = etcd_headers(call.path, &etcd.authority);
-        let mut id = 0u64;
-        // SAFETY: every buffer lives until the call returns; Envoy copies them.
-        let r = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
-                self.envoy,
-                &mut id,
-                ModuleBuffer::of(etcd.cluster.as_bytes()),
-                headers.as_ptr(),
-                headers.len(),
-                ModuleBuffer::of(call.body.as_bytes()),
-                u64::from(timeout_ms),
-            )
-        };
-        if r == abi::CALLOUT_SUCCESS {
-            Ok(id)
-        } else {
-            Err(r)
-        }
+        let send = abi::envoy_dynamic_module_callback_http_filter_config_http_callout;
+        // SAFETY: this configuration's Envoy pointer, on the main thread.
+        unsafe { etcd_callout(&self.core, call, timeout_ms, self.envoy, send) }
     }
 
     /// On the main thread: carries out the effects of detached work.
@@ -238,6 +219,42 @@ impl Config {
                 Effect::Write(_) | Effect::Reply { .. } | Effect::Resume | Effect::Latency(_) => {}
             }
         }
+    }
+}
+
+/// `POST path` to the etcd cluster, JSON, with `Grpc-Metadata-hasleader`
+/// (without a quorum etcd then answers at once instead of after 7 s), with
+/// `send`: the filter's callout or the configuration's, on `envoy`. The
+/// callout id, or Envoy's init result.
+///
+/// # Safety
+/// `envoy` must be the live Envoy object `send` is for, on its thread.
+unsafe fn etcd_callout(
+    core: &lifecycle::Plugin,
+    call: &Call,
+    timeout_ms: u32,
+    envoy: *mut std::ffi::c_void,
+    send: abi::Callout,
+) -> Result<u64, u32> {
+    let Some(etcd) = core.config.duplicate_streams.etcd.as_ref() else {
+        return Err(abi::CALLOUT_CLUSTER_NOT_FOUND);
+    };
+    let headers = etcd_headers(call.path, &etcd.authority);
+    let mut id = 0u64;
+    // Every buffer lives until the call returns; Envoy copies them.
+    let r = send(
+        envoy,
+        &mut id,
+        ModuleBuffer::of(etcd.cluster.as_bytes()),
+        headers.as_ptr(),
+        headers.len(),
+        ModuleBuffer::of(call.body.as_bytes()),
+        u64::from(timeout_ms),
+    );
+    if r == abi::CALLOUT_SUCCESS {
+        Ok(id)
+    } else {
+        Err(r)
     }
 }
 
@@ -357,28 +374,9 @@ impl Filter {
     }
 
     fn callout(&self, core: &lifecycle::Plugin, call: &Call, timeout_ms: u32) -> Result<u64, u32> {
-        let Some(etcd) = core.config.duplicate_streams.etcd.as_ref() else {
-            return Err(abi::CALLOUT_CLUSTER_NOT_FOUND);
-        };
-        let headers = etcd_headers(call.path, &etcd.authority);
-        let mut id = 0u64;
-        // SAFETY: every buffer lives until the call returns; Envoy copies them.
-        let r = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_http_callout(
-                self.envoy,
-                &mut id,
-                ModuleBuffer::of(etcd.cluster.as_bytes()),
-                headers.as_ptr(),
-                headers.len(),
-                ModuleBuffer::of(call.body.as_bytes()),
-                u64::from(timeout_ms),
-            )
-        };
-        if r == abi::CALLOUT_SUCCESS {
-            Ok(id)
-        } else {
-            Err(r)
-        }
+        let send = abi::envoy_dynamic_module_callback_http_filter_http_callout;
+        // SAFETY: the live filter of the current hook.
+        unsafe { etcd_callout(core, call, timeout_ms, self.envoy, send) }
     }
 
     fn reply(&mut self, status: u16, body: &str) {
@@ -665,17 +663,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             let debug =
                 unsafe { abi::envoy_dynamic_module_callback_log_enabled(Level::Debug as u32) };
             let level = if debug { Level::Debug } else { Level::Info };
-            let core = match lifecycle::Plugin::configure(bytes, &ProcessEnv, level) {
-                Ok((core, lines)) => {
-                    for (l, line) in lines {
-                        log(l, &line);
-                    }
-                    core
-                }
-                Err(line) => {
-                    log(Level::Critical, &line);
-                    return std::ptr::null();
-                }
+            let Some(core) = lifecycle::Plugin::load(bytes, &ProcessEnv, level, &mut log) else {
+                return std::ptr::null();
             };
             if let Some(layout) = core.local_registry() {
                 for (key, e) in registry::create_buckets(store(), &layout) {
@@ -757,69 +746,56 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     config: abi::ConfigModule,
     event_id: u64,
 ) {
-    barrier(
-        "on_http_filter_config_scheduled",
-        || {
-            // SAFETY: the live configuration (Envoy destroys it after its events).
-            let Some(c) = (unsafe { (config as *const Config).as_ref() }) else {
-                return;
-            };
-            if event_id == 0 {
-                if let Some(call) = c.core.probe() {
-                    match c.config_callout(&call, 5000) {
-                        Ok(id) => {
-                            if let Ok(mut o) = c.orphans.lock() {
-                                o.in_flight.insert(id, None);
-                            }
-                        }
-                        Err(r) => {
-                            let detail = format!("callout result {r}");
-                            let (l, line) = c
-                                .core
-                                .probe_failed(r == abi::CALLOUT_CLUSTER_NOT_FOUND, &detail);
-                            log(l, &line);
-                        }
-                    }
-                }
-                return;
-            }
-            let queued = c
-                .orphans
-                .lock()
-                .ok()
-                .and_then(|mut o| o.queued.remove(&event_id));
-            let Some((mut life, call, timeout_ms)) = queued else {
-                return;
-            };
-            match call {
-                // An etcd call to send for it.
-                Some(call) => match c.config_callout(&call, timeout_ms) {
+    config_hook("on_http_filter_config_scheduled", config, |c| {
+        if event_id == 0 {
+            if let Some(call) = c.core.probe() {
+                match c.config_callout(&call, 5000) {
                     Ok(id) => {
                         if let Ok(mut o) = c.orphans.lock() {
-                            o.in_flight.insert(id, Some(life));
+                            o.in_flight.insert(id, None);
                         }
-                        return;
                     }
-                    Err(_) => {
-                        let now_ms = now_ms().unwrap_or(0);
-                        life.handle(&c.core, Event::EtcdSendFailed { now_ms });
+                    Err(r) => {
+                        let detail = format!("callout result {r}");
+                        let (l, line) = c
+                            .core
+                            .probe_failed(r == abi::CALLOUT_CLUSTER_NOT_FOUND, &detail);
+                        log(l, &line);
                     }
-                },
-                // Its callout died with the request: send the same call again.
-                None => {
-                    let now_ms = now_ms().unwrap_or(0);
-                    life.handle(&c.core, Event::EtcdResend { now_ms });
                 }
             }
-            c.drain_orphan(life);
-        },
-        |hook| {
-            log(
-                Level::Critical,
-                &format!("callback-guard: a bug stopped detached registry work (panic in {hook})"),
-            )
-        },
-    )
+            return;
+        }
+        let queued = c
+            .orphans
+            .lock()
+            .ok()
+            .and_then(|mut o| o.queued.remove(&event_id));
+        let Some((mut life, call, timeout_ms)) = queued else {
+            return;
+        };
+        match call {
+            // An etcd call to send for it.
+            Some(call) => match c.config_callout(&call, timeout_ms) {
+                Ok(id) => {
+                    if let Ok(mut o) = c.orphans.lock() {
+                        o.in_flight.insert(id, Some(life));
+                    }
+                    return;
+                }
+                Err(_) => {
+                    let now_ms = now_ms().unwrap_or(0);
+                    life.handle(&c.core, Event::EtcdSendFailed { now_ms });
+                }
+            },
+            // Its callout died with the request: send the same call again.
+            None => {
+                let now_ms = now_ms().unwrap_or(0);
+                life.handle(&c.core, Event::EtcdResend { now_ms });
+            }
+        }
+        c.drain_orphan(life);
+    });
 }
 
 /// Main thread: the answer to a configuration callout.
@@ -834,34 +810,41 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     chunks: *const EnvoyBuffer,
     chunks_size: usize,
 ) {
+    config_hook("on_http_filter_config_http_callout_done", config, |c| {
+        let waiting = c
+            .orphans
+            .lock()
+            .ok()
+            .and_then(|mut o| o.in_flight.remove(&callout_id));
+        // SAFETY: Envoy's arrays, valid for this hook.
+        let (status, body) = unsafe { answer(result, headers, headers_size, chunks, chunks_size) };
+        match waiting {
+            None => {}
+            // The start-up check.
+            Some(None) => {
+                let (l, line) = lifecycle::Plugin::probe_answered(status);
+                log(l, &line);
+            }
+            Some(Some(mut life)) => {
+                let now_ms = now_ms().unwrap_or(0);
+                let answer = status.map(|s| (s, &body[..]));
+                life.handle(&c.core, Event::Etcd { answer, now_ms });
+                c.drain_orphan(life);
+            }
+        }
+    });
+}
+
+/// Runs a configuration hook (main thread) behind the barrier, with the
+/// live configuration.
+fn config_hook(name: &str, config: abi::ConfigModule, f: impl FnOnce(&Config)) {
     barrier(
-        "on_http_filter_config_http_callout_done",
+        name,
         || {
-            // SAFETY: the live configuration.
-            let Some(c) = (unsafe { (config as *const Config).as_ref() }) else {
-                return;
-            };
-            let waiting = c
-                .orphans
-                .lock()
-                .ok()
-                .and_then(|mut o| o.in_flight.remove(&callout_id));
-            // SAFETY: Envoy's arrays, valid for this hook.
-            let (status, body) =
-                unsafe { answer(result, headers, headers_size, chunks, chunks_size) };
-            match waiting {
-                None => {}
-                // The start-up check.
-                Some(None) => {
-                    let (l, line) = lifecycle::Plugin::probe_answered(status);
-                    log(l, &line);
-                }
-                Some(Some(mut life)) => {
-                    let now_ms = now_ms().unwrap_or(0);
-                    let answer = status.map(|s| (s, &body[..]));
-                    life.handle(&c.core, Event::Etcd { answer, now_ms });
-                    c.drain_orphan(life);
-                }
+            // SAFETY: the live configuration (Envoy destroys it after its
+            // events and callouts).
+            if let Some(c) = unsafe { (config as *const Config).as_ref() } {
+                f(c);
             }
         },
         |hook| {
@@ -870,7 +853,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
                 &format!("callback-guard: a bug stopped detached registry work (panic in {hook})"),
             )
         },
-    )
+    );
 }
 
 /// The status and body of a callout's answer (`None`: no answer).
