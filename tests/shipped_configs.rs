@@ -123,3 +123,117 @@ fn the_shipped_plugin_configurations_are_valid() {
         }
     }
 }
+
+/// The edge settings of envoy/envoy.yaml (docs/operations.md, "At the edge"): the
+/// overload manager, the listener's and the upstream's buffer limits, and the connection
+/// manager's timeouts, header limits, HTTP/2 limits and address handling. Every shipped
+/// config carries the same values, and the plugin's `max_body_bytes` is at or under
+/// Envoy's buffer limit, and `trusted_xff_hops` is 0 (Envoy resolves the sender).
+#[test]
+fn every_shipped_config_has_the_edge_settings_of_envoy_yaml() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let edge = |path: &Path| {
+        let doc = load(path);
+        let listener = &doc["static_resources"]["listeners"][0];
+        let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+        let pick = |keys: &[&str]| -> serde_json::Value {
+            keys.iter()
+                .map(|k| (k.to_string(), hcm[*k].clone()))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        let plugin: serde_json::Value = serde_json::from_str(
+            chain(&doc)[0]["typed_config"]["config"]["configuration"]["value"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        (
+            serde_json::json!({
+                "overload_manager": doc["overload_manager"],
+                "admin.ignore_global_conn_limit": doc["admin"]["ignore_global_conn_limit"],
+                "listener.per_connection_buffer_limit_bytes": listener["per_connection_buffer_limit_bytes"],
+                "upstream.per_connection_buffer_limit_bytes":
+                    doc["static_resources"]["clusters"][0]["per_connection_buffer_limit_bytes"],
+                "hcm": pick(&[
+                    "use_remote_address", "xff_num_trusted_hops", "preserve_external_request_id", "normalize_path", "merge_slashes",
+                    "request_headers_timeout", "request_timeout", "stream_idle_timeout",
+                    "max_request_headers_kb", "common_http_protocol_options", "http2_protocol_options",
+                ]),
+            }),
+            plugin,
+        )
+    };
+    let (source, plugin) = edge(&root.join("envoy/envoy.yaml"));
+    // The values themselves, as the docs state them.
+    assert_eq!(source["hcm"]["use_remote_address"], true);
+    assert_eq!(source["hcm"]["xff_num_trusted_hops"], 0);
+    for key in [
+        "request_headers_timeout",
+        "request_timeout",
+        "stream_idle_timeout",
+    ] {
+        assert!(source["hcm"][key].is_string(), "{key} is set");
+    }
+    let cp = &source["hcm"]["common_http_protocol_options"];
+    assert_eq!(cp["headers_with_underscores_action"], "REJECT_REQUEST");
+    assert!(cp["idle_timeout"].is_string() && cp["max_headers_count"].is_u64());
+    let h2 = &source["hcm"]["http2_protocol_options"];
+    assert_eq!(h2["max_concurrent_streams"], 100);
+    assert_eq!(h2["initial_stream_window_size"], 65536);
+    assert_eq!(h2["initial_connection_window_size"], 1048576);
+    let monitors: Vec<&str> = source["overload_manager"]["resource_monitors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        monitors,
+        [
+            "envoy.resource_monitors.global_downstream_max_connections",
+            "envoy.resource_monitors.fixed_heap"
+        ]
+    );
+    let actions: Vec<&str> = source["overload_manager"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"envoy.overload_actions.stop_accepting_requests"));
+    let limit = source["listener.per_connection_buffer_limit_bytes"]
+        .as_u64()
+        .expect("a listener buffer limit");
+
+    let mut others = vec![root.join("envoy/nginx-rtmp.yaml")];
+    for generated in ["envoy/envoy.docker.yaml", "envoy/envoy.fleet.docker.yaml"] {
+        let path = root.join(generated);
+        if path.exists() {
+            others.push(path);
+        }
+    }
+    for (path, (edge, plugin)) in
+        std::iter::once((root.join("envoy/envoy.yaml"), (source.clone(), plugin)))
+            .chain(others.iter().map(|p| (p.clone(), edge(p))))
+    {
+        assert_eq!(
+            edge,
+            source,
+            "{}: edge settings differ from envoy/envoy.yaml's",
+            path.display()
+        );
+        let max_body = plugin["max_body_bytes"].as_u64().unwrap_or(65536);
+        assert!(
+            max_body <= limit,
+            "{}: max_body_bytes {max_body} over per_connection_buffer_limit_bytes {limit}",
+            path.display()
+        );
+        assert_eq!(
+            plugin["callback_auth"]["trusted_xff_hops"].as_u64().unwrap_or(0),
+            0,
+            "{}: with use_remote_address Envoy resolves the sender; trusted_xff_hops would count Envoy's own entry",
+            path.display()
+        );
+    }
+}
