@@ -27,6 +27,7 @@ Needs the h2 package (`make test-edge` installs it in .venv-edge).
 """
 
 import argparse
+import collections
 import hashlib
 import http.server
 import json
@@ -47,6 +48,7 @@ import urllib.request
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "edge" + secrets.token_hex(8)
@@ -649,7 +651,7 @@ def case_flood(envoy, spy, limits, extra):
     check(spy.count() - at_upstream == codes_all.get(200, 0) + 1, "the upstream saw exactly the ones answered 200")
 
 
-def h2_exchange(port, streams, timeout):
+def h2_exchange(port, streams, timeout, ignore_limit=False):
     """One h2c connection. `streams`: list of (headers, body or None = never sent). Returns
     {index: (status or 'reset', seconds)}; streams without body still open at the end are
     'open'. Also returns the server's SETTINGS."""
@@ -668,6 +670,10 @@ def h2_exchange(port, streams, timeout):
     deadline = t0 + timeout
     while time.monotonic() < deadline:
         if got_settings and pending:
+            if ignore_limit:
+                # A hostile client does not respect the server's MAX_CONCURRENT_STREAMS.
+                conn.remote_settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = \
+                    collections.deque([1 << 20])
             while pending and conn.open_outbound_streams < conn.remote_settings.max_concurrent_streams:
                 i, (headers, body) = pending.pop(0)
                 sid = conn.get_next_available_stream_id()
@@ -682,9 +688,11 @@ def h2_exchange(port, streams, timeout):
             data = s.recv(65536)
         except socket.timeout:
             continue
-        except OSError:
+        except OSError as e:
+            settings["CLOSED"] = f"{type(e).__name__} at {time.monotonic() - t0:.2f} s"
             break
         if not data:
+            settings["CLOSED"] = f"by Envoy at {time.monotonic() - t0:.2f} s"
             break
         for ev in conn.receive_data(data):
             if isinstance(ev, h2.events.RemoteSettingsChanged):
@@ -700,6 +708,8 @@ def h2_exchange(port, streams, timeout):
                 what = f"reset after {status[ev.stream_id]}" if ev.stream_id in status else "reset"
                 out.setdefault(ids[ev.stream_id], (what, time.monotonic() - t0))
             elif isinstance(ev, h2.events.ConnectionTerminated):
+                settings["GOAWAY"] = getattr(ev.error_code, "name", ev.error_code)
+                settings["GOAWAY_AT"] = time.monotonic() - t0
                 deadline = 0
         s.sendall(conn.data_to_send())
     s.close()
@@ -744,10 +754,33 @@ def case_http2(envoy, spy, limits):
         body = callback_body(name)
         streams.append((h2_headers(len(body)), body))
         names.append(name)
+    # Meanwhile on another connection: 100 stalled streams (the limit), then 10 valid
+    # callbacks past the limit, sent anyway.
+    over = {}
+    over_streams, over_names = [(h2_headers(500), None) for _ in range(limits["h2_streams"])], []
+    for i in range(10):
+        name = LEDGER.stream("h2over")
+        body = callback_body(name)
+        over_streams.append((h2_headers(len(body)), body))
+        over_names.append(name)
+    t_over = threading.Thread(target=lambda: over.update(zip(("out", "info"), h2_exchange(
+        envoy.port, over_streams, timeout=limits["request_timeout"] + 4, ignore_limit=True))))
+    t_over.start()
     out, _ = h2_exchange(envoy.port, streams, timeout=limits["request_timeout"] + 4)
+    t_over.join()
     for i, (st, _) in out.items():
         if names[i]:
             LEDGER.answered(names[i], st)
+    o, info = over.get("out", {}), over.get("info", {})
+    for i, name in enumerate(over_names):
+        v = o.get(limits["h2_streams"] + i)
+        if v:
+            LEDGER.answered(name, v[0])
+    closed = info.get("CLOSED") or info.get("GOAWAY")
+    answered = sum(1 for v in o.values() if v and v[0] == 200)
+    check(closed is not None and answered == 0,
+          f"a client that opens 10 streams past max_concurrent_streams {limits['h2_streams']}: Envoy ends "
+          f"the whole connection ({closed}; GOAWAY {info.get('GOAWAY')}), none of its callbacks answered")
     valid = [out.get(i) for i in range(50, 100)]
     stalled = [out.get(i) for i in range(50)]
     check(all(v and v[0] == 200 for v in valid),
@@ -767,7 +800,7 @@ def case_http2(envoy, spy, limits):
     out, _ = h2_exchange(envoy.port, [(h2_headers(len(body), [("x_api_key", "1")]), body)], timeout=5)
     got = out.get(0, ("none",))[0]
     check(got == 400 or str(got).startswith("reset"), f"h2 header with an underscore refused: {out.get(0)}")
-    show(diff(before, envoy.stats(), r"^http\.callbacks\.downstream_rq_(timeout|2xx|4xx)$|^http2\.(rx_reset|tx_reset|requests_rejected_with_underscores_in_headers)$"))
+    show(diff(before, envoy.stats(), r"^http\.callbacks\.downstream_rq_(timeout|2xx|4xx|rx_reset)$|^http\.callbacks\.downstream_cx_protocol_error$|^http2\.(rx_reset|tx_reset|requests_rejected_with_underscores_in_headers)$"))
     check(spy.count() - at_upstream == 150, f"the upstream saw the 150 valid ones only ({spy.count() - at_upstream})")
 
 
