@@ -7,6 +7,7 @@ timeout and limit is the shipped one. Behind it an upstream spy records what rea
 All traffic goes to 127.0.0.1; every case is bounded in count and time.
 
 Cases (each prints its figures; any failed expectation fails the run):
+- idle connections that never send a byte, closed by the connection idle_timeout;
 - slow body: N requests declare a Content-Length they never finish sending;
   all are answered/closed by request_timeout (+ margin), Envoy's RSS comes back, valid
   callbacks sent meanwhile are all answered 200 (p50/p99). Envoy's CPU over a quiet
@@ -537,6 +538,33 @@ def case_held_headers_only(envoy, spy, limits, n, quiet_s):
     check(spy.count() == at_upstream, "nothing reached the upstream")
 
 
+class IdleConnections:
+    """Connections that never send a byte, watched in the background while the other cases
+    run: each must be closed by the connection idle_timeout."""
+
+    def __init__(self, envoy, limits, n):
+        self.limits, self.n, self.envoy = limits, n, envoy
+        self.before = envoy.stats()
+        socks = [socket.create_connection(("127.0.0.1", envoy.port), timeout=5) for _ in range(n)]
+        self.watch = Watch(socks)
+        until = time.monotonic() + limits["idle_timeout"] + 5
+        self.thread = threading.Thread(target=self.watch.run, args=(until,), daemon=True)
+        self.thread.start()
+
+    def check(self):
+        print(f"\n== idle connections: {self.n} opened at the start that never sent a byte "
+              f"(idle_timeout {self.limits['idle_timeout']} s)")
+        self.thread.join()
+        ends = self.watch.ends()
+        t = self.limits["idle_timeout"]
+        check(len(ends) == self.n and min(ends) >= t - 0.5 and max(ends) <= t + 3,
+              f"all closed by Envoy {min(ends, default=0):.1f}-{max(ends, default=0):.1f} s after they opened "
+              f"({len(ends)} of {self.n}; answers {self.watch.statuses()}, 0 = none)")
+        d = diff(self.before, self.envoy.stats(), r"^http\.callbacks\.downstream_cx_idle_timeout$")
+        show(d)
+        check(d.get("http.callbacks.downstream_cx_idle_timeout", 0) >= self.n, "counted as downstream_cx_idle_timeout")
+
+
 def case_slow_headers(envoy, spy, limits, n):
     print(f"\n== slow headers: {n} requests trickle their headers, one line a second "
           f"(request_headers_timeout {limits['headers_timeout']} s)")
@@ -948,6 +976,7 @@ def main():
     limits = {
         "request_timeout": dur(r"^\s+request_timeout: (\d+)s"),
         "headers_timeout": dur(r"^\s+request_headers_timeout: (\d+)s"),
+        "idle_timeout": dur(r"^\s+idle_timeout: (\d+)s"),
         "max_body": int(shipped_value(text, r'"max_body_bytes": (\d+)')),
         "max_connections": int(shipped_value(text, r"max_active_downstream_connections: (\d+)")),
         "headers_kb": int(shipped_value(text, r"max_request_headers_kb: (\d+)")),
@@ -964,11 +993,13 @@ def main():
     try:
         st, _, _ = send_valid(port, "warmup")
         check(st == 200, f"a valid callback through the shipped config: {st}")
+        idle = IdleConnections(envoy, limits, 50)
         case_headers(envoy, spy, limits)
         case_slow_headers(envoy, spy, limits, 200)
         first = case_slow_body(envoy, spy, limits, a.held, a.quiet)
         case_slow_body(envoy, spy, limits, a.held, a.quiet, first)
         case_held_headers_only(envoy, spy, limits, a.held, a.quiet)
+        idle.check()
         case_flood(envoy, spy, limits, a.flood_extra)
         case_http2(envoy, spy, limits)
         check(envoy.alive(), "Envoy is still running after every case")
