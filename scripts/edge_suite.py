@@ -8,22 +8,27 @@ All traffic goes to 127.0.0.1; every case is bounded in count and time.
 
 Cases (each prints its figures; any failed expectation fails the run):
 - idle connections that never send a byte, closed by the connection idle_timeout;
-- slow body: N requests declare a Content-Length they never finish sending;
-  all are answered/closed by request_timeout (+ margin), Envoy's RSS comes back, valid
-  callbacks sent meanwhile are all answered 200 (p50/p99). Envoy's CPU over a quiet
-  window with 0 and with N held requests (the filter's tick walks what it holds).
+- slow body: N requests declare a Content-Length they never finish sending (twice);
+  all are answered 408 and closed by request_timeout (+ margin), Envoy's heap comes back
+  to its baseline and the second round needs no more RSS, valid callbacks sent meanwhile
+  are all answered 200 (p50/p99). Envoy's CPU over a quiet window with 0 and N held.
+- held without a body: N requests with complete headers and no body byte (what the
+  filter's tick visits): Envoy's CPU per tick and per held request, then 408s.
 - slow headers: requests whose headers never finish, closed by request_headers_timeout.
 - connection flood past the overload manager's connection limit: refused, recovery,
   no crash, what valid callbacks saw.
 - odd headers: too many, too large, underscores (HTTP/1 and HTTP/2): Envoy's refusal,
   nothing at the upstream; a client's X-Forwarded-For is not taken as the sender.
-- HTTP/2: 100 callbacks at once on one connection; streams that never send their body.
+- HTTP/2: 100 callbacks at once on one connection; streams that never send their body;
+  a client past max_concurrent_streams.
+- X-Forwarded-For: use_remote_address / xff_num_trusted_hops against the filter's
+  trusted_xff_hops, five combinations, with a client claiming to be the allowed sender.
 - heap action: the same config with a tiny max_heap_size_bytes: stop_accepting_requests
   answers 503 and forwards nothing.
 At the end: every request the upstream saw is a valid callback of this run with the
 filter's x-callback-guard-verified header, and every callback answered 200 is there.
 
-Usage: edge_suite.py --envoy PATH --wasm PATH [--held N] [--flood N]
+Usage: edge_suite.py --envoy PATH --wasm PATH [--held N] [--flood-extra N] [--quiet SECONDS]
 Needs the h2 package (`make test-edge` installs it in .venv-edge).
 """
 
