@@ -18,7 +18,8 @@ Cases (each prints its figures; any failed expectation fails the run):
 - connection flood past the overload manager's connection limit: refused, recovery,
   no crash, what valid callbacks saw.
 - odd headers: too many, too large, underscores (HTTP/1 and HTTP/2): Envoy's refusal,
-  nothing at the upstream; a client's X-Forwarded-For is not taken as the sender.
+  nothing at the upstream; a client's X-Forwarded-For is not taken as the sender;
+  normalize_path and merge_slashes; bodies past max_body_bytes (declared and chunked).
 - HTTP/2: 100 callbacks at once on one connection; streams that never send their body;
   a client past max_concurrent_streams.
 - X-Forwarded-For: use_remote_address / xff_num_trusted_hops against the filter's
@@ -875,8 +876,41 @@ def case_headers(envoy, spy, limits):
           f"a client's X-Forwarded-For 203.0.113.9 is not its address: allowed as 127.0.0.1 ({name_st[0]}); "
           f"upstream got x-envoy-external-address {h.get('x-envoy-external-address')!r}, "
           f"x-forwarded-for {h.get('x-forwarded-for')!r} (Envoy appends the peer, or its own address for loopback)")
+    # Paths (normalize_path, merge_slashes) and bodies past the limits.
+    def raw(path, body, extra=(), chunked=False):
+        head = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", "content-type: application/json"]
+        head += [f"{k}: {v}" for k, v in extra]
+        if chunked:
+            pieces = [body[i:i + 8000] for i in range(0, len(body), 8000)]
+            data = b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
+            head.append("transfer-encoding: chunked")
+        else:
+            data = body
+            head.append(f"content-length: {len(body)}")
+        with socket.create_connection(("127.0.0.1", envoy.port), timeout=5) as s:
+            try:
+                s.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+            except OSError:
+                pass
+            return read_answer(s, 5)
+
+    name = LEDGER.stream("dotdot")
+    LEDGER.sent.discard(name)
+    st, buf = raw("/callback/../admin", callback_body(name))
+    check(st == 404 and buf.endswith(b"not found\n"),
+          f"/callback/../admin is routed as /admin (normalize_path): {st}, not a callback")
+    name = LEDGER.stream("slashes")
+    st, _ = raw("//callback", callback_body(name))
+    LEDGER.answered(name, st)
+    check(st == 200, f"//callback is /callback (merge_slashes): {st}")
+    big = callback_body(LEDGER.stream("big"))[:-1] + b',"Pad":"' + b"x" * (limits["max_body"] + 1000) + b'"}'
+    for chunked in (False, True):
+        st, buf = raw("/callback", big, chunked=chunked)
+        body = buf.split(b"\r\n\r\n", 1)[-1][:80].decode(errors="replace")
+        check(st == 413, f"a {len(big)}-byte body ({'chunked' if chunked else 'content-length'}) over "
+              f"max_body_bytes and the buffer limit: {st} {body!r}")
     show(diff(before, envoy.stats(), r"^http\.callbacks\.downstream_rq_4xx$|^http1\.|rq_too_large|header"))
-    check(spy.count() - at_upstream == 2, f"only the two valid ones reached the upstream ({spy.count() - at_upstream})")
+    check(spy.count() - at_upstream == 3, f"only the three valid ones reached the upstream ({spy.count() - at_upstream})")
 
 
 def case_xff(binary, text, wasm):
@@ -1009,11 +1043,18 @@ def main():
         case_http2(envoy, spy, limits)
         check(envoy.alive(), "Envoy is still running after every case")
         final_accounting(spy)
-        log = envoy.log()
-        for pat in ["critical", "overload", "downstream connections"]:
-            lines = [l for l in log.splitlines() if pat in l.lower()]
-            if lines:
-                print(f"  envoy log lines with {pat!r}: {len(lines)}, e.g. {lines[0][:200]}")
+        # What an operator would find in Envoy's log (level info) after all of this.
+        lines = envoy.log().splitlines()
+        by_level = {}
+        for l in lines:
+            m = re.match(r"\[[^\]]*\]\[\d+\]\[(\w+)\]", l)
+            if m:
+                by_level.setdefault(m.group(1), []).append(l)
+        print(f"\n== Envoy's log at level info: {len(lines)} lines, by level "
+              f"{ {k: len(v) for k, v in by_level.items()} }")
+        for level in ("warning", "error", "critical"):
+            for l in by_level.get(level, [])[:3]:
+                print(f"  {level}: {l[:220]}")
     finally:
         envoy.stop()
     case_xff(a.envoy, text, a.wasm)
