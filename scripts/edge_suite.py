@@ -24,17 +24,20 @@ Cases (each prints its figures; any failed expectation fails the run):
   a client past max_concurrent_streams.
 - X-Forwarded-For: use_remote_address / xff_num_trusted_hops against the filter's
   trusted_xff_hops, five combinations, with a client claiming to be the allowed sender.
+- the CDN's own filter chain (docs/operations.md's recipe, built from envoy/envoy.yaml): a
+  flood from 127.0.0.2 is cut by connection_limit, callbacks from 127.0.0.1 still pass.
 - heap action: the same config with a tiny max_heap_size_bytes: stop_accepting_requests
   answers 503 and forwards nothing.
 At the end: every request the upstream saw is a valid callback of this run with the
 filter's x-callback-guard-verified header, and every callback answered 200 is there.
 
 Usage: edge_suite.py --envoy PATH --wasm PATH [--held N] [--flood-extra N] [--quiet SECONDS]
-Needs the h2 package (`make test-edge` installs it in .venv-edge).
+Needs the h2 and PyYAML packages (`make test-edge` installs them in .venv-edge).
 """
 
 import argparse
 import collections
+import copy
 import hashlib
 import http.server
 import json
@@ -56,6 +59,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "edge" + secrets.token_hex(8)
@@ -951,6 +955,69 @@ def case_xff(binary, text, wasm):
             spy.server.shutdown()
 
 
+def cdn_chain_config(text, cdn_cidr, others_limit):
+    """The recipe of docs/operations.md ("A flood must not take the CDN's slots"): the
+    listener's one filter chain twice, the CDN's ranges first, everyone else behind
+    envoy.filters.network.connection_limit."""
+    doc = yaml.safe_load(text)
+    listener = doc["static_resources"]["listeners"][0]
+    (chain,) = listener["filter_chains"]
+    addr, plen = cdn_cidr.split("/")
+    cdn = dict(copy.deepcopy(chain), filter_chain_match={
+        "source_prefix_ranges": [{"address_prefix": addr, "prefix_len": int(plen)}]})
+    others = copy.deepcopy(chain)
+    others["filters"].insert(0, {
+        "name": "envoy.filters.network.connection_limit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+            "stat_prefix": "not_cdn", "max_connections": others_limit}})
+    listener["filter_chains"] = [cdn, others]
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def case_cdn_chain(binary, text, wasm, limits, extra):
+    """A flood from an address outside the CDN's ranges, with the recipe: the CDN's
+    callbacks are still answered. (The flood comes from 127.0.0.2, the CDN from 127.0.0.1.)"""
+    limit = limits["max_connections"]
+    others_limit = limit - 1000
+    print(f"\n== the CDN's own filter chain (the recipe in docs/operations.md): CDN 127.0.0.1/32, "
+          f"everyone else at most {others_limit} connections; a flood of {limit + extra} from 127.0.0.2")
+    spy = Spy()
+    port, admin = free_port(), free_port()
+    envoy = Envoy(binary, cdn_chain_config(derive_config(text, port, admin, spy.port, wasm), "127.0.0.1/32",
+                                           others_limit), port, admin, "cdn")
+    socks = []
+    try:
+        before = envoy.stats()
+        for i in range(limit + extra):
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.settimeout(5)
+            try:
+                s.connect(("127.0.0.1", port))
+                socks.append(s)
+            except OSError:
+                s.close()
+        time.sleep(1.5)
+        results = [send_valid(port, "cdnchain", timeout=5)[:2] for _ in range(20)]
+        codes, lat = summary(results)
+        during = envoy.stats()
+        d = diff(before, during, r"not_cdn|global_cx_overflow")
+        show(d)
+        active = during.get("http.callbacks.downstream_cx_active", 0)
+        check(codes.get(200, 0) == len(results),
+              f"valid callbacks from the CDN during the flood: {codes}, p99 {pct(lat, 99):.1f} ms "
+              f"(Envoy holds {active} connections)")
+        check(any(k.endswith("limited_connections") and v >= limit + extra - others_limit - 50 for k, v in d.items()),
+              "the flood was cut at the non-CDN limit (connection_limit's limited_connections)")
+        check(spy.count() == codes.get(200, 0), "the upstream saw exactly those")
+    finally:
+        for s in socks:
+            s.close()
+        envoy.stop()
+        spy.server.shutdown()
+
+
 def case_heap_action(binary, text, wasm):
     print("\n== heap action: the shipped config with max_heap_size_bytes 8 MiB (below Envoy's heap at rest)")
     spy = Spy()
@@ -1058,6 +1125,7 @@ def main():
     finally:
         envoy.stop()
     case_xff(a.envoy, text, a.wasm)
+    case_cdn_chain(a.envoy, text, a.wasm, limits, a.flood_extra)
     case_heap_action(a.envoy, text, a.wasm)
     took = time.monotonic() - t_start
     print(f"\nedge suite: {len(FAILURES)} failure(s) in {took:.0f} s")
