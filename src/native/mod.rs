@@ -37,7 +37,8 @@ use abi::{EnvoyBuffer, EnvoyHeader, ModuleBuffer, ModuleHeader};
 use crate::config::ProcessEnv;
 use crate::lifecycle::{self, Counts, Effect, Event, Facts, Flow, Level, Metric, Need, Write};
 use crate::registry::etcd::Call;
-use crate::registry::{self, MemoryStore};
+use crate::registry::gauge::Read;
+use crate::registry::{self, MemoryStore, SharedStore};
 use crate::reply::Code;
 
 /// The filter-state key of `filter_state_mark`: the wasm's, so that one RBAC
@@ -82,6 +83,9 @@ struct Config {
     /// Counter ids by [`Metric::index`].
     counters: Vec<Option<usize>>,
     latency: Option<usize>,
+    /// The live-reservations gauge, and the value last handed to Envoy.
+    live: Option<usize>,
+    live_set: AtomicU64,
     /// Increments of work that no request carries any more, for the next hook
     /// (Envoy 1.38, which has no config-level increment).
     backlog: Mutex<Counts>,
@@ -99,13 +103,29 @@ unsafe impl Send for Config {}
 // SAFETY: as above; all mutable state is behind atomics or mutexes.
 unsafe impl Sync for Config {}
 
+/// Main-thread events: 0 is the start-up check of the etcd cluster, this one
+/// the gauge's etcd count; the others are detached requests.
+const GAUGE_EVENT: u64 = u64::MAX;
+
 /// Requests that ended with etcd work left: waiting for the main thread
 /// (by scheduler event id), or for a configuration callout's answer (by
-/// callout id). Event id 0 is the start-up check of the etcd cluster.
+/// callout id); and the main thread's own calls.
 #[derive(Default)]
 struct Orphans {
     queued: HashMap<u64, (lifecycle::Stream, Option<Call>, u32)>,
-    in_flight: HashMap<u64, Option<lifecycle::Stream>>,
+    in_flight: HashMap<u64, Waiting>,
+    /// The gauge's etcd count, for the main thread to send.
+    gauge_call: Option<Call>,
+}
+
+/// What a configuration callout answers to.
+enum Waiting {
+    /// The start-up check.
+    Probe,
+    /// The gauge's etcd count.
+    Gauge,
+    /// A request that ended.
+    Life(Box<lifecycle::Stream>),
 }
 
 impl Config {
@@ -157,6 +177,55 @@ impl Config {
         }
     }
 
+    /// The live-reservations gauge's read (at most once per
+    /// `lifecycle::GAUGE_PERIOD_MS`, whichever request comes), and its value
+    /// handed to Envoy through the filter of the current hook when it moved.
+    fn gauge(&self, filter: abi::FilterEnvoy) {
+        let Some(now) = now_ms() else {
+            return;
+        };
+        match self.core.gauge_read(now) {
+            Read::Nothing => {}
+            Read::Buckets(range) => {
+                for i in range {
+                    let bytes = store()
+                        .get(&self.core.bucket_key(i))
+                        .ok()
+                        .and_then(|(b, _)| b);
+                    self.core.gauge_bucket(i, bytes.as_deref(), now / 1000);
+                }
+            }
+            // Not the request's callout (Envoy cancels those with it): the
+            // configuration's, on the main thread.
+            Read::Etcd(call) => {
+                if let Ok(mut o) = self.orphans.lock() {
+                    o.gauge_call = Some(call);
+                }
+                // SAFETY: the scheduler lives as long as this configuration.
+                unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+                        self.scheduler,
+                        GAUGE_EVENT,
+                    )
+                }
+            }
+        }
+        if let (Some(v), Some(id)) = (self.core.gauge_value(), self.live) {
+            if self.live_set.swap(v, Ordering::AcqRel) != v {
+                // SAFETY: the live filter of the current hook.
+                unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_set_gauge(
+                        filter,
+                        id,
+                        std::ptr::null(),
+                        0,
+                        v,
+                    );
+                }
+            }
+        }
+    }
+
     /// Queues detached work for the main thread.
     fn detach(&self, life: lifecycle::Stream, call: Option<Call>, timeout_ms: u32) {
         let id = self.next_event.fetch_add(1, Ordering::Relaxed);
@@ -193,8 +262,7 @@ impl Config {
                 Effect::Etcd { call, timeout_ms } => match self.config_callout(&call, timeout_ms) {
                     Ok(id) => {
                         if let Ok(mut o) = self.orphans.lock() {
-                            o.in_flight.insert(id, None);
-                            o.in_flight.insert(id, Some(life));
+                            o.in_flight.insert(id, Waiting::Life(Box::new(life)));
                         }
                         return;
                     }
@@ -268,6 +336,21 @@ fn etcd_headers<'a>(path: &'a str, authority: &'a str) -> [ModuleHeader; 5] {
     ]
 }
 
+fn define_gauge(config: abi::ConfigEnvoy, name: &str) -> Option<usize> {
+    let mut id = 0usize;
+    // SAFETY: the name lives for the call; `id` is written by Envoy.
+    let r = unsafe {
+        abi::envoy_dynamic_module_callback_http_filter_config_define_gauge(
+            config,
+            ModuleBuffer::of(name.as_bytes()),
+            std::ptr::null(),
+            0,
+            &mut id,
+        )
+    };
+    (r == abi::METRICS_SUCCESS).then_some(id)
+}
+
 fn define(config: abi::ConfigEnvoy, name: &str, histogram: bool) -> Option<usize> {
     let mut id = 0usize;
     // SAFETY: the name lives for the call; `id` is written by Envoy.
@@ -315,6 +398,7 @@ impl Filter {
         let config = self.config.clone();
         let core = &config.core;
         config.flush_backlog(self.envoy);
+        config.gauge(self.envoy);
         self.life.handle(core, event);
         while let Some(effect) = self.life.poll() {
             match effect {
@@ -692,6 +776,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 core,
                 envoy,
                 latency,
+                live: define_gauge(envoy, lifecycle::LIVE_GAUGE),
+                live_set: AtomicU64::new(u64::MAX),
                 backlog: Mutex::new(Counts::default()),
                 backlogged: AtomicBool::new(false),
                 scheduler,
@@ -747,12 +833,26 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     event_id: u64,
 ) {
     config_hook("on_http_filter_config_scheduled", config, |c| {
+        if event_id == GAUGE_EVENT {
+            let call = c.orphans.lock().ok().and_then(|mut o| o.gauge_call.take());
+            if let Some(call) = call {
+                match c.config_callout(&call, 1000) {
+                    Ok(id) => {
+                        if let Ok(mut o) = c.orphans.lock() {
+                            o.in_flight.insert(id, Waiting::Gauge);
+                        }
+                    }
+                    Err(_) => c.core.gauge_etcd(None),
+                }
+            }
+            return;
+        }
         if event_id == 0 {
             if let Some(call) = c.core.probe() {
                 match c.config_callout(&call, 5000) {
                     Ok(id) => {
                         if let Ok(mut o) = c.orphans.lock() {
-                            o.in_flight.insert(id, None);
+                            o.in_flight.insert(id, Waiting::Probe);
                         }
                     }
                     Err(r) => {
@@ -779,7 +879,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
             Some(call) => match c.config_callout(&call, timeout_ms) {
                 Ok(id) => {
                     if let Ok(mut o) = c.orphans.lock() {
-                        o.in_flight.insert(id, Some(life));
+                        o.in_flight.insert(id, Waiting::Life(Box::new(life)));
                     }
                     return;
                 }
@@ -820,12 +920,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
         let (status, body) = unsafe { answer(result, headers, headers_size, chunks, chunks_size) };
         match waiting {
             None => {}
-            // The start-up check.
-            Some(None) => {
+            Some(Waiting::Probe) => {
                 let (l, line) = lifecycle::Plugin::probe_answered(status);
                 log(l, &line);
             }
-            Some(Some(mut life)) => {
+            // Handed to Envoy at the next request's hook ([`Config::gauge`]).
+            Some(Waiting::Gauge) => c.core.gauge_etcd(status.map(|s| (s, &body[..]))),
+            Some(Waiting::Life(life)) => {
+                let mut life = *life;
                 let now_ms = now_ms().unwrap_or(0);
                 let answer = status.map(|s| (s, &body[..]));
                 life.handle(&c.core, Event::Etcd { answer, now_ms });
