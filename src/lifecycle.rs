@@ -45,6 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::callback::{printable, Format};
 use crate::config::{Config, Env, EtcdStore, Mode};
 use crate::registry::etcd::{self, Call, EtcdOp, Step};
+use crate::registry::gauge::{LiveGauge, Read};
 use crate::registry::{self, Answer, Claim, Layout, Op, RegistryError, Release, Reserve};
 use crate::reply::{self, Code};
 use crate::verdict::{self, Action, Decision, Forward, Pending, Rejection, Request, Verdict};
@@ -124,6 +125,13 @@ impl Metric {
     }
 }
 
+/// The gauge of live reservations (this Envoy's on shared data, the fleet's
+/// on etcd), see [`crate::registry::gauge`].
+pub const LIVE_GAUGE: &str = "callback_guard.reservations_live";
+
+/// The least time between two reads for the gauge.
+pub const GAUGE_PERIOD_MS: u64 = 250;
+
 /// The histogram of milliseconds per registry op on a remote store.
 pub const STORE_LATENCY: &str = "callback_guard.store_latency_ms";
 
@@ -181,6 +189,8 @@ pub struct Plugin {
     body_delivered: AtomicBool,
     /// The start-up check of the etcd cluster was sent.
     probed: AtomicBool,
+    /// The live-reservations gauge and when it last read (`None`: registry off).
+    gauge: Option<std::sync::Mutex<(LiveGauge, u64)>>,
 }
 
 impl Plugin {
@@ -209,9 +219,38 @@ impl Plugin {
         Ok((Plugin::new(config, log_level), lines))
     }
 
+    /// [`Plugin::configure`] for a host: every line goes to `log` (the
+    /// failure's one line as critical), and `None` means the host must refuse
+    /// the filter.
+    pub fn load(
+        bytes: &[u8],
+        env: &dyn Env,
+        log_level: Level,
+        log: &mut dyn FnMut(Level, &str),
+    ) -> Option<Plugin> {
+        match Plugin::configure(bytes, env, log_level) {
+            Ok((plugin, lines)) => {
+                for (level, line) in lines {
+                    log(level, &line);
+                }
+                Some(plugin)
+            }
+            Err(line) => {
+                log(Level::Critical, &line);
+                None
+            }
+        }
+    }
+
     /// A plugin for an already read configuration.
     pub fn new(config: Config, log_level: Level) -> Plugin {
+        let ds = &config.duplicate_streams;
+        let gauge = ds.reject.then(|| {
+            let prefix = ds.etcd.as_ref().map(|e| e.key_prefix.as_str());
+            std::sync::Mutex::new((LiveGauge::new(Layout::for_config(ds), prefix), 0))
+        });
         Plugin {
+            gauge,
             config,
             log_forwards: log_level <= Level::Debug,
             body_withheld: AtomicBool::new(false),
@@ -232,6 +271,44 @@ impl Plugin {
     pub fn local_registry(&self) -> Option<Layout> {
         let ds = &self.config.duplicate_streams;
         (ds.reject && ds.etcd.is_none()).then(|| Layout::for_config(ds))
+    }
+
+    /// What to read for the live-reservations gauge now: at most once per
+    /// [`GAUGE_PERIOD_MS`], whoever asks (a host may ask on every tick or
+    /// every request); [`Read::Nothing`] when the registry is off.
+    pub fn gauge_read(&self, now_ms: u64) -> Read {
+        let Some(Ok(mut g)) = self.gauge.as_ref().map(|g| g.try_lock()) else {
+            return Read::Nothing;
+        };
+        if g.1 != 0 && now_ms.saturating_sub(g.1) < GAUGE_PERIOD_MS {
+            return Read::Nothing;
+        }
+        g.1 = now_ms.max(1);
+        g.0.next_read()
+    }
+
+    /// The key of bucket `index` of the one-Envoy store, for [`Read::Buckets`].
+    pub fn bucket_key(&self, index: usize) -> String {
+        Layout::for_config(&self.config.duplicate_streams).bucket_key_at(index)
+    }
+
+    /// A bucket read for the gauge: its stored bytes, at `now_s`.
+    pub fn gauge_bucket(&self, index: usize, bytes: Option<&[u8]>, now_s: u64) {
+        if let Some(Ok(mut g)) = self.gauge.as_ref().map(|g| g.lock()) {
+            g.0.bucket(index, bytes, now_s);
+        }
+    }
+
+    /// The answer to the gauge's etcd count (`None`: none came).
+    pub fn gauge_etcd(&self, answer: Option<(u16, &[u8])>) {
+        if let Some(Ok(mut g)) = self.gauge.as_ref().map(|g| g.lock()) {
+            g.0.etcd(answer);
+        }
+    }
+
+    /// The gauge's value, once known.
+    pub fn gauge_value(&self) -> Option<u64> {
+        self.gauge.as_ref()?.lock().ok()?.0.value()
     }
 
     /// Whether a tick must give [`Event::Tick`] to the requests that wait for
@@ -808,23 +885,30 @@ impl Stream {
                 self.local = Some(op);
                 self.emit(Effect::Local { op, claim, now_s });
             }
-            Some(etcd) => {
-                let (op, step) = EtcdOp::begin(
-                    op,
-                    claim,
-                    &etcd.key_prefix,
-                    ds.ttl_s,
-                    now_s,
-                    now_ms,
-                    etcd.timeout_ms,
-                );
-                let remote = Remote {
-                    op,
-                    started_ms: now_ms,
-                };
-                self.step(plugin, remote, step, now_ms);
-            }
+            Some(_) => self.begin_remote(plugin, op, claim, now_ms),
         }
+    }
+
+    /// Starts an op on etcd at `now_ms`.
+    fn begin_remote(&mut self, plugin: &Plugin, op: Op, claim: Claim, now_ms: u64) {
+        let ds = &plugin.config.duplicate_streams;
+        let Some(etcd) = ds.etcd.as_ref() else {
+            return;
+        };
+        let (op, step) = EtcdOp::begin(
+            op,
+            claim,
+            &etcd.key_prefix,
+            ds.ttl_s,
+            now_ms / 1000,
+            now_ms,
+            etcd.timeout_ms,
+        );
+        let remote = Remote {
+            op,
+            started_ms: now_ms,
+        };
+        self.step(plugin, remote, step, now_ms);
     }
 
     /// Sends the etcd op's next call, or acts on its result.
@@ -908,22 +992,7 @@ impl Stream {
                     now_s: now_ms / 1000,
                 });
             }
-            Some(etcd) => {
-                let (op, step) = EtcdOp::begin(
-                    Op::GiveBack,
-                    claim,
-                    &etcd.key_prefix,
-                    ds.ttl_s,
-                    now_ms / 1000,
-                    now_ms,
-                    etcd.timeout_ms,
-                );
-                let remote = Remote {
-                    op,
-                    started_ms: now_ms,
-                };
-                self.step(plugin, remote, step, now_ms);
-            }
+            Some(_) => self.begin_remote(plugin, Op::GiveBack, claim, now_ms),
         }
     }
 

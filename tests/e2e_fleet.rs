@@ -585,3 +585,42 @@ fn observe_mode_records_reservations_that_enforce_mode_then_honours() {
         "s1's retry renews"
     );
 }
+
+/// On etcd, `callback_guard_reservations_live` is the fleet's: a start through
+/// Envoy A shows on Envoy B, and its end through B clears it on A.
+#[test]
+#[ignore]
+fn the_live_reservations_gauge_counts_the_fleet() {
+    let Some(f) = Fleet::start(3600, 1500) else {
+        return;
+    };
+    let gauge = "callback_guard_reservations_live";
+    // The native module reads on requests: keep some coming while waiting.
+    let settle = |envoy: usize, want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let _ = f.post(envoy, "[]");
+            let v = wait_for_stat(
+                f.envoys[envoy].admin,
+                gauge,
+                want,
+                Duration::from_millis(500),
+            );
+            if v == want || Instant::now() > deadline {
+                return v;
+            }
+        }
+    };
+    assert_eq!(settle(1, 0), 0);
+    assert_eq!(
+        f.post(0, &callback("PubStart", "fleet-g1", "s1")).status,
+        200
+    );
+    assert_eq!(
+        f.post(0, &callback("PubStart", "fleet-g2", "s1")).status,
+        200
+    );
+    assert_eq!(settle(1, 2), 2, "Envoy B counts what A reserved");
+    assert_eq!(f.post(1, &callback("PubEnd", "fleet-g1", "s1")).status, 200);
+    assert_eq!(settle(0, 1), 1, "Envoy A counts what B freed");
+}

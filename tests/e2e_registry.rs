@@ -308,3 +308,49 @@ fn timeout_and_client_reset_release_the_reservation() {
         "not 409: the reset start was released"
     );
 }
+
+/// `callback_guard_reservations_live` counts what this Envoy's registry holds:
+/// it moves with starts, ends and refused starts given back, and the traffic
+/// that keeps it current is the filter's own (a tick, or requests).
+#[test]
+fn the_live_reservations_gauge_moves_with_starts_and_ends() {
+    let rx = Receiver::start();
+    let Some(envoy) = start_envoy(rx.port, 3600) else {
+        return;
+    };
+    let gauge = "callback_guard_reservations_live";
+    let post = |body: String| envoy.post(JSON, body.as_bytes());
+    // The native module reads on requests: keep some coming while waiting.
+    let settle = |want: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let _ = envoy.post(JSON, b"[]");
+            let v = wait_for_stat(envoy.admin, gauge, want, Duration::from_millis(500));
+            if v == want || std::time::Instant::now() > deadline {
+                return v;
+            }
+        }
+    };
+    assert_eq!(settle(0), 0, "nothing held at start");
+    for s in ["g1", "g2", "g3"] {
+        assert_eq!(post(v2("PubStart", s, Some("s1"), KS_KEY)).status, 200);
+    }
+    assert_eq!(settle(3), 3, "three streams live");
+    assert_eq!(post(v2("PubEnd", "g1", Some("s1"), KS_KEY)).status, 200);
+    assert_eq!(settle(2), 2, "an end frees its stream");
+    // A start the upstream refuses is given back.
+    let r = http1(
+        envoy.port,
+        "POST",
+        "/callback",
+        &[("content-type", JSON), ("x-receiver-status", "500")],
+        v2("PubStart", "g4", Some("s1"), KS_KEY).as_bytes(),
+    );
+    assert_eq!(r.status, 500);
+    assert_eq!(post(v2("PubEnd", "g2", Some("s1"), KS_KEY)).status, 200);
+    assert_eq!(
+        settle(1),
+        1,
+        "only g3 is live: the refused start holds nothing"
+    );
+}

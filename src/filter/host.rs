@@ -296,7 +296,15 @@ pub fn histogram(name: &str) -> Option<u32> {
     Some(id)
 }
 
-/// Records one value in a histogram.
+/// Defines a gauge (metric type 1).
+pub fn gauge(name: &str) -> Option<u32> {
+    let mut id = 0;
+    // SAFETY: the host writes one u32 through the pointer.
+    ok(unsafe { proxy_define_metric(1, name.as_ptr(), name.len(), &mut id) }).ok()?;
+    Some(id)
+}
+
+/// Records one value in a histogram, or sets a gauge.
 pub fn record(id: Option<u32>, value: u64) {
     if let Some(id) = id {
         // SAFETY: plain values.

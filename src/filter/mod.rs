@@ -34,6 +34,7 @@ use host::{Buffer, Map};
 
 use crate::config::ProcessEnv;
 use crate::lifecycle::{self, Counts, Effect, Event, Facts, Flow, Level, Metric, Need, Write};
+use crate::registry::gauge::Read;
 use crate::registry::{self, Layout, SharedStore, StoreError};
 use crate::wire;
 
@@ -72,6 +73,8 @@ struct Plugin {
     immediate: bool,
     /// Milliseconds per registry op on etcd (histogram).
     store_latency: Option<u32>,
+    /// Live reservations (gauge).
+    live: Option<u32>,
 }
 
 impl Plugin {
@@ -108,6 +111,8 @@ enum Callee {
     Stream(Rc<RefCell<Held>>),
     /// The start-up call that shows whether etcd answers.
     Probe,
+    /// The live-reservations gauge's count.
+    Gauge(Rc<Plugin>),
 }
 
 #[derive(Default)]
@@ -375,17 +380,8 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
     } else {
         Level::Info
     };
-    let core = match lifecycle::Plugin::configure(&bytes, &ProcessEnv, envoy_level) {
-        Ok((core, lines)) => {
-            for (l, line) in lines {
-                log(l, &line);
-            }
-            core
-        }
-        Err(line) => {
-            log(Level::Critical, &line);
-            return 0;
-        }
+    let Some(core) = lifecycle::Plugin::load(&bytes, &ProcessEnv, envoy_level, &mut log) else {
+        return 0;
     };
     if let Some(layout) = core.local_registry() {
         init_registry(&layout);
@@ -414,6 +410,7 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
         counts: RefCell::new(Counts::default()),
         immediate: ticking.is_err(),
         store_latency,
+        live: host::gauge(lifecycle::LIVE_GAUGE),
     });
     STATE.with(|s| {
         if let Ok(mut s) = s.try_borrow_mut() {
@@ -505,6 +502,7 @@ pub extern "C" fn proxy_on_tick(root_context_id: u32) {
             }
         }
     }
+    read_gauge(&plugin);
     if !plugin.core.wants_stream_ticks() {
         return;
     }
@@ -558,6 +556,15 @@ pub extern "C" fn proxy_on_http_call_response(
             let (l, line) = lifecycle::Plugin::probe_answered(code);
             log(l, &line);
         }
+        Some(Callee::Gauge(plugin)) => {
+            let body = if body_size == 0 {
+                Vec::new()
+            } else {
+                host::buffer(Buffer::HttpCallResponseBody, 0, body_size).unwrap_or_default()
+            };
+            plugin.core.gauge_etcd(code.map(|c| (c, &body[..])));
+            set_gauge(&plugin);
+        }
         Some(Callee::Stream(rc)) => {
             let body = if body_size == 0 {
                 Vec::new()
@@ -579,6 +586,34 @@ pub extern "C" fn proxy_on_http_call_response(
                 let _ = host::set_effective_context(root_context_id);
             }
         }
+    }
+}
+
+/// The tick's read for the live-reservations gauge (see `registry::gauge`).
+fn read_gauge(plugin: &Rc<Plugin>) {
+    let now_ms = host::now_ms().unwrap_or(0);
+    match plugin.core.gauge_read(now_ms) {
+        Read::Nothing => {}
+        Read::Buckets(range) => {
+            for i in range {
+                let bytes = host::shared_get(&plugin.core.bucket_key(i))
+                    .ok()
+                    .and_then(|(b, _)| b);
+                plugin.core.gauge_bucket(i, bytes.as_deref(), now_ms / 1000);
+            }
+            set_gauge(plugin);
+        }
+        Read::Etcd(call) => match send_to_etcd(&plugin.core, call.path, call.body.as_bytes(), 1000)
+        {
+            Ok(token) => register(token, Callee::Gauge(plugin.clone())),
+            Err(_) => plugin.core.gauge_etcd(None),
+        },
+    }
+}
+
+fn set_gauge(plugin: &Plugin) {
+    if let Some(v) = plugin.core.gauge_value() {
+        host::record(plugin.live, v);
     }
 }
 

@@ -134,6 +134,18 @@ pub const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
 /// `envoy_dynamic_module_type_metrics_result`.
 pub const METRICS_SUCCESS: u32 = 0;
 
+/// The shape of both HTTP callouts (the filter's and the configuration's):
+/// Envoy object, callout id out, cluster, headers, body, timeout.
+pub type Callout = unsafe extern "C" fn(
+    *mut c_void,
+    *mut u64,
+    ModuleBuffer,
+    *const ModuleHeader,
+    usize,
+    ModuleBuffer,
+    u64,
+) -> u32;
+
 /// `envoy_dynamic_module_callback_http_filter_config_increment_counter`:
 /// exported from Envoy 1.40 on, not by 1.38. Looked up at run time
 /// ([`config_increment_counter`]) so that the module still loads on 1.38.
@@ -176,6 +188,20 @@ extern "C" {
         label_names: *const ModuleBuffer,
         label_names_length: usize,
         histogram_id: *mut usize,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: ConfigEnvoy,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        gauge_id: *mut usize,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        filter: FilterEnvoy,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
     ) -> u32;
     pub fn envoy_dynamic_module_callback_http_filter_increment_counter(
         filter: FilterEnvoy,

@@ -37,7 +37,8 @@ use abi::{EnvoyBuffer, EnvoyHeader, ModuleBuffer, ModuleHeader};
 use crate::config::ProcessEnv;
 use crate::lifecycle::{self, Counts, Effect, Event, Facts, Flow, Level, Metric, Need, Write};
 use crate::registry::etcd::Call;
-use crate::registry::{self, MemoryStore};
+use crate::registry::gauge::Read;
+use crate::registry::{self, MemoryStore, SharedStore};
 use crate::reply::Code;
 
 /// The filter-state key of `filter_state_mark`: the wasm's, so that one RBAC
@@ -82,6 +83,9 @@ struct Config {
     /// Counter ids by [`Metric::index`].
     counters: Vec<Option<usize>>,
     latency: Option<usize>,
+    /// The live-reservations gauge, and the value last handed to Envoy.
+    live: Option<usize>,
+    live_set: AtomicU64,
     /// Increments of work that no request carries any more, for the next hook
     /// (Envoy 1.38, which has no config-level increment).
     backlog: Mutex<Counts>,
@@ -99,13 +103,29 @@ unsafe impl Send for Config {}
 // SAFETY: as above; all mutable state is behind atomics or mutexes.
 unsafe impl Sync for Config {}
 
+/// Main-thread events: 0 is the start-up check of the etcd cluster, this one
+/// the gauge's etcd count; the others are detached requests.
+const GAUGE_EVENT: u64 = u64::MAX;
+
 /// Requests that ended with etcd work left: waiting for the main thread
 /// (by scheduler event id), or for a configuration callout's answer (by
-/// callout id). Event id 0 is the start-up check of the etcd cluster.
+/// callout id); and the main thread's own calls.
 #[derive(Default)]
 struct Orphans {
     queued: HashMap<u64, (lifecycle::Stream, Option<Call>, u32)>,
-    in_flight: HashMap<u64, Option<lifecycle::Stream>>,
+    in_flight: HashMap<u64, Waiting>,
+    /// The gauge's etcd count, for the main thread to send.
+    gauge_call: Option<Call>,
+}
+
+/// What a configuration callout answers to.
+enum Waiting {
+    /// The start-up check.
+    Probe,
+    /// The gauge's etcd count.
+    Gauge,
+    /// A request that ended.
+    Life(Box<lifecycle::Stream>),
 }
 
 impl Config {
@@ -157,6 +177,55 @@ impl Config {
         }
     }
 
+    /// The live-reservations gauge's read (at most once per
+    /// `lifecycle::GAUGE_PERIOD_MS`, whichever request comes), and its value
+    /// handed to Envoy through the filter of the current hook when it moved.
+    fn gauge(&self, filter: abi::FilterEnvoy) {
+        let Some(now) = now_ms() else {
+            return;
+        };
+        match self.core.gauge_read(now) {
+            Read::Nothing => {}
+            Read::Buckets(range) => {
+                for i in range {
+                    let bytes = store()
+                        .get(&self.core.bucket_key(i))
+                        .ok()
+                        .and_then(|(b, _)| b);
+                    self.core.gauge_bucket(i, bytes.as_deref(), now / 1000);
+                }
+            }
+            // Not the request's callout (Envoy cancels those with it): the
+            // configuration's, on the main thread.
+            Read::Etcd(call) => {
+                if let Ok(mut o) = self.orphans.lock() {
+                    o.gauge_call = Some(call);
+                }
+                // SAFETY: the scheduler lives as long as this configuration.
+                unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+                        self.scheduler,
+                        GAUGE_EVENT,
+                    )
+                }
+            }
+        }
+        if let (Some(v), Some(id)) = (self.core.gauge_value(), self.live) {
+            if self.live_set.swap(v, Ordering::AcqRel) != v {
+                // SAFETY: the live filter of the current hook.
+                unsafe {
+                    abi::envoy_dynamic_module_callback_http_filter_set_gauge(
+                        filter,
+                        id,
+                        std::ptr::null(),
+                        0,
+                        v,
+                    );
+                }
+            }
+        }
+    }
+
     /// Queues detached work for the main thread.
     fn detach(&self, life: lifecycle::Stream, call: Option<Call>, timeout_ms: u32) {
         let id = self.next_event.fetch_add(1, Ordering::Relaxed);
@@ -174,28 +243,9 @@ impl Config {
 
     /// On the main thread: sends an etcd call as the configuration's callout.
     fn config_callout(&self, call: &Call, timeout_ms: u32) -> Result<u64, u32> {
-        let Some(etcd) = self.core.config.duplicate_streams.etcd.as_ref() else {
-            return Err(abi::CALLOUT_CLUSTER_NOT_FOUND);
-        };
-        let headers = etcd_headers(call.path, &etcd.authority);
-        let mut id = 0u64;
-        // SAFETY: every buffer lives until the call returns; Envoy copies them.
-        let r = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
-                self.envoy,
-                &mut id,
-                ModuleBuffer::of(etcd.cluster.as_bytes()),
-                headers.as_ptr(),
-                headers.len(),
-                ModuleBuffer::of(call.body.as_bytes()),
-                u64::from(timeout_ms),
-            )
-        };
-        if r == abi::CALLOUT_SUCCESS {
-            Ok(id)
-        } else {
-            Err(r)
-        }
+        let send = abi::envoy_dynamic_module_callback_http_filter_config_http_callout;
+        // SAFETY: this configuration's Envoy pointer, on the main thread.
+        unsafe { etcd_callout(&self.core, call, timeout_ms, self.envoy, send) }
     }
 
     /// On the main thread: carries out the effects of detached work.
@@ -212,8 +262,7 @@ impl Config {
                 Effect::Etcd { call, timeout_ms } => match self.config_callout(&call, timeout_ms) {
                     Ok(id) => {
                         if let Ok(mut o) = self.orphans.lock() {
-                            o.in_flight.insert(id, None);
-                            o.in_flight.insert(id, Some(life));
+                            o.in_flight.insert(id, Waiting::Life(Box::new(life)));
                         }
                         return;
                     }
@@ -241,6 +290,42 @@ impl Config {
     }
 }
 
+/// `POST path` to the etcd cluster, JSON, with `Grpc-Metadata-hasleader`
+/// (without a quorum etcd then answers at once instead of after 7 s), with
+/// `send`: the filter's callout or the configuration's, on `envoy`. The
+/// callout id, or Envoy's init result.
+///
+/// # Safety
+/// `envoy` must be the live Envoy object `send` is for, on its thread.
+unsafe fn etcd_callout(
+    core: &lifecycle::Plugin,
+    call: &Call,
+    timeout_ms: u32,
+    envoy: *mut std::ffi::c_void,
+    send: abi::Callout,
+) -> Result<u64, u32> {
+    let Some(etcd) = core.config.duplicate_streams.etcd.as_ref() else {
+        return Err(abi::CALLOUT_CLUSTER_NOT_FOUND);
+    };
+    let headers = etcd_headers(call.path, &etcd.authority);
+    let mut id = 0u64;
+    // Every buffer lives until the call returns; Envoy copies them.
+    let r = send(
+        envoy,
+        &mut id,
+        ModuleBuffer::of(etcd.cluster.as_bytes()),
+        headers.as_ptr(),
+        headers.len(),
+        ModuleBuffer::of(call.body.as_bytes()),
+        u64::from(timeout_ms),
+    );
+    if r == abi::CALLOUT_SUCCESS {
+        Ok(id)
+    } else {
+        Err(r)
+    }
+}
+
 fn etcd_headers<'a>(path: &'a str, authority: &'a str) -> [ModuleHeader; 5] {
     [
         ModuleHeader::of(":method", "POST"),
@@ -249,6 +334,21 @@ fn etcd_headers<'a>(path: &'a str, authority: &'a str) -> [ModuleHeader; 5] {
         ModuleHeader::of("content-type", "application/json"),
         ModuleHeader::of("grpc-metadata-hasleader", "true"),
     ]
+}
+
+fn define_gauge(config: abi::ConfigEnvoy, name: &str) -> Option<usize> {
+    let mut id = 0usize;
+    // SAFETY: the name lives for the call; `id` is written by Envoy.
+    let r = unsafe {
+        abi::envoy_dynamic_module_callback_http_filter_config_define_gauge(
+            config,
+            ModuleBuffer::of(name.as_bytes()),
+            std::ptr::null(),
+            0,
+            &mut id,
+        )
+    };
+    (r == abi::METRICS_SUCCESS).then_some(id)
 }
 
 fn define(config: abi::ConfigEnvoy, name: &str, histogram: bool) -> Option<usize> {
@@ -298,6 +398,7 @@ impl Filter {
         let config = self.config.clone();
         let core = &config.core;
         config.flush_backlog(self.envoy);
+        config.gauge(self.envoy);
         self.life.handle(core, event);
         while let Some(effect) = self.life.poll() {
             match effect {
@@ -357,28 +458,9 @@ impl Filter {
     }
 
     fn callout(&self, core: &lifecycle::Plugin, call: &Call, timeout_ms: u32) -> Result<u64, u32> {
-        let Some(etcd) = core.config.duplicate_streams.etcd.as_ref() else {
-            return Err(abi::CALLOUT_CLUSTER_NOT_FOUND);
-        };
-        let headers = etcd_headers(call.path, &etcd.authority);
-        let mut id = 0u64;
-        // SAFETY: every buffer lives until the call returns; Envoy copies them.
-        let r = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_http_callout(
-                self.envoy,
-                &mut id,
-                ModuleBuffer::of(etcd.cluster.as_bytes()),
-                headers.as_ptr(),
-                headers.len(),
-                ModuleBuffer::of(call.body.as_bytes()),
-                u64::from(timeout_ms),
-            )
-        };
-        if r == abi::CALLOUT_SUCCESS {
-            Ok(id)
-        } else {
-            Err(r)
-        }
+        let send = abi::envoy_dynamic_module_callback_http_filter_http_callout;
+        // SAFETY: the live filter of the current hook.
+        unsafe { etcd_callout(core, call, timeout_ms, self.envoy, send) }
     }
 
     fn reply(&mut self, status: u16, body: &str) {
@@ -665,17 +747,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             let debug =
                 unsafe { abi::envoy_dynamic_module_callback_log_enabled(Level::Debug as u32) };
             let level = if debug { Level::Debug } else { Level::Info };
-            let core = match lifecycle::Plugin::configure(bytes, &ProcessEnv, level) {
-                Ok((core, lines)) => {
-                    for (l, line) in lines {
-                        log(l, &line);
-                    }
-                    core
-                }
-                Err(line) => {
-                    log(Level::Critical, &line);
-                    return std::ptr::null();
-                }
+            let Some(core) = lifecycle::Plugin::load(bytes, &ProcessEnv, level, &mut log) else {
+                return std::ptr::null();
             };
             if let Some(layout) = core.local_registry() {
                 for (key, e) in registry::create_buckets(store(), &layout) {
@@ -703,6 +776,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 core,
                 envoy,
                 latency,
+                live: define_gauge(envoy, lifecycle::LIVE_GAUGE),
+                live_set: AtomicU64::new(u64::MAX),
                 backlog: Mutex::new(Counts::default()),
                 backlogged: AtomicBool::new(false),
                 scheduler,
@@ -757,69 +832,70 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     config: abi::ConfigModule,
     event_id: u64,
 ) {
-    barrier(
-        "on_http_filter_config_scheduled",
-        || {
-            // SAFETY: the live configuration (Envoy destroys it after its events).
-            let Some(c) = (unsafe { (config as *const Config).as_ref() }) else {
-                return;
-            };
-            if event_id == 0 {
-                if let Some(call) = c.core.probe() {
-                    match c.config_callout(&call, 5000) {
-                        Ok(id) => {
-                            if let Ok(mut o) = c.orphans.lock() {
-                                o.in_flight.insert(id, None);
-                            }
-                        }
-                        Err(r) => {
-                            let detail = format!("callout result {r}");
-                            let (l, line) = c
-                                .core
-                                .probe_failed(r == abi::CALLOUT_CLUSTER_NOT_FOUND, &detail);
-                            log(l, &line);
-                        }
-                    }
-                }
-                return;
-            }
-            let queued = c
-                .orphans
-                .lock()
-                .ok()
-                .and_then(|mut o| o.queued.remove(&event_id));
-            let Some((mut life, call, timeout_ms)) = queued else {
-                return;
-            };
-            match call {
-                // An etcd call to send for it.
-                Some(call) => match c.config_callout(&call, timeout_ms) {
+    config_hook("on_http_filter_config_scheduled", config, |c| {
+        if event_id == GAUGE_EVENT {
+            let call = c.orphans.lock().ok().and_then(|mut o| o.gauge_call.take());
+            if let Some(call) = call {
+                match c.config_callout(&call, 1000) {
                     Ok(id) => {
                         if let Ok(mut o) = c.orphans.lock() {
-                            o.in_flight.insert(id, Some(life));
+                            o.in_flight.insert(id, Waiting::Gauge);
                         }
-                        return;
                     }
-                    Err(_) => {
-                        let now_ms = now_ms().unwrap_or(0);
-                        life.handle(&c.core, Event::EtcdSendFailed { now_ms });
-                    }
-                },
-                // Its callout died with the request: send the same call again.
-                None => {
-                    let now_ms = now_ms().unwrap_or(0);
-                    life.handle(&c.core, Event::EtcdResend { now_ms });
+                    Err(_) => c.core.gauge_etcd(None),
                 }
             }
-            c.drain_orphan(life);
-        },
-        |hook| {
-            log(
-                Level::Critical,
-                &format!("callback-guard: a bug stopped detached registry work (panic in {hook})"),
-            )
-        },
-    )
+            return;
+        }
+        if event_id == 0 {
+            if let Some(call) = c.core.probe() {
+                match c.config_callout(&call, 5000) {
+                    Ok(id) => {
+                        if let Ok(mut o) = c.orphans.lock() {
+                            o.in_flight.insert(id, Waiting::Probe);
+                        }
+                    }
+                    Err(r) => {
+                        let detail = format!("callout result {r}");
+                        let (l, line) = c
+                            .core
+                            .probe_failed(r == abi::CALLOUT_CLUSTER_NOT_FOUND, &detail);
+                        log(l, &line);
+                    }
+                }
+            }
+            return;
+        }
+        let queued = c
+            .orphans
+            .lock()
+            .ok()
+            .and_then(|mut o| o.queued.remove(&event_id));
+        let Some((mut life, call, timeout_ms)) = queued else {
+            return;
+        };
+        match call {
+            // An etcd call to send for it.
+            Some(call) => match c.config_callout(&call, timeout_ms) {
+                Ok(id) => {
+                    if let Ok(mut o) = c.orphans.lock() {
+                        o.in_flight.insert(id, Waiting::Life(Box::new(life)));
+                    }
+                    return;
+                }
+                Err(_) => {
+                    let now_ms = now_ms().unwrap_or(0);
+                    life.handle(&c.core, Event::EtcdSendFailed { now_ms });
+                }
+            },
+            // Its callout died with the request: send the same call again.
+            None => {
+                let now_ms = now_ms().unwrap_or(0);
+                life.handle(&c.core, Event::EtcdResend { now_ms });
+            }
+        }
+        c.drain_orphan(life);
+    });
 }
 
 /// Main thread: the answer to a configuration callout.
@@ -834,34 +910,43 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     chunks: *const EnvoyBuffer,
     chunks_size: usize,
 ) {
+    config_hook("on_http_filter_config_http_callout_done", config, |c| {
+        let waiting = c
+            .orphans
+            .lock()
+            .ok()
+            .and_then(|mut o| o.in_flight.remove(&callout_id));
+        // SAFETY: Envoy's arrays, valid for this hook.
+        let (status, body) = unsafe { answer(result, headers, headers_size, chunks, chunks_size) };
+        match waiting {
+            None => {}
+            Some(Waiting::Probe) => {
+                let (l, line) = lifecycle::Plugin::probe_answered(status);
+                log(l, &line);
+            }
+            // Handed to Envoy at the next request's hook ([`Config::gauge`]).
+            Some(Waiting::Gauge) => c.core.gauge_etcd(status.map(|s| (s, &body[..]))),
+            Some(Waiting::Life(life)) => {
+                let mut life = *life;
+                let now_ms = now_ms().unwrap_or(0);
+                let answer = status.map(|s| (s, &body[..]));
+                life.handle(&c.core, Event::Etcd { answer, now_ms });
+                c.drain_orphan(life);
+            }
+        }
+    });
+}
+
+/// Runs a configuration hook (main thread) behind the barrier, with the
+/// live configuration.
+fn config_hook(name: &str, config: abi::ConfigModule, f: impl FnOnce(&Config)) {
     barrier(
-        "on_http_filter_config_http_callout_done",
+        name,
         || {
-            // SAFETY: the live configuration.
-            let Some(c) = (unsafe { (config as *const Config).as_ref() }) else {
-                return;
-            };
-            let waiting = c
-                .orphans
-                .lock()
-                .ok()
-                .and_then(|mut o| o.in_flight.remove(&callout_id));
-            // SAFETY: Envoy's arrays, valid for this hook.
-            let (status, body) =
-                unsafe { answer(result, headers, headers_size, chunks, chunks_size) };
-            match waiting {
-                None => {}
-                // The start-up check.
-                Some(None) => {
-                    let (l, line) = lifecycle::Plugin::probe_answered(status);
-                    log(l, &line);
-                }
-                Some(Some(mut life)) => {
-                    let now_ms = now_ms().unwrap_or(0);
-                    let answer = status.map(|s| (s, &body[..]));
-                    life.handle(&c.core, Event::Etcd { answer, now_ms });
-                    c.drain_orphan(life);
-                }
+            // SAFETY: the live configuration (Envoy destroys it after its
+            // events and callouts).
+            if let Some(c) = unsafe { (config as *const Config).as_ref() } {
+                f(c);
             }
         },
         |hook| {
@@ -870,7 +955,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
                 &format!("callback-guard: a bug stopped detached registry work (panic in {hook})"),
             )
         },
-    )
+    );
 }
 
 /// The status and body of a callout's answer (`None`: no answer).

@@ -208,6 +208,41 @@ pub fn range(key: &str) -> Call {
     }
 }
 
+/// A `count_only` range over every key under `prefix`: how many reservations
+/// the fleet holds (keys whose lease has not expired yet).
+pub fn count(prefix: &str) -> Call {
+    let mut end = prefix.as_bytes().to_vec();
+    // The range end is the prefix with its last byte one higher ("[prefix, end)").
+    match end.last_mut() {
+        Some(b) if *b < 0xff => *b += 1,
+        _ => end.push(0),
+    }
+    Call {
+        path: RANGE_PATH,
+        body: format!(
+            r#"{{"key":"{}","range_end":"{}","count_only":true}}"#,
+            b64(prefix.as_bytes()),
+            b64(&end)
+        ),
+    }
+}
+
+/// The count of a [`count`] answer: a 200 with etcd's header, and `count` as
+/// an int64 string (absent when 0, as etcd's gateway omits zero values).
+/// `None` for anything else: no answer, an error, garbage.
+pub fn count_answer(answer: Option<(u16, &[u8])>) -> Option<u64> {
+    let (status, body) = answer?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("header")?.as_object()?;
+    match v.get("count") {
+        None => Some(0),
+        Some(c) => c.as_str()?.parse().ok(),
+    }
+}
+
 /// `POST /v3/lease/grant` of a lease with a chosen ID.
 pub fn lease_grant(lease: &Lease) -> Call {
     Call {

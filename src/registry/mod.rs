@@ -20,6 +20,7 @@
 //! those can push any stream.
 
 pub mod etcd;
+pub mod gauge;
 pub mod shared;
 
 pub use shared::{

@@ -65,6 +65,11 @@ impl Layout {
         format!("{KEY_PREFIX}{idx}")
     }
 
+    /// The key of bucket `index`.
+    pub fn bucket_key_at(&self, index: usize) -> String {
+        format!("{KEY_PREFIX}{index}")
+    }
+
     /// Every bucket key, for initialising shared data at VM start.
     pub fn bucket_keys(&self) -> impl Iterator<Item = String> {
         (0..self.buckets).map(|i| format!("{KEY_PREFIX}{i}"))
@@ -97,6 +102,15 @@ fn decode(bytes: Option<Vec<u8>>) -> Vec<Entry> {
         .chunks_exact(ENTRY_BYTES)
         .filter_map(Entry::read)
         .collect()
+}
+
+/// How many of a bucket's entries (its stored bytes) are live at `now`.
+pub fn live_in_bucket(bytes: &[u8], now: u64) -> u64 {
+    bytes
+        .chunks_exact(ENTRY_BYTES)
+        .filter_map(Entry::read)
+        .filter(|e| e.live(now))
+        .count() as u64
 }
 
 fn encode(entries: &[Entry]) -> Vec<u8> {

@@ -1154,6 +1154,19 @@ pub fn counter_now(admin: u16, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until the Prometheus stat `name` (a counter or a gauge) reads `want`
+/// at the admin port; the last value read on timeout.
+pub fn wait_for_stat(admin: u16, name: &str, want: u64, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = counter_now(admin, name);
+        if v == want || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The series of a refusal counter in the shipped configs (`stats_tags`
 /// make the code a label).
 pub fn rejected_series(code: &str) -> String {
