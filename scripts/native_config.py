@@ -71,8 +71,9 @@ def native_entry(indent: str, notes: list[str], value_lines: list[str], value_in
         f"{i}- name: {NATIVE}\n",
         f"{i}  typed_config:\n",
         f'{i}    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter\n',
-        f"{i}    # libcallback_guard.so, found through ENVOY_DYNAMIC_MODULES_SEARCH_PATH.\n",
-        f"{i}    dynamic_module_config: {{ name: callback_guard }}\n",
+        f"{i}    # libcallback_guard.so, found through ENVOY_DYNAMIC_MODULES_SEARCH_PATH. Never\n",
+        f"{i}    # unloaded: the one-Envoy registry lives in the module, across config updates.\n",
+        f"{i}    dynamic_module_config: {{ name: callback_guard, do_not_close: true }}\n",
         f"{i}    filter_name: callback_guard\n",
     ]
     out += [f"{i}    {n.strip()}\n" for n in notes]

@@ -11,7 +11,8 @@
 //!   `envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter`,
 //!   `dynamic_module_config.name` or `filter_name` `callback_guard`): its
 //!   `filter_config`, a StringValue likewise;
-//! - Envoy Gateway's `EnvoyExtensionPolicy` `spec.wasm[i].config` and Istio's
+//! - Envoy Gateway's `EnvoyExtensionPolicy` `spec.wasm[i].config` (and
+//!   `spec.dynamicModules[i].config`, the native module) and Istio's
 //!   `WasmPlugin` `spec.pluginConfig`: YAML objects, turned into the JSON the
 //!   controllers hand to the filter.
 //!
@@ -202,9 +203,20 @@ fn manifest_at(v: &Value, path: &str) -> Option<Hits> {
     let spec = get(v, "spec")?;
     match kind {
         "EnvoyExtensionPolicy" => {
-            let wasm = get(spec, "wasm")?.as_sequence()?;
             let mut hits = Vec::new();
-            for (i, w) in wasm.iter().enumerate() {
+            // The native module (Envoy Gateway >= 1.8): `spec.dynamicModules[i].config`.
+            let modules = get(spec, "dynamicModules").and_then(Value::as_sequence);
+            for (i, m) in modules.into_iter().flatten().enumerate() {
+                let names = [get_str(m, "name"), get_str(m, "filterName")];
+                if names.into_iter().flatten().any(names_callback_guard) {
+                    hits.push((
+                        join(path, &format!("spec.dynamicModules[{i}]")),
+                        object_json(get(m, "config"), "config"),
+                    ));
+                }
+            }
+            let wasm = get(spec, "wasm").and_then(Value::as_sequence);
+            for (i, w) in wasm.into_iter().flatten().enumerate() {
                 let code = get(w, "code");
                 let names = [
                     get_str(w, "name"),
