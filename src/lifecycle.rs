@@ -596,6 +596,10 @@ impl Stream {
     /// Whether the host must hand over the upstream's answer body
     /// ([`Event::ResponseBody`]): only for a forwarded start whose dialect's
     /// acceptance reads it (SRS), so every other request's answer is never read.
+    /// The wasm host feeds it from `proxy_on_response_body`.
+    /// TODO(native): src/native does not feed [`Event::ResponseBody`] yet (its
+    /// encode-data hook must, while this is true); until then every SRS start
+    /// on the native build is given back at its end, as if SRS had refused it.
     pub fn wants_response_body(&self) -> bool {
         self.collecting
     }

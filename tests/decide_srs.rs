@@ -386,3 +386,59 @@ fn a_shared_key_in_the_hook_urls_query() {
     );
     assert_code(&at("/api/v1/streams"), Code::AuthencationFailed, "");
 }
+
+/// `callback-guard check` decides SRS bodies as the filter does: every
+/// capture's body gets the status `decide()` gives it.
+#[test]
+fn callback_guard_check_decides_srs_bodies_as_the_filter_does() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let json = r#"{"formats":["srs"],"duplicate_streams":{"reject":false}}"#;
+    let dir = std::env::temp_dir().join(format!("cg-srs-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg_path = dir.join("cfg.json");
+    std::fs::write(&cfg_path, json).unwrap();
+    let c = config(json);
+    let mut names: Vec<_> = std::fs::read_dir(CAPTURES)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".http") && n != "on_hls_notify.http")
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 28);
+    let mut forwarded = 0;
+    for name in names {
+        let body = capture_body(&name);
+        let want = match run(&c, &body) {
+            Verdict::Forward(_) => 200,
+            Verdict::Reject(r) => r.code.status(),
+        };
+        forwarded += usize::from(want == 200);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_callback-guard"))
+            .args([
+                "check",
+                "--config",
+                cfg_path.to_str().unwrap(),
+                "--path",
+                "/hook",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["status"], want, "{name}: {v}");
+        if want == 200 {
+            assert_eq!(v["headers"]["x-callback-guard-format"], "srs", "{name}");
+        }
+    }
+    assert_eq!(forwarded, 15);
+    let _ = std::fs::remove_dir_all(&dir);
+}
