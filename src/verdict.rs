@@ -434,6 +434,17 @@ fn parse_json_dialect(
         }
         return Ok(callback::parse_json(body));
     }
+    // Both on: a body without any escape has its keys written literally, so
+    // one that names `"NotifyType"` and nowhere `"action"` is what the SRS
+    // reader would hand to the KLS one anyway; read it as KLS at once
+    // instead of twice.
+    if f.kls_v2
+        && !body.contains(&b'\\')
+        && has(body, b"\"NotifyType\"")
+        && !has(body, b"\"action\"")
+    {
+        return Ok(callback::parse_json(body));
+    }
     Ok(match callback::parse_srs_or_kls(body) {
         Ok(Some(cb)) => Ok(cb),
         Ok(None) if f.kls_v2 => callback::parse_json(body),
@@ -441,6 +452,10 @@ fn parse_json_dialect(
         Err(CallbackError::Missing(m)) if f.kls_v2 && m == "action" => callback::parse_json(body),
         Err(e) => Err(e),
     })
+}
+
+fn has(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The rejection for a body over the limit (also used by the filter before buffering).

@@ -166,6 +166,10 @@ pub(super) fn decode_pairs(
 }
 
 fn decode(raw: &[u8]) -> Option<String> {
+    // Nothing to decode (the usual token value): one copy.
+    if !raw.iter().any(|b| *b == b'+' || *b == b'%') {
+        return String::from_utf8(raw.to_vec()).ok();
+    }
     let plus: Vec<u8> = raw
         .iter()
         .map(|&b| if b == b'+' { b' ' } else { b })

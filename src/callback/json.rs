@@ -226,7 +226,7 @@ impl<'de> de::Deserialize<'de> for Skip {
     }
 }
 
-struct ScalarVisitor;
+pub(super) struct ScalarVisitor;
 
 impl<'de> Visitor<'de> for ScalarVisitor {
     type Value = Scalar;

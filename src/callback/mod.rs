@@ -12,7 +12,7 @@ mod srs;
 pub use form::parse_form;
 pub use json::parse_json;
 pub use media::{classify, media_type, sniff, MediaType};
-pub use srs::{parse_srs, parse_srs_or_kls};
+pub use srs::{answer_is_success, parse_srs, parse_srs_or_kls};
 
 /// Longest app, stream or domain name accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;

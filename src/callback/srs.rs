@@ -22,7 +22,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use super::form::decode_pairs;
-use super::json::{folds_to, json_error, type_name, Scalar, Skip};
+use super::json::{folds_to, json_error, type_name, Scalar, ScalarVisitor, Skip};
 use super::{client_ip, domain, named, Callback, CallbackError, Event, Format, Params};
 
 /// The fields this dialect reads, in SRS's order.
@@ -140,6 +140,49 @@ impl<'de> de::Deserialize<'de> for Key {
     }
 }
 
+/// The fields whose values the rules read (the others only need their type).
+const USED: [usize; 8] = [SERVER_ID, ACTION, CLIENT_ID, IP, VHOST, APP, STREAM, PARAM];
+
+/// A value whose type is kept, and a string's text dropped without a copy.
+struct TypeOnly(Scalar);
+
+impl<'de> de::Deserialize<'de> for TypeOnly {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(String::new()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                ScalarVisitor.visit_u64(v)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                ScalarVisitor.visit_i64(v)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                ScalarVisitor.visit_f64(v)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                ScalarVisitor.visit_bool(v)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+                ScalarVisitor.visit_unit()
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
+                ScalarVisitor.visit_seq(seq)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
+                ScalarVisitor.visit_map(map)
+            }
+        }
+        d.deserialize_any(V).map(TypeOnly)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Raw {
     slots: [Option<Scalar>; 19],
@@ -160,7 +203,12 @@ impl<'de> Visitor<'de> for RawVisitor {
         while let Some(key) = map.next_key::<Key>()? {
             match key {
                 Key::Field(i) => {
-                    let v = map.next_value::<Scalar>()?;
+                    // Fields only checked for their type are not copied.
+                    let v = if USED.contains(&i) {
+                        map.next_value::<Scalar>()?
+                    } else {
+                        map.next_value::<TypeOnly>()?.0
+                    };
                     match raw.slots.get_mut(i) {
                         Some(slot @ None) => *slot = Some(v),
                         _ => {
@@ -323,6 +371,56 @@ fn build(mut raw: Raw) -> Result<Callback, CallbackError> {
         node: None,
         close_mode: None,
     })
+}
+
+/// Whether SRS takes an answer body for success: exactly `0`, or a JSON
+/// object whose `"code"` is the integer 0 (whitespace and other keys are
+/// fine; a `"code"` given twice is not success).
+pub fn answer_is_success(body: &[u8]) -> bool {
+    if body == b"0" {
+        return true;
+    }
+    struct IsCode(bool);
+    impl<'de> de::Deserialize<'de> for IsCode {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = IsCode;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<IsCode, E> {
+                    Ok(IsCode(v == "code"))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+    struct Answer;
+    impl<'de> Visitor<'de> for Answer {
+        type Value = Option<Scalar>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Scalar>, A::Error> {
+            let mut code = None;
+            let mut twice = false;
+            while let Some(IsCode(is)) = map.next_key::<IsCode>()? {
+                if is {
+                    twice |= code.is_some();
+                    code = Some(map.next_value::<Scalar>()?);
+                } else {
+                    map.next_value::<Skip>()?;
+                }
+            }
+            Ok(if twice { None } else { code })
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let Ok(code) = de.deserialize_map(Answer) else {
+        return false;
+    };
+    de.end().is_ok() && code == Some(Scalar::UInt(0))
 }
 
 /// Reads `param`: `""`, or `?` and the push query (see the module docs).

@@ -425,15 +425,7 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// refusals), or a JSON object whose `"code"` is the integer 0 (whitespace
 /// and other keys are fine).
 pub fn srs_answer_accepted(body: &[u8]) -> bool {
-    if body == b"0" {
-        return true;
-    }
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(m)) => {
-            m.get("code").and_then(serde_json::Value::as_i64) == Some(0)
-        }
-        _ => false,
-    }
+    crate::callback::answer_is_success(body)
 }
 
 #[cfg(test)]
