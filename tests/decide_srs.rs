@@ -442,3 +442,27 @@ fn callback_guard_check_decides_srs_bodies_as_the_filter_does() {
     assert_eq!(forwarded, 15);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With both JSON dialects on, a KLS body is read once when its keys are
+/// written literally; an escaped `action` key still makes it ambiguous.
+#[test]
+fn the_kls_first_look_does_not_skip_an_escaped_action_key() {
+    let both = config(r#"{"formats":["kls_v2","srs"]}"#);
+    let kls = include_str!("fixtures/kls_v2_start.json");
+    assert_eq!(forwarded(&run(&both, kls)).format.as_str(), "kls_v2");
+    let escaped = kls.replacen('{', r#"{"\u0061ction":"on_publish","#, 1);
+    assert_code(
+        &run(&both, &escaped),
+        Code::InvalidParameterValue,
+        "ambiguous",
+    );
+    let plain = kls.replacen('{', r#"{"action":"on_publish","#, 1);
+    assert_code(
+        &run(&both, &plain),
+        Code::InvalidParameterValue,
+        "ambiguous",
+    );
+    // `"action"` only as a value: still KLS.
+    let value = kls.replacen('{', r#"{"Note":"action","#, 1);
+    assert_eq!(forwarded(&run(&both, &value)).format.as_str(), "kls_v2");
+}

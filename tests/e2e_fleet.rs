@@ -577,7 +577,12 @@ fn observe_mode_records_reservations_that_enforce_mode_then_honours() {
 #[test]
 #[ignore]
 fn srs_two_sessions_of_one_stream_across_two_envoys() {
-    if envoy_bin().is_none() {
+    if envoy_bin().is_none()
+        || !only_for(
+            Build::Wasm,
+            "SRS answer body (TODO(native): the native host does not feed response bodies yet)",
+        )
+    {
         return;
     }
     let Some(etcd) = EtcdCluster::start(3) else {

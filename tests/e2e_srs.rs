@@ -267,6 +267,12 @@ fn srs_post_with(port: u16, path: &str, body: &str, extra: &[(&str, &str)]) -> R
 /// holder's on_unpublish.
 #[test]
 fn the_conflict_captures_in_order() {
+    if !only_for(
+        Build::Wasm,
+        "SRS answer body (TODO(native): the native host does not feed response bodies yet)",
+    ) {
+        return;
+    }
     let rx = Receiver::start_with(&["--answer-body", "0"]);
     let Some(envoy) = Envoy::start(opts(srs_only(true), &rx)) else {
         return;
@@ -377,6 +383,12 @@ fn the_upstreams_answer_decides_whether_the_reservation_holds() {
 /// not. The renewals are answered at once.
 #[test]
 fn on_hls_renewals_hold_a_push_past_ttl() {
+    if !only_for(
+        Build::Wasm,
+        "SRS answer body (TODO(native): the native host does not feed response bodies yet)",
+    ) {
+        return;
+    }
     let rx = Receiver::start_with(&["--answer-body", "0"]);
     let plugin = json!({"formats": ["srs"], "duplicate_streams": {"ttl_s": 6}});
     let Some(envoy) = Envoy::start(opts(plugin, &rx)) else {
