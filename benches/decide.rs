@@ -124,6 +124,51 @@ fn benches(c: &mut Criterion) {
     let mut cfg64 = ks.clone();
     cfg64.max_body_bytes = 128 * 1024;
     run(c, "v2_pubstart_64kb_body", &cfg64, json, &big, true);
+
+    // SRS http_hooks (issue 21): the dialect's JSON parse against KLS's, on
+    // the bodies the senders send (SRS's captured on_publish, the KLS seed),
+    // then whole decisions.
+    let srs_body = srs_publish(&format!(
+        "?{}",
+        token::sign(Scheme::KsMd5, KS_KEY.as_bytes(), "live", "test", NOW + 3600)
+    ));
+    c.bench_function("parse_kls_v2_json", |b| {
+        b.iter(|| black_box(callback_guard::callback::parse_json(black_box(&ks_body))))
+    });
+    c.bench_function("parse_srs_json", |b| {
+        b.iter(|| black_box(callback_guard::callback::parse_srs(black_box(&srs_body))))
+    });
+    let mut srs = ks.clone();
+    srs.formats.srs = true;
+    srs.formats.kls_v2 = false;
+    srs.max_event_age_s = 0;
+    run(c, "srs_on_publish_ks_md5", &srs, json, &srs_body, true);
+    let mut both = ks.clone();
+    both.formats.srs = true;
+    run(
+        c,
+        "v2_pubstart_ks_md5_srs_also_on",
+        &both,
+        json,
+        &ks_body,
+        true,
+    );
+    run(
+        c,
+        "srs_on_publish_ks_md5_kls_also_on",
+        &both,
+        json,
+        &srs_body,
+        true,
+    );
+}
+
+/// SRS's captured on_publish (tests/fixtures/srs/on_publish.http), with `param`.
+fn srs_publish(param: &str) -> Vec<u8> {
+    format!(
+        r#"{{"server_id":"vid-i562442","service_id":"41vb31bg","action":"on_publish","client_id":"9ln112g1","ip":"127.0.0.1","vhost":"__defaultVhost__","app":"live","tcUrl":"rtmp://127.0.0.1:19350/live","stream":"test","param":"{param}","stream_url":"/live/test","stream_id":"vid-mo60970"}}"#
+    )
+    .into_bytes()
 }
 
 criterion_group!(all, benches);

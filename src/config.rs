@@ -106,6 +106,8 @@ pub struct Formats {
     pub kls_v1: bool,
     /// nginx-rtmp `on_publish` form (`call=publish…`).
     pub nginx_rtmp: bool,
+    /// SRS `http_hooks` JSON (`action` `on_publish` / `on_unpublish` / `on_hls`).
+    pub srs: bool,
 }
 
 impl Formats {
@@ -115,6 +117,7 @@ impl Formats {
             Format::KlsV2 => self.kls_v2,
             Format::KlsV1 => self.kls_v1,
             Format::NginxRtmp => self.nginx_rtmp,
+            Format::Srs => self.srs,
         }
     }
 }
@@ -749,7 +752,7 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
         if self.max_event_age_s > 0 {
-            let forms: Vec<&str> = [Format::KlsV1, Format::NginxRtmp]
+            let forms: Vec<&str> = [Format::KlsV1, Format::NginxRtmp, Format::Srs]
                 .into_iter()
                 .filter(|f| self.formats.allows(*f))
                 .map(Format::as_str)
@@ -797,6 +800,7 @@ impl Config {
                 kls_v2: true,
                 kls_v1: true,
                 nginx_rtmp: false,
+                srs: false,
             },
             push_auth: None,
             callback_auth: CallbackAuth::default(),
@@ -852,6 +856,7 @@ impl Config {
                 kls_v2: false,
                 kls_v1: false,
                 nginx_rtmp: false,
+                srs: false,
             };
             if formats.is_empty() {
                 errs.push(ConfigError::new("formats", "must list at least one format"));
@@ -861,10 +866,11 @@ impl Config {
                     "kls_v2" => f.kls_v2 = true,
                     "kls_v1" => f.kls_v1 = true,
                     "nginx_rtmp" => f.nginx_rtmp = true,
+                    "srs" => f.srs = true,
                     other => errs.push(ConfigError::new(
                         format!("formats[{i}]"),
                         format!(
-                            "unknown format `{other}`, expected one of kls_v2, kls_v1, nginx_rtmp"
+                            "unknown format `{other}`, expected one of kls_v2, kls_v1, nginx_rtmp, srs"
                         ),
                     )),
                 }

@@ -522,6 +522,15 @@ pub enum Event<'a> {
     /// The root context's tick, while the request waits for its first body
     /// byte ([`Plugin::wants_stream_ticks`]).
     Tick,
+    /// Hook: a chunk of the upstream's answer body, given only while
+    /// [`Stream::wants_response_body`] (an SRS start: SRS's answer rule
+    /// reads the body); `None` when the host could not read it.
+    ResponseBody {
+        /// The chunk.
+        chunk: Option<&'a [u8]>,
+        /// The answer is complete.
+        end_of_stream: bool,
+    },
     /// The request is over (answered, forwarded and answered, or reset).
     End,
 }
@@ -594,6 +603,14 @@ pub struct Stream {
     /// A forwarded start's claim, with its dialect: given back if the
     /// publish does not go through.
     reservation: Option<(Claim, Format)>,
+    /// The answer body kept for a start whose dialect's acceptance reads it
+    /// ([`registry::answer_body_needed`]); `None` once cut off or unreadable.
+    answer: Option<Vec<u8>>,
+    /// The answer body is wanted (see [`Stream::wants_response_body`]).
+    collecting: bool,
+    /// The registry op runs on its own: the callback was forwarded without
+    /// waiting for it ([`Pending::answers_at_once`]).
+    detached: bool,
     effects: VecDeque<Effect>,
 }
 
@@ -620,6 +637,9 @@ impl Stream {
             remote: None,
             pending: None,
             reservation: None,
+            answer: None,
+            collecting: false,
+            detached: false,
             effects: VecDeque::new(),
         }
     }
@@ -648,6 +668,15 @@ impl Stream {
     /// Whether the request is over.
     pub fn ended(&self) -> bool {
         self.phase == Phase::Ended
+    }
+
+    /// Whether the host must hand over the upstream's answer body
+    /// ([`Event::ResponseBody`]): only for a forwarded start whose dialect's
+    /// acceptance reads it (SRS), so every other request's answer is never read.
+    /// The wasm host feeds it from `proxy_on_response_body`, the native one
+    /// from its response-body hook.
+    pub fn wants_response_body(&self) -> bool {
+        self.collecting
     }
 
     /// Whether a registry op on etcd is in flight: an ended stream must be
@@ -732,6 +761,11 @@ impl Stream {
                         },
                     );
                 }
+            }
+            Event::ResponseBody { chunk, .. } => {
+                self.in_hook = true;
+                self.flow = Flow::Continue;
+                self.on_answer_chunk(chunk);
             }
             Event::End => self.on_end(),
         }
@@ -878,7 +912,13 @@ impl Stream {
         };
         self.phase = Phase::Registry;
         let (op, claim) = (pending.op, pending.claim);
-        self.pending = Some(pending);
+        if pending.answers_at_once() {
+            // Forwarded now; the op's answer only counts and logs.
+            self.detached = true;
+            self.conclude(plugin, Verdict::Forward(pending.forward_now()));
+        } else {
+            self.pending = Some(pending);
+        }
         let ds = &config.duplicate_streams;
         match ds.etcd.as_ref() {
             None => {
@@ -937,6 +977,14 @@ impl Stream {
 
     /// The registry answered for the callback that waits for it.
     fn registry_answered(&mut self, plugin: &Plugin, result: Result<Answer, RegistryError>) {
+        if self.detached {
+            // Already forwarded: a renewal from another session changed
+            // nothing, and a failure is only counted and logged.
+            if let Err(e) = result {
+                self.store_failed(&e, "renewal");
+            }
+            return;
+        }
         if let Some(p) = self.pending.take() {
             self.conclude(plugin, p.conclude(result));
         }
@@ -1081,6 +1129,10 @@ impl Stream {
             );
         }
         self.reservation = f.reservation.map(|c| (c, f.format));
+        if self.reservation.is_some() && registry::answer_body_needed(f.format) {
+            self.collecting = true;
+            self.answer = Some(Vec::new());
+        }
         if plugin.log_forwards {
             self.log(Level::Debug, f.log_line());
         }
@@ -1175,12 +1227,31 @@ impl Stream {
         }
     }
 
+    /// Keeps a chunk of the answer body, up to [`registry::MAX_ANSWER_BYTES`].
+    fn on_answer_chunk(&mut self, chunk: Option<&[u8]>) {
+        if !self.collecting {
+            return;
+        }
+        let keep = match (self.answer.as_mut(), chunk) {
+            (Some(a), Some(c)) if a.len() + c.len() <= registry::MAX_ANSWER_BYTES => {
+                a.extend_from_slice(c);
+                true
+            }
+            _ => false,
+        };
+        if !keep {
+            self.answer = None;
+            self.collecting = false;
+        }
+    }
+
     fn on_end_facts(&mut self, plugin: &Plugin, format: Format, facts: &Facts) {
         let Some((claim, _)) = self.reservation.take() else {
             return;
         };
-        let accepted =
-            self.phase == Phase::Ended && registry::publish_accepted(format, facts.response_code);
+        self.collecting = false;
+        let accepted = self.phase == Phase::Ended
+            && registry::answer_accepted(format, facts.response_code, self.answer.as_deref());
         if !accepted {
             self.give_back(plugin, claim, facts.now_ms.unwrap_or(0));
         }

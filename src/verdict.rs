@@ -253,6 +253,20 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Whether the callback is answered without waiting for the registry:
+    /// SRS's `on_hls`, a renewal whose answer SRS ignores, and which SRS
+    /// sends from a queue that a slow answer holds up (its `on_unpublish`
+    /// comes late). It is forwarded at once ([`Pending::forward_now`]) and
+    /// the renewal runs on its own.
+    pub fn answers_at_once(&self) -> bool {
+        self.forward.format == Format::Srs && self.forward.event == Event::Update
+    }
+
+    /// The forward of a callback that does not wait for the registry.
+    pub fn forward_now(&self) -> Forward {
+        self.forward.clone()
+    }
+
     /// The verdict, given the registry's answer. A start the registry could
     /// not check is refused (503 `ServiceUnavailable`, never mistaken for a
     /// duplicate's 409); an end or update is forwarded anyway, marked with
@@ -263,6 +277,12 @@ impl Pending {
             claim,
             mut forward,
         } = self;
+        if forward.format == Format::Srs && forward.event == Event::Update {
+            // Answered at once (see `answers_at_once`): forwarded whatever
+            // the registry says; another session's renewal changed nothing.
+            forward.registry_error = answer.err();
+            return Verdict::Forward(forward);
+        }
         let about = |r: Rejection| r.about_names(&forward.app, &forward.stream);
         match (op, answer) {
             (_, Ok(Answer::Reserve(Reserve::Busy))) => Verdict::Reject(about(Rejection::new(
@@ -323,19 +343,14 @@ fn check_inner(
         )
     })?;
     let cb = match media {
-        MediaType::Json => {
-            if !config.formats.kls_v2 {
-                return Err(Rejection::new(
-                    Code::UnsupportedMediaType,
-                    "JSON callbacks (kls_v2) are not enabled in `formats`",
-                ));
-            }
-            callback::parse_json(req.body)
-        }
+        MediaType::Json => parse_json_dialect(config, req.body)?,
         MediaType::Form => callback::parse_form(req.body),
     }
     .map_err(|e| match e {
         CallbackError::UnknownCall => dialect_off(config),
+        CallbackError::QueryInStream if config.push_auth.is_some() => {
+            Rejection::new(Code::AuthencationFailed, e.to_string())
+        }
         e => callback_rejection(&e),
     })?;
     if !config.formats.allows(cb.format) {
@@ -397,6 +412,50 @@ fn check_inner(
         claim: Claim::of(&cb),
         forward,
     }))
+}
+
+/// A JSON body: KLS new version, SRS `http_hooks`, told apart by their keys
+/// (`NotifyType`, `action`) when both are on. With `kls_v2` on, a body with
+/// neither key gets KLS's messages, as before `srs` existed.
+fn parse_json_dialect(
+    config: &Config,
+    body: &[u8],
+) -> Result<Result<Callback, CallbackError>, Rejection> {
+    let f = &config.formats;
+    let kls_off = || {
+        Rejection::new(
+            Code::UnsupportedMediaType,
+            "JSON callbacks (kls_v2) are not enabled in `formats`",
+        )
+    };
+    if !f.srs {
+        if !f.kls_v2 {
+            return Err(kls_off());
+        }
+        return Ok(callback::parse_json(body));
+    }
+    // Both on: a body without any escape has its keys written literally, so
+    // one that names `"NotifyType"` and nowhere `"action"` is what the SRS
+    // reader would hand to the KLS one anyway; read it as KLS at once
+    // instead of twice.
+    if f.kls_v2
+        && !body.contains(&b'\\')
+        && has(body, b"\"NotifyType\"")
+        && !has(body, b"\"action\"")
+    {
+        return Ok(callback::parse_json(body));
+    }
+    Ok(match callback::parse_srs_or_kls(body) {
+        Ok(Some(cb)) => Ok(cb),
+        Ok(None) if f.kls_v2 => callback::parse_json(body),
+        Ok(None) => return Err(kls_off()),
+        Err(CallbackError::Missing(m)) if f.kls_v2 && m == "action" => callback::parse_json(body),
+        Err(e) => Err(e),
+    })
+}
+
+fn has(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The rejection for a body over the limit (also used by the filter before buffering).

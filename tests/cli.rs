@@ -541,6 +541,10 @@ fn check_config_reads_every_shipped_envoy_yaml() {
             &["document 1, static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]: ok"],
         ),
         (
+            "envoy/srs.yaml",
+            &["document 1, static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]: ok"],
+        ),
+        (
             "deploy/istio/envoyfilter.yaml",
             &["document 1, spec.configPatches[0].patch.value: ok"],
         ),

@@ -1480,7 +1480,11 @@ fn no_pasted_command_expects_envoy_on_the_path() {
         }
     }
     // The start commands in the shipped configs' header comments.
-    for name in ["envoy/envoy.yaml", "envoy/nginx-rtmp.yaml"] {
+    for name in [
+        "envoy/envoy.yaml",
+        "envoy/nginx-rtmp.yaml",
+        "envoy/srs.yaml",
+    ] {
         let text = std::fs::read_to_string(repo().join(name)).unwrap();
         for (i, line) in text.lines().enumerate() {
             let Some(comment) = line.strip_prefix('#') else {

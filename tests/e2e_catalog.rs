@@ -1154,6 +1154,174 @@ fn catalog() -> Vec<Case> {
         ),
         Expect::Forward("nginx_rtmp", "start"),
     ));
+    // ---- SRS http_hooks (issue 21) -------------------------------------------
+    let srs = |action: &str, stream: &str, param: &str, change: serde_json::Value| {
+        let mut v = json!({"server_id":"vid-cat","service_id":"svc","action":action,
+            "client_id":format!("c-{stream}"),"ip":"127.0.0.1","vhost":"__defaultVhost__",
+            "app":"live","tcUrl":"rtmp://127.0.0.1:1935/live","stream":stream,"param":param,
+            "stream_url":format!("/live/{stream}"),"stream_id":"vid-s"});
+        if let (Some(m), Some(ch)) = (v.as_object_mut(), change.as_object()) {
+            for (k, x) in ch {
+                if x.is_null() {
+                    m.remove(k);
+                } else {
+                    m.insert(k.clone(), x.clone());
+                }
+            }
+        }
+        v.to_string()
+    };
+    let tok = |stream: &str| format!("?{}", token_query(stream));
+    for (name, body, expect) in [
+        (
+            "srs on_play (not a push hook)",
+            srs("on_play", "srs-play", &tok("srs-play"), json!({})),
+            Expect::Reject(400, "InvalidParameterValue"),
+        ),
+        (
+            "srs on_dvr (not a push hook)",
+            srs("on_dvr", "srs-dvr", &tok("srs-dvr"), json!({})),
+            Expect::Reject(400, "InvalidParameterValue"),
+        ),
+        (
+            "srs action a number",
+            srs("on_publish", "srs-an", &tok("srs-an"), json!({"action": 1})),
+            Expect::Reject(400, "InvalidParameterValue"),
+        ),
+        (
+            "srs client_id missing",
+            srs(
+                "on_publish",
+                "srs-nc",
+                &tok("srs-nc"),
+                json!({"client_id": null}),
+            ),
+            Expect::Reject(400, "MissingParameter"),
+        ),
+        (
+            "srs stream_id a number",
+            srs(
+                "on_publish",
+                "srs-sid",
+                &tok("srs-sid"),
+                json!({"stream_id": 5}),
+            ),
+            Expect::Reject(400, "InvalidParameterValue"),
+        ),
+        (
+            "srs on_hls seq_no a string",
+            srs(
+                "on_hls",
+                "srs-seq",
+                &tok("srs-seq"),
+                json!({"duration":2.0,"cwd":"/","file":"/a.ts","url":"a.ts","m3u8":"/a.m3u8",
+                    "m3u8_url":"a.m3u8","seq_no":"1"}),
+            ),
+            Expect::Reject(400, "InvalidParameterValue"),
+        ),
+        (
+            "srs param without its ?",
+            srs("on_publish", "srs-nq", &token_query("srs-nq"), json!({})),
+            Expect::Reject(400, "InvalidParameterValue"),
+        ),
+        (
+            "srs param with two different queries",
+            srs(
+                "on_publish",
+                "srs-2q",
+                &format!("{}?t=1", tok("srs-2q")),
+                json!({}),
+            ),
+            Expect::Reject(400, "InvalidParameterValue"),
+        ),
+        (
+            "srs param repeating k with another value",
+            srs(
+                "on_publish",
+                "srs-rk",
+                &format!("{}&k=0", tok("srs-rk")),
+                json!({}),
+            ),
+            Expect::Reject(400, "InvalidParameterValue"),
+        ),
+        (
+            "srs non-ASCII trap (query left in stream)",
+            srs("on_publish", "srs-trap?u=é&t=1", "", json!({})),
+            Expect::Reject(403, "AuthencationFailed"),
+        ),
+        (
+            "srs no token",
+            srs("on_publish", "srs-nt", "", json!({})),
+            Expect::Reject(403, "AuthencationFailed"),
+        ),
+        (
+            "srs forged token",
+            srs("on_publish", "srs-ft", &tok("srs-other"), json!({})),
+            Expect::Reject(403, "AuthencationFailed"),
+        ),
+        (
+            "srs token for another app",
+            srs(
+                "on_publish",
+                "srs-ap",
+                &tok("srs-ap"),
+                json!({"app": "vod"}),
+            ),
+            Expect::Reject(404, "NonExistApplication"),
+        ),
+        (
+            "srs body with action and NotifyType",
+            srs(
+                "on_publish",
+                "srs-mx",
+                &tok("srs-mx"),
+                json!({"NotifyType": "PubStart"}),
+            ),
+            Expect::Reject(400, "InvalidParameterValue"),
+        ),
+        (
+            "srs app given twice",
+            srs("on_publish", "srs-dup", &tok("srs-dup"), json!({}))
+                .replace(r#""app":"live""#, r#""app":"live","app":"live""#),
+            Expect::Reject(400, "InvalidParameterValue"),
+        ),
+        (
+            "srs App next to app",
+            srs("on_publish", "srs-case", &tok("srs-case"), json!({}))
+                .replace(r#""app":"live""#, r#""app":"live","App":"vod""#),
+            Expect::Reject(400, "InvalidParameterValue"),
+        ),
+        (
+            "srs on_publish",
+            srs("on_publish", "ok-srs", &tok("ok-srs"), json!({})),
+            Expect::Forward("srs", "start"),
+        ),
+        (
+            "srs on_publish, OBS-style doubled param",
+            srs(
+                "on_publish",
+                "ok-srs-obs",
+                &format!("{}{}", tok("ok-srs-obs"), tok("ok-srs-obs")),
+                json!({}),
+            ),
+            Expect::Forward("srs", "start"),
+        ),
+        (
+            "srs on_unpublish",
+            srs("on_unpublish", "ok-srs-end", &tok("ok-srs-end"), json!({})),
+            Expect::Forward("srs", "end"),
+        ),
+    ] {
+        c.push(Case {
+            name: Box::leak(name.to_string().into_boxed_str()),
+            send: Send::Http1 {
+                method: "POST",
+                headers: hdrs(&[("content-type", JSON), ("user-agent", "SRS/6.0.157(Hang)")]),
+                body: body.into_bytes(),
+            },
+            expect,
+        });
+    }
     let slow_ok = start("ok-slow");
     c.push(Case {
         name: "valid callback arriving slowly in 8 chunks",
@@ -1179,6 +1347,7 @@ fn catalog() -> Vec<Case> {
         },
         expect: Expect::Forward("kls_v2", "start"),
     });
+
     c
 }
 
@@ -1461,7 +1630,7 @@ fn adversarial_catalog_through_envoy() {
     let cases = catalog();
     let rx = Receiver::start();
     let mut cfg = base_config();
-    cfg["formats"] = json!(["kls_v2", "kls_v1", "nginx_rtmp"]);
+    cfg["formats"] = json!(["kls_v2", "kls_v1", "nginx_rtmp", "srs"]);
     let Some(envoy) = Envoy::start(EnvoyOpts::new(cfg, rx.port)) else {
         return;
     };

@@ -624,3 +624,85 @@ fn the_live_reservations_gauge_counts_the_fleet() {
     assert_eq!(f.post(1, &callback("PubEnd", "fleet-g1", "s1")).status, 200);
     assert_eq!(settle(0, 1), 1, "Envoy A counts what B freed");
 }
+
+/// SRS (issue 21) across a fleet: two SRS sessions of one stream on two
+/// Envoys sharing etcd. The captured publishers (two client_ids, one
+/// stream_id): the second gets 409 on the other Envoy until the first's
+/// on_unpublish; an on_hls renews the holder's reservation on etcd, and is
+/// answered at once; an upstream answer SRS refuses frees the stream.
+#[test]
+#[ignore]
+fn srs_two_sessions_of_one_stream_across_two_envoys() {
+    if envoy_bin().is_none() {
+        return;
+    }
+    let Some(etcd) = EtcdCluster::start(3) else {
+        return;
+    };
+    let rx = Receiver::start_with(&["--answer-body", "0"]);
+    let plugin = json!({"formats": ["srs"], "duplicate_streams": {"reject": true, "ttl_s": 60,
+        "store": {"etcd": {"cluster": "etcd", "key_prefix": "/cg-srs/", "timeout_ms": 2000}}}});
+    let envoys: Vec<Envoy> = (0..2)
+        .map(|_| {
+            let mut o = EnvoyOpts::new(plugin.clone(), rx.port);
+            o.extra_clusters = vec![etcd_cluster_config(&etcd.client_ports())];
+            let e = Envoy::start(o).expect("Envoy");
+            wait_healthy_etcd(&e, 3);
+            e
+        })
+        .collect();
+    let capture = |name: &str| {
+        let raw = std::fs::read(format!(
+            "{}/tests/fixtures/srs/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        raw[at + 4..].to_vec()
+    };
+    let post = |i: usize, body: &[u8]| envoys[i].post(JSON, body).status_and_code();
+    let first = capture("conflict_156_on_publish.http");
+    let second = capture("conflict_158_on_publish.http");
+    let ok = (200, String::new());
+    assert_eq!(post(0, &first), ok);
+    assert_eq!(post(1, &second), (409, "ExistStreamName".into()));
+    // The holder's on_hls on the other Envoy: forwarded at once, renews on etcd.
+    let hls = String::from_utf8(first.clone())
+        .unwrap()
+        .replace(
+            r#""action":"on_publish""#,
+            r#""action":"on_hls","duration":2.02,"cwd":"/","file":"/a.ts","url":"a.ts","m3u8":"/a.m3u8","m3u8_url":"a.m3u8","seq_no":3"#,
+        );
+    let t = Instant::now();
+    assert_eq!(post(1, hls.as_bytes()), ok);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(post(0, &second), (409, "ExistStreamName".into()));
+    // The holder's end, on either Envoy, frees it for the second session.
+    assert_eq!(post(1, &capture("conflict_160_on_unpublish.http")), ok);
+    assert_eq!(post(0, &second), ok);
+    // An answer SRS refuses frees the stream across the fleet.
+    let other = String::from_utf8(second.clone())
+        .unwrap()
+        .replace(r#""stream":"test1""#, r#""stream":"fleet-refused""#);
+    let r = http1(
+        envoys[0].port,
+        "POST",
+        "/hook",
+        &[
+            ("content-type", JSON),
+            ("x-receiver-body", "%7B%22code%22%3A1%7D"),
+        ],
+        other.as_bytes(),
+    );
+    assert_eq!(r.body, br#"{"code":1}"#);
+    let third = other.replace("y708hn83", "third001");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = post(1, third.as_bytes());
+        if r == ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never freed: {r:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

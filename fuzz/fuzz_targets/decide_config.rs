@@ -155,7 +155,7 @@ impl FConfig {
         if let Some(f) = &self.formats {
             let names: Vec<&str> = f
                 .iter()
-                .map(|b| ["kls_v2", "kls_v1", "nginx_rtmp", "KLS_V2"][*b as usize % 4])
+                .map(|b| ["kls_v2", "kls_v1", "nginx_rtmp", "srs", "KLS_V2"][*b as usize % 5])
                 .collect();
             m.insert("formats".into(), json!(names));
         }

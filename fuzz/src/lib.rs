@@ -60,15 +60,17 @@ fn build_fixed_configs() -> Vec<Config> {
         "{}".to_string(),
         // everything on that a body alone can reach
         format!(
-            r#"{{"apps":["live","直播"],"formats":["kls_v2","kls_v1","nginx_rtmp"],"max_event_age_s":600,
+            r#"{{"apps":["live","直播"],"formats":["kls_v2","kls_v1","nginx_rtmp","srs"],"max_event_age_s":600,
                "push_auth":{{"scheme":"ks_md5","clock_skew_s":60,"keys":[{{"id":"main","secret":"{KS_KEY}"}},
                  {{"id":"scoped","secret":"other0key","apps":["live"],"domains":["push.example.com"]}}]}}}}"#
         ),
         // all dialects, registry off, a small body limit
-        r#"{"formats":["kls_v1","nginx_rtmp","kls_v2"],"max_body_bytes":2048,"duplicate_streams":{"reject":false}}"#
+        r#"{"formats":["kls_v1","nginx_rtmp","kls_v2","srs"],"max_body_bytes":2048,"duplicate_streams":{"reject":false}}"#
             .to_string(),
         // a tiny registry: buckets fill up
         r#"{"formats":["nginx_rtmp","kls_v2"],"duplicate_streams":{"max_streams":1,"ttl_s":1}}"#.to_string(),
+        // SRS as the only JSON dialect (a body without NotifyType is SRS), a tiny registry
+        r#"{"formats":["srs","kls_v1"],"duplicate_streams":{"max_streams":2,"ttl_s":1}}"#.to_string(),
     ]
     .iter()
     .map(|j| {
@@ -217,7 +219,13 @@ pub fn check_verdict(config: &Config, req: &OwnedRequest, v: &Verdict, secrets: 
                 (ca.shared_key.is_some(), "shared_key"),
                 (ca.webhook_signature.is_some(), "webhook_signature"),
                 (config.push_auth.is_some(), "push_token"),
-                (config.duplicate_streams.reject, "stream_registry"),
+                // SRS's on_hls is forwarded before the registry answers
+                // (SRS queues its hooks), so it never claims the registry.
+                (
+                    config.duplicate_streams.reject
+                        && !(f.format == Format::Srs && f.event == Event::Update),
+                    "stream_registry",
+                ),
                 (config.apps.is_some(), "app"),
             ] {
                 assert_eq!(f.verified.contains(&name), on, "verified {:?}", f.verified);
@@ -242,6 +250,11 @@ pub fn check_verdict(config: &Config, req: &OwnedRequest, v: &Verdict, secrets: 
                 Format::KlsV2 => {
                     assert_eq!(media, Some(callback_guard::callback::MediaType::Json));
                     json_agrees(&req.body, &f.app, &f.stream, f.event);
+                }
+                Format::Srs => {
+                    assert_eq!(media, Some(callback_guard::callback::MediaType::Json));
+                    assert!(config.formats.srs);
+                    srs_agrees(&req.body, &f.app, &f.stream, f.event);
                 }
                 Format::KlsV1 | Format::NginxRtmp => {
                     assert_eq!(media, Some(callback_guard::callback::MediaType::Form));
@@ -352,6 +365,59 @@ fn json_agrees(body: &[u8], app: &str, stream: &str, event: Event) {
     }
 }
 
+/// The SRS hook fields, written out here (not taken from the parser).
+pub const SRS_FIELDS: &[&str] = &[
+    "server_id",
+    "service_id",
+    "action",
+    "client_id",
+    "ip",
+    "vhost",
+    "app",
+    "tcUrl",
+    "stream",
+    "param",
+    "stream_url",
+    "stream_id",
+    "duration",
+    "cwd",
+    "file",
+    "url",
+    "m3u8",
+    "m3u8_url",
+    "seq_no",
+];
+
+fn srs_agrees(body: &[u8], app: &str, stream: &str, event: Event) {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).expect("a forwarded JSON body parses as a serde_json Value");
+    assert_eq!(v["app"], app);
+    assert_eq!(v["stream"], stream);
+    assert!(!stream.contains('?'), "a stream with a query was forwarded");
+    let action = match event {
+        Event::Start => "on_publish",
+        Event::End => "on_unpublish",
+        Event::Update => "on_hls",
+    };
+    assert_eq!(v["action"], action);
+    assert!(v.get("NotifyType").is_none(), "an SRS body with NotifyType");
+    // The session's parts are strings SRS sent.
+    assert!(v["server_id"].is_string() && v["client_id"].is_string());
+    // Every field is named by at most one member, whoever reads it.
+    let members: Members = serde_json::from_slice(body).expect("members");
+    for field in SRS_FIELDS {
+        let n = members
+            .0
+            .iter()
+            .filter(|(k, _)| go_fold_eq(k, field))
+            .count();
+        assert!(
+            n <= 1,
+            "`{field}` is named by {n} members of a forwarded body"
+        );
+    }
+}
+
 fn form_agrees(body: &[u8], format: Format, app: &str, stream: &str, event: Event) {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -384,7 +450,7 @@ fn form_agrees(body: &[u8], format: Format, app: &str, stream: &str, event: Even
         (Format::NginxRtmp, Event::End) => "publish_done",
         (Format::NginxRtmp, Event::Update) => "update_publish",
         (Format::KlsV1, Event::Update) => panic!("a KLS form has no update event"),
-        (Format::KlsV2, _) => unreachable!(),
+        (Format::KlsV2 | Format::Srs, _) => unreachable!(),
     };
     assert_eq!(call, expected);
 }
@@ -403,7 +469,8 @@ pub fn run_body(content_type: &str, body: &[u8]) {
             let store = MemoryStore::new();
             let now = NOW + i as u64;
             let v = check(c, req, now, &store, &secrets);
-            if req.content_type.is_none() {
+            // (The SRS configuration has no kls_v2: a KLS JSON body is 415 there.)
+            if req.content_type.is_none() && c.formats.kls_v2 {
                 if let Verdict::Reject(r) = &v {
                     assert_ne!(
                         r.code,

@@ -5,13 +5,17 @@
 //! tests can assert exactly what reached the upstream.
 //!
 //! ```text
-//! callback-receiver [--listen 127.0.0.1:8080] [--quiet] [--no-store]
+//! callback-receiver [--listen 127.0.0.1:8080] [--quiet] [--no-store] [--answer-body TEXT]
 //! ```
 //!
 //! - any request except the control endpoints is a callback: recorded,
 //!   printed (unless `--quiet`) and answered `200 {"ok":true}`. A request
 //!   header `x-receiver-status: NNN` (200..=599) makes it answer that status
 //!   instead, and `x-receiver-delay-ms: N` (at most 30000) delays the answer;
+//! - `--answer-body TEXT` answers every callback with exactly TEXT (as an SRS
+//!   hook service does with `0`), and a request header
+//!   `x-receiver-body: <percent-encoded bytes>` with exactly those bytes
+//!   (any status: `x-receiver-status: 201` and `x-receiver-body: %7B%22code%22%3A1%7D`);
 //! - `GET /__received`: the recorded requests, as a JSON array of
 //!   `{"method","path","headers":[[name,value],..],"trailers":[..],"body_b64"}`
 //!   (header names in lower case, body in standard base64);
@@ -84,6 +88,8 @@ struct State {
     count: AtomicU64,
     /// `--no-store`: count only, record nothing.
     no_store: bool,
+    /// `--answer-body`: the body of every callback's answer.
+    answer_body: Option<Vec<u8>>,
 }
 
 impl State {
@@ -140,6 +146,7 @@ fn main() {
     let mut listen = "127.0.0.1:8080".to_string();
     let mut quiet = false;
     let mut no_store = false;
+    let mut answer_body = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -149,6 +156,10 @@ fn main() {
             },
             "--quiet" | "-q" => quiet = true,
             "--no-store" => no_store = true,
+            "--answer-body" => match args.next() {
+                Some(v) => answer_body = Some(v.into_bytes()),
+                None => usage(2),
+            },
             "--help" | "-h" => usage(0),
             other => match other.strip_prefix("--listen=") {
                 Some(v) => listen = v.to_string(),
@@ -174,6 +185,7 @@ fn main() {
     let state = Arc::new(State {
         quiet,
         no_store,
+        answer_body,
         ..State::default()
     });
     for conn in listener.incoming() {
@@ -190,7 +202,7 @@ fn main() {
 }
 
 fn usage(code: i32) -> ! {
-    eprintln!("usage: callback-receiver [--listen 127.0.0.1:8080] [--quiet] [--no-store]");
+    eprintln!("usage: callback-receiver [--listen 127.0.0.1:8080] [--quiet] [--no-store] [--answer-body TEXT]");
     std::process::exit(code);
 }
 
@@ -283,16 +295,22 @@ fn wants_close(req: &Request) -> bool {
 }
 
 fn write_reply(out: &mut TcpStream, reply: &Reply, head_only: bool, close: bool) -> io::Result<()> {
+    // A 204 has no body and no content-length (RFC 9110 8.6).
+    let no_body = reply.status == 204;
+    let length = if no_body {
+        String::new()
+    } else {
+        format!("content-length: {}\r\n", reply.body.len())
+    };
     let mut msg = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n{}\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\n{length}{}\r\n",
         reply.status,
         reason(reply.status),
         reply.content_type,
-        reply.body.len(),
         if close { "connection: close\r\n" } else { "" },
     )
     .into_bytes();
-    if !head_only {
+    if !head_only && !no_body {
         msg.extend_from_slice(&reply.body);
     }
     out.write_all(&msg)?;
@@ -340,7 +358,14 @@ fn callback(req: &Request, state: &State) -> Reply {
         .and_then(|v| v.trim().parse::<u16>().ok())
         .filter(|s| (200..=599).contains(s))
         .unwrap_or(200);
-    Reply::json(status, format!("{{\"ok\":{}}}", status < 300))
+    let body = match req.header("x-receiver-body") {
+        Some(b) => percent_encoding::percent_decode_str(b).collect(),
+        None => match &state.answer_body {
+            Some(b) => b.clone(),
+            None => format!("{{\"ok\":{}}}", status < 300).into_bytes(),
+        },
+    };
+    Reply::json(status, body)
 }
 
 /// The human-readable block printed for one callback.

@@ -137,7 +137,10 @@ pub fn parse_form(body: &[u8]) -> Result<Callback, CallbackError> {
 
 /// Splits and decodes `a=b&c=d`. `+` is a space; percent-escapes must decode to
 /// UTF-8. Empty segments are skipped; a segment without `=` has an empty value.
-fn decode_pairs(body: &[u8], what: &str) -> Result<Vec<(String, String)>, CallbackError> {
+pub(super) fn decode_pairs(
+    body: &[u8],
+    what: &str,
+) -> Result<Vec<(String, String)>, CallbackError> {
     let mut out = Vec::new();
     for seg in body.split(|b| *b == b'&') {
         if seg.is_empty() {
@@ -163,6 +166,10 @@ fn decode_pairs(body: &[u8], what: &str) -> Result<Vec<(String, String)>, Callba
 }
 
 fn decode(raw: &[u8]) -> Option<String> {
+    // Nothing to decode (the usual token value): one copy.
+    if !raw.iter().any(|b| *b == b'+' || *b == b'%') {
+        return String::from_utf8(raw.to_vec()).ok();
+    }
     let plus: Vec<u8> = raw
         .iter()
         .map(|&b| if b == b'+' { b' ' } else { b })

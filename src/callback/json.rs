@@ -29,7 +29,7 @@ pub fn parse_json(body: &[u8]) -> Result<Callback, CallbackError> {
 /// own messages are not formatted: that would pull float formatting into the
 /// module, and its "data" errors here can only be a body that is not an
 /// object, which the visitor refuses.)
-fn json_error(e: serde_json::Error) -> CallbackError {
+pub(super) fn json_error(e: serde_json::Error) -> CallbackError {
     use serde_json::error::Category;
     match e.classify() {
         Category::Eof => CallbackError::Body("is truncated JSON".into()),
@@ -46,7 +46,7 @@ fn json_error(e: serde_json::Error) -> CallbackError {
 /// A JSON value as far as the rules need it. Nested compound values inside
 /// `PubParam` are only remembered as such, never built.
 #[derive(Debug, Clone, PartialEq)]
-enum Scalar {
+pub(super) enum Scalar {
     Str(String),
     UInt(u64),
     /// Negative integers, kept as their text.
@@ -153,7 +153,7 @@ const CORE_FIELDS: [&str; 14] = [
 
 /// True when `key` equals the ASCII name `field` under case folding, with the
 /// two non-ASCII letters that fold onto ASCII (`ſ` → s, Kelvin `K` → k).
-fn folds_to(key: &str, field: &str) -> bool {
+pub(super) fn folds_to(key: &str, field: &str) -> bool {
     let mut a = key.chars();
     let mut b = field.bytes();
     loop {
@@ -218,7 +218,7 @@ impl<'de> de::Deserialize<'de> for Field {
 /// Consumes any value without building it. Unlike serde's `IgnoredAny` it
 /// goes through serde_json's depth limit (128), so a body nested 10,000 deep
 /// is refused wherever the nesting sits, instead of being passed upstream.
-struct Skip;
+pub(super) struct Skip;
 
 impl<'de> de::Deserialize<'de> for Skip {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -226,7 +226,7 @@ impl<'de> de::Deserialize<'de> for Skip {
     }
 }
 
-struct ScalarVisitor;
+pub(super) struct ScalarVisitor;
 
 impl<'de> Visitor<'de> for ScalarVisitor {
     type Value = Scalar;
@@ -371,7 +371,7 @@ impl<'de> Visitor<'de> for RawVisitor {
     }
 }
 
-fn type_name(v: &Scalar) -> &'static str {
+pub(super) fn type_name(v: &Scalar) -> &'static str {
     match v {
         Scalar::Str(_) => "a string",
         Scalar::UInt(_) | Scalar::OtherNum(_) | Scalar::Float => "a number",

@@ -7,10 +7,12 @@
 mod form;
 mod json;
 mod media;
+mod srs;
 
 pub use form::parse_form;
 pub use json::parse_json;
 pub use media::{classify, media_type, sniff, MediaType};
+pub use srs::{answer_is_success, parse_srs, parse_srs_or_kls};
 
 /// Longest app, stream or domain name accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -25,6 +27,9 @@ pub enum Format {
     /// nginx-rtmp `on_publish`: form with `call` `publish` / `publish_done`
     /// (and `update_publish` from `on_update`).
     NginxRtmp,
+    /// SRS `http_hooks`: JSON with `action` `on_publish` / `on_unpublish`
+    /// (and `on_hls`, a live push's sign of life).
+    Srs,
 }
 
 impl Format {
@@ -34,6 +39,7 @@ impl Format {
             Format::KlsV2 => "kls_v2",
             Format::KlsV1 => "kls_v1",
             Format::NginxRtmp => "nginx_rtmp",
+            Format::Srs => "srs",
         }
     }
 }
@@ -45,7 +51,8 @@ pub enum Event {
     Start,
     /// `PubEnd`, `user_publish_done`, `publish_done`.
     End,
-    /// nginx-rtmp `update_publish` (`on_update`): a live push's sign of life.
+    /// nginx-rtmp `update_publish` (`on_update`), SRS `on_hls`: a live
+    /// push's sign of life.
     Update,
 }
 
@@ -183,6 +190,11 @@ pub enum CallbackError {
     /// the dialects switched on, so the decision words the message.
     #[error("field `call` has an unknown value")]
     UnknownCall,
+    /// An SRS body whose `stream` still holds the push URL's query (SRS
+    /// could not parse the URL, e.g. raw non-ASCII bytes in the query, and
+    /// sent an empty `param`): the push token never reached the hook.
+    #[error("field `stream` holds the push URL's query and `param` is empty (SRS could not parse the push URL: raw non-ASCII in its query?), so the push token is missing; percent-encode the query")]
+    QueryInStream,
 }
 
 impl CallbackError {

@@ -26,6 +26,7 @@ pub use crate::lifecycle::Level;
 #[repr(u32)]
 pub enum Buffer {
     HttpRequestBody = 0,
+    HttpResponseBody = 1,
     HttpCallResponseBody = 4,
     PluginConfiguration = 7,
 }

@@ -5,7 +5,9 @@
 //!
 //! The module implements the Proxy-Wasm ABI 0.2.1 itself and exports only the
 //! callbacks it uses. Envoy skips a callback the module does not export, so a
-//! request costs no VM calls for response bodies, trailers and the like; and
+//! request costs no VM calls for response headers, trailers and the like
+//! (response bodies: one call per chunk, for SRS's answer rule; see
+//! [`proxy_on_response_body`]); and
 //! every hostcall returns a `Result` (see [`host`]), so nothing here can panic.
 //!
 //! What is proxy-wasm's own:
@@ -461,10 +463,36 @@ pub extern "C" fn proxy_on_request_trailers(context_id: u32, _num_trailers: usiz
     stream(context_id).map_or(CONTINUE, |rc| run(&rc, Event::Trailers))
 }
 
+/// A chunk of the upstream's answer body. Exported for SRS's answer rule
+/// (a publish goes ahead only on a body of `0` or `{"code":0}`), and as cheap
+/// as an export can be for everything else: one lookup of the request and a
+/// flag, no hostcall, `Continue`. Only a forwarded SRS start
+/// ([`lifecycle::Stream::wants_response_body`]) reads the chunk.
+#[no_mangle]
+pub extern "C" fn proxy_on_response_body(
+    context_id: u32,
+    body_size: usize,
+    end_of_stream: u32,
+) -> u32 {
+    let Some(rc) = stream(context_id) else {
+        return CONTINUE;
+    };
+    if body_size == 0 || !rc.try_borrow().is_ok_and(|h| h.life.wants_response_body()) {
+        return CONTINUE;
+    }
+    let chunk = host::buffer(Buffer::HttpResponseBody, 0, body_size).ok();
+    let event = Event::ResponseBody {
+        chunk: chunk.as_deref(),
+        end_of_stream: end_of_stream != 0,
+    };
+    run(&rc, event)
+}
+
 /// The request is over (Envoy's access-log hook, called for every request,
 /// answered or reset). The request's state is dropped, unless a call to etcd
 /// still holds it. `proxy_on_response_headers`, `proxy_on_done` and
-/// `proxy_on_delete` are deliberately not exported: Envoy skips what a module
+/// `proxy_on_delete` are deliberately not exported (the status is read here,
+/// at the end): Envoy skips what a module
 /// does not export, and each call into the VM costs about a microsecond.
 #[no_mangle]
 pub extern "C" fn proxy_on_log(context_id: u32) {

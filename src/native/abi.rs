@@ -110,6 +110,7 @@ pub const REQUEST_HEADER: u32 = 0;
 /// `envoy_dynamic_module_type_http_body_type`.
 pub const RECEIVED_REQUEST_BODY: u32 = 0;
 pub const BUFFERED_REQUEST_BODY: u32 = 1;
+pub const RECEIVED_RESPONSE_BODY: u32 = 2;
 
 /// `envoy_dynamic_module_type_on_http_filter_request_headers_status`.
 pub const HEADERS_CONTINUE: u32 = 0;
@@ -117,6 +118,8 @@ pub const HEADERS_STOP_ITERATION: u32 = 1;
 /// `envoy_dynamic_module_type_on_http_filter_request_body_status`.
 pub const BODY_CONTINUE: u32 = 0;
 pub const BODY_STOP_AND_BUFFER: u32 = 1;
+/// `envoy_dynamic_module_type_on_http_filter_response_body_status`.
+pub const RESPONSE_BODY_CONTINUE: u32 = 0;
 /// `envoy_dynamic_module_type_on_http_filter_request_trailers_status`.
 pub const TRAILERS_CONTINUE: u32 = 0;
 pub const TRAILERS_STOP_ITERATION: u32 = 1;

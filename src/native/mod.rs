@@ -546,30 +546,34 @@ impl Filter {
     /// The first `n` bytes of the body: the buffered chunks, then the
     /// current hook's (received only inside a body hook).
     fn body(&self, n: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(n);
-        for kind in [abi::BUFFERED_REQUEST_BODY, abi::RECEIVED_REQUEST_BODY] {
-            // SAFETY: the live filter; the chunk array is sized by Envoy's own
-            // count, and the chunks stay valid for this hook.
-            unsafe {
-                let count =
-                    abi::envoy_dynamic_module_callback_http_get_body_chunks_size(self.envoy, kind);
-                if count == 0 {
-                    continue;
-                }
-                let mut chunks = vec![EnvoyBuffer::NULL; count];
-                if !abi::envoy_dynamic_module_callback_http_get_body_chunks(
-                    self.envoy,
-                    kind,
-                    chunks.as_mut_ptr(),
-                ) {
-                    continue;
-                }
+        let mut out = self.chunks(abi::BUFFERED_REQUEST_BODY);
+        out.extend_from_slice(&self.chunks(abi::RECEIVED_REQUEST_BODY));
+        out.truncate(n);
+        out
+    }
+
+    /// The bytes of one of Envoy's bodies (`abi::*_BODY`), for this hook.
+    fn chunks(&self, kind: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        // SAFETY: the live filter; the chunk array is sized by Envoy's own
+        // count, and the chunks stay valid for this hook.
+        unsafe {
+            let count =
+                abi::envoy_dynamic_module_callback_http_get_body_chunks_size(self.envoy, kind);
+            if count == 0 {
+                return out;
+            }
+            let mut chunks = vec![EnvoyBuffer::NULL; count];
+            if abi::envoy_dynamic_module_callback_http_get_body_chunks(
+                self.envoy,
+                kind,
+                chunks.as_mut_ptr(),
+            ) {
                 for c in chunks {
                     out.extend_from_slice(c.bytes());
                 }
             }
         }
-        out.truncate(n);
         out
     }
 
@@ -1175,13 +1179,26 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     0
 }
 
+/// The upstream's answer body: read only while the lifecycle wants it (a
+/// forwarded SRS start, whose acceptance reads the body); every other
+/// answer costs one check.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    _envoy: abi::FilterEnvoy,
-    _module: abi::FilterModule,
-    _end_of_stream: bool,
+    envoy: abi::FilterEnvoy,
+    module: abi::FilterModule,
+    end_of_stream: bool,
 ) -> u32 {
-    0
+    let status = (abi::RESPONSE_BODY_CONTINUE, abi::RESPONSE_BODY_CONTINUE);
+    request_hook("on_http_filter_response_body", envoy, module, status, |f| {
+        if !f.life.wants_response_body() {
+            return Flow::Continue;
+        }
+        let chunk = f.chunks(abi::RECEIVED_RESPONSE_BODY);
+        f.run(Event::ResponseBody {
+            chunk: Some(&chunk),
+            end_of_stream,
+        })
+    })
 }
 
 #[no_mangle]

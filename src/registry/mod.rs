@@ -392,11 +392,41 @@ pub fn rule(op: Op, live: Option<&Entry>, claim: &Claim, now: u64, ttl_s: u64) -
 /// one that its `publish_done` does not use). Any other status, or none at
 /// all (the request was reset or timed out), means the push does not go
 /// ahead, so the attempt is given back rather than block the stream for `ttl_s`.
+///
+/// SRS allows a publish only on 200 or 201 **and** an answer body SRS takes
+/// for success ([`srs_answer_accepted`]): its status alone is not enough,
+/// see [`answer_accepted`].
 pub fn publish_accepted(format: Format, upstream_status: Option<i64>) -> bool {
     upstream_status.is_some_and(|s| match format {
         Format::NginxRtmp => (200..400).contains(&s),
         Format::KlsV2 | Format::KlsV1 => (200..300).contains(&s),
+        Format::Srs => s == 200 || s == 201,
     })
+}
+
+/// Whether a dialect's acceptance of a publish depends on the answer's body,
+/// which the host then hands over (only SRS: every other request's path does
+/// not read the response).
+pub fn answer_body_needed(format: Format) -> bool {
+    format == Format::Srs
+}
+
+/// The whole acceptance rule of a start's answer: the status, and for SRS
+/// the body (`None`: not read, or cut off past [`MAX_ANSWER_BYTES`]).
+pub fn answer_accepted(format: Format, upstream_status: Option<i64>, body: Option<&[u8]>) -> bool {
+    publish_accepted(format, upstream_status)
+        && (!answer_body_needed(format) || body.is_some_and(srs_answer_accepted))
+}
+
+/// Longest answer body kept to apply SRS's rule; a longer one counts as a
+/// refusal (the reservation is given back).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// SRS's success body: exactly `0` (byte-exact: `0\n`, ` 0` and `"0"` are
+/// refusals), or a JSON object whose `"code"` is the integer 0 (whitespace
+/// and other keys are fine).
+pub fn srs_answer_accepted(body: &[u8]) -> bool {
+    crate::callback::answer_is_success(body)
 }
 
 #[cfg(test)]
