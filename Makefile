@@ -67,8 +67,10 @@ native-crash-test:
 # against both binaries; its clean refusal by Envoy 1.36.2 (another ABI); then the
 # etcd fleet suite with two native Envoys, and with one wasm and one native Envoy.
 NATIVE_SUITES := e2e_catalog e2e_envoy e2e_shipped e2e_one_filter e2e_registry e2e_production e2e_logscan e2e_srs e2e_cli
-# The real Envoy ELF in a PyPI venv (its bin/envoy is a Python launcher).
-envoy_elf = $(firstword $(wildcard $(CURDIR)/$(1)/lib/python3*/site-packages/envoy/_bin/envoy))
+# The real Envoy ELF in a PyPI venv (its bin/envoy is a Python launcher). Resolved by
+# the shell when the line runs: make expands a whole recipe before its first line, that
+# is before the recipe installs the venv.
+envoy_elf = $$(ls $(CURDIR)/$(1)/lib/python3*/site-packages/envoy/_bin/envoy)
 test-native: native native-crash-test wasm bins native-config
 	$(MAKE) envoy
 	$(MAKE) envoy ENVOY_VERSION=1.38.3
