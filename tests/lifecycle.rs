@@ -196,6 +196,42 @@ impl Host {
         st.flow()
     }
 
+    /// The headers hook with these pairs (their bytes counted as Envoy does).
+    fn headers(
+        &mut self,
+        p: &Plugin,
+        st: &mut Stream,
+        pairs: &[(&str, &str)],
+        end_of_stream: bool,
+    ) -> Flow {
+        let headers: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let bytes = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.run(
+            p,
+            st,
+            Event::Headers {
+                headers,
+                bytes,
+                end_of_stream,
+            },
+        )
+    }
+
+    /// The body hook with `size` bytes buffered so far.
+    fn body_in(&mut self, p: &Plugin, st: &mut Stream, size: usize, end_of_stream: bool) -> Flow {
+        self.run(
+            p,
+            st,
+            Event::Body {
+                size,
+                end_of_stream,
+            },
+        )
+    }
+
     /// A POST with this body, in one body chunk; the flow of the last hook.
     fn post(&mut self, p: &Plugin, st: &mut Stream, body: &[u8], extra: &[(&str, &str)]) -> Flow {
         self.body = body.to_vec();
@@ -366,32 +402,18 @@ fn a_declared_length_over_the_limit_is_refused_at_the_headers() {
     let p = plugin(r#","max_body_bytes":100"#);
     let mut h = Host::for_plugin(&p);
     let mut st = Stream::new();
-    let headers = vec![
-        (":method".to_string(), "POST".to_string()),
-        ("content-length".to_string(), "101".to_string()),
-    ];
-    let f = h.run(
+    let f = h.headers(
         &p,
         &mut st,
-        Event::Headers {
-            headers,
-            bytes: 30,
-            end_of_stream: false,
-        },
+        &[(":method", "POST"), ("content-length", "101")],
+        false,
     );
     assert_eq!(f, Flow::Pause);
     assert_eq!(h.reply_code(), (413, "PayloadTooLarge".to_string()));
     assert!(h.needs.is_empty(), "nothing read for a refused size");
     // Body bytes after the decision go on untouched.
     h.clear();
-    let f = h.run(
-        &p,
-        &mut st,
-        Event::Body {
-            size: 50,
-            end_of_stream: false,
-        },
-    );
+    let f = h.body_in(&p, &mut st, 50, false);
     assert_eq!(f, Flow::Continue);
     assert!(h.replies.is_empty() && h.counts.is_empty());
 }
@@ -401,32 +423,10 @@ fn a_body_growing_past_the_limit_is_refused_before_its_end() {
     let p = plugin(r#","max_body_bytes":100"#);
     let mut h = Host::for_plugin(&p);
     let mut st = Stream::new();
-    h.run(
-        &p,
-        &mut st,
-        Event::Headers {
-            headers: vec![(":method".into(), "POST".into())],
-            bytes: 10,
-            end_of_stream: false,
-        },
-    );
-    let f = h.run(
-        &p,
-        &mut st,
-        Event::Body {
-            size: 60,
-            end_of_stream: false,
-        },
-    );
+    h.headers(&p, &mut st, &[(":method", "POST")], false);
+    let f = h.body_in(&p, &mut st, 60, false);
     assert_eq!(f, Flow::Pause, "buffered while under the limit");
-    let f = h.run(
-        &p,
-        &mut st,
-        Event::Body {
-            size: 120,
-            end_of_stream: false,
-        },
-    );
+    let f = h.body_in(&p, &mut st, 120, false);
     assert_eq!(f, Flow::Pause);
     assert_eq!(h.reply_code(), (413, "PayloadTooLarge".to_string()));
 }
@@ -437,26 +437,13 @@ fn trailers_end_the_body() {
     let mut h = Host::for_plugin(&p);
     let mut st = Stream::new();
     h.body = start("cam1", NOW);
-    h.run(
+    h.headers(
         &p,
         &mut st,
-        Event::Headers {
-            headers: vec![
-                (":method".into(), "POST".into()),
-                ("content-type".into(), "application/json".into()),
-            ],
-            bytes: 30,
-            end_of_stream: false,
-        },
+        &[(":method", "POST"), ("content-type", "application/json")],
+        false,
     );
-    h.run(
-        &p,
-        &mut st,
-        Event::Body {
-            size: h.body.len(),
-            end_of_stream: false,
-        },
-    );
+    h.body_in(&p, &mut st, h.body.len(), false);
     assert_eq!(h.run(&p, &mut st, Event::Trailers), Flow::Continue);
     assert_eq!(h.counted(Metric::Forwarded), 1);
 }
@@ -466,15 +453,7 @@ fn a_request_without_a_body_is_decided_at_its_headers() {
     let p = plugin("");
     let mut h = Host::for_plugin(&p);
     let mut st = Stream::new();
-    let f = h.run(
-        &p,
-        &mut st,
-        Event::Headers {
-            headers: vec![(":method".into(), "GET".into())],
-            bytes: 10,
-            end_of_stream: true,
-        },
-    );
+    let f = h.headers(&p, &mut st, &[(":method", "GET")], true);
     assert_eq!(f, Flow::Pause);
     assert_eq!(h.reply_code(), (405, "MethodNotAllowed".to_string()));
     assert_eq!(h.needs[0].body, 0, "no body to read");
@@ -597,16 +576,7 @@ fn the_missing_flag_is_found_by_a_tick_and_refuses_later_bodies() {
     let mut h = Host::for_plugin(&p);
     assert!(p.wants_stream_ticks());
     let mut st = Stream::new();
-    let headers = vec![(":method".to_string(), "POST".to_string())];
-    let f = h.run(
-        &p,
-        &mut st,
-        Event::Headers {
-            headers: headers.clone(),
-            bytes: 10,
-            end_of_stream: false,
-        },
-    );
+    let f = h.headers(&p, &mut st, &[(":method", "POST")], false);
     assert_eq!(f, Flow::Pause);
     assert!(st.awaiting_body());
     // No body byte received yet: left alone.
@@ -628,15 +598,7 @@ fn the_missing_flag_is_found_by_a_tick_and_refuses_later_bodies() {
     // second critical line.
     h.clear();
     let mut next = Stream::new();
-    let f = h.run(
-        &p,
-        &mut next,
-        Event::Headers {
-            headers,
-            bytes: 10,
-            end_of_stream: false,
-        },
-    );
+    let f = h.headers(&p, &mut next, &[(":method", "POST")], false);
     assert_eq!(f, Flow::Pause);
     assert_eq!(h.reply_code(), (500, "InternalError".to_string()));
     assert!(!h.logs.iter().any(|(l, _)| *l == Level::Critical));
@@ -648,24 +610,9 @@ fn once_a_body_reached_the_filter_ticks_leave_held_requests_alone() {
     let mut h = Host::for_plugin(&p);
     let mut st = Stream::new();
     h.body = start("cam1", NOW);
-    h.run(
-        &p,
-        &mut st,
-        Event::Headers {
-            headers: vec![(":method".into(), "POST".into())],
-            bytes: 10,
-            end_of_stream: false,
-        },
-    );
+    h.headers(&p, &mut st, &[(":method", "POST")], false);
     assert!(p.wants_stream_ticks());
-    h.run(
-        &p,
-        &mut st,
-        Event::Body {
-            size: 5,
-            end_of_stream: false,
-        },
-    );
+    h.body_in(&p, &mut st, 5, false);
     assert!(!p.wants_stream_ticks(), "the flag is proven");
 }
 
