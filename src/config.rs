@@ -63,7 +63,7 @@ fn one_line(s: String) -> String {
     }
 }
 
-/// Push-token scheme (see the `token` module).
+/// Token scheme of push and play tokens (see the `token` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
     /// KLS "simple authentication": `t` expiry and `k` = md5(key+stream+t)[8..24].
@@ -82,7 +82,10 @@ pub struct Config {
     /// Callback dialects accepted.
     pub formats: Formats,
     /// Push-token check; `None` leaves push params unchecked.
-    pub push_auth: Option<PushAuth>,
+    pub push_auth: Option<TokenAuth>,
+    /// Play-token check, with keys apart from the push keys; `None` refuses
+    /// every play callback.
+    pub play_auth: Option<TokenAuth>,
     /// Checks on who sent the callback.
     pub callback_auth: CallbackAuth,
     /// The one-live-push-per-stream rule.
@@ -122,20 +125,20 @@ impl Formats {
     }
 }
 
-/// Push-token verification settings.
+/// Token verification settings: `push_auth` or `play_auth`.
 #[derive(Debug, Clone)]
-pub struct PushAuth {
+pub struct TokenAuth {
     /// The token scheme.
     pub scheme: Scheme,
     /// Keys in configuration order; any that applies and matches accepts.
-    pub keys: Vec<PushKey>,
+    pub keys: Vec<TokenKey>,
     /// Grace after the expiry `t`, in seconds.
     pub clock_skew_s: u64,
 }
 
-/// One push-token key, possibly limited to some apps or ingest domains.
+/// One push- or play-token key, possibly limited to some apps or ingest domains.
 #[derive(Debug, Clone)]
-pub struct PushKey {
+pub struct TokenKey {
     /// Key id: reported in `x-callback-guard-key-id`, selectable by `kid`.
     pub id: String,
     /// The key itself.
@@ -146,7 +149,7 @@ pub struct PushKey {
     pub domains: Option<Vec<String>>,
 }
 
-impl PushKey {
+impl TokenKey {
     /// True when this key may be used for a callback about `app` on `domain`.
     pub fn applies_to(&self, app: &str, domain: Option<&str>) -> bool {
         let app_ok = self
@@ -252,7 +255,8 @@ struct RawConfig {
     max_body_bytes: Option<u64>,
     apps: Option<Vec<String>>,
     formats: Option<Vec<String>>,
-    push_auth: Option<RawPushAuth>,
+    push_auth: Option<RawTokenAuth>,
+    play_auth: Option<RawTokenAuth>,
     callback_auth: Option<RawCallbackAuth>,
     duplicate_streams: Option<RawDuplicateStreams>,
     max_event_age_s: Option<u64>,
@@ -262,7 +266,7 @@ struct RawConfig {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "an object")]
-struct RawPushAuth {
+struct RawTokenAuth {
     scheme: String,
     keys: Vec<RawKey>,
     clock_skew_s: Option<u64>,
@@ -764,6 +768,12 @@ impl Config {
                 ));
             }
         }
+        if self.play_auth.is_some() && !self.formats.nginx_rtmp && !self.formats.srs {
+            w.push(
+                "play_auth: unused, since no format in `formats` has play callbacks (nginx_rtmp, srs)"
+                    .to_string(),
+            );
+        }
         if !self.duplicate_streams.reject && self.duplicate_streams.etcd.is_some() {
             w.push(
                 "duplicate_streams.store: unused, since duplicate_streams.reject is false"
@@ -803,6 +813,7 @@ impl Config {
                 srs: false,
             },
             push_auth: None,
+            play_auth: None,
             callback_auth: CallbackAuth::default(),
             duplicate_streams: DuplicateStreams {
                 reject: true,
@@ -879,7 +890,13 @@ impl Config {
         }
 
         if let Some(pa) = raw.push_auth {
-            cfg.push_auth = validate_push_auth(pa, env, &mut errs);
+            cfg.push_auth = validate_token_auth(pa, "push_auth", env, &mut errs);
+        }
+        if let Some(pa) = raw.play_auth {
+            cfg.play_auth = validate_token_auth(pa, "play_auth", env, &mut errs);
+        }
+        if let (Some(push), Some(play)) = (&cfg.push_auth, &cfg.play_auth) {
+            keep_apart(push, play, &mut errs);
         }
 
         if let Some(ca) = raw.callback_auth {
@@ -1103,17 +1120,19 @@ fn check_key_ids(keys: &[RawKey], path: &str, errs: &mut Vec<ConfigError>) {
     }
 }
 
-fn validate_push_auth(
-    pa: RawPushAuth,
+/// `push_auth` or `play_auth` (`at`): the same shape and rules.
+fn validate_token_auth(
+    pa: RawTokenAuth,
+    at: &str,
     env: &dyn Env,
     errs: &mut Vec<ConfigError>,
-) -> Option<PushAuth> {
+) -> Option<TokenAuth> {
     let scheme = match pa.scheme.as_str() {
         "ks_md5" => Some(Scheme::KsMd5),
         "hmac_sha256" => Some(Scheme::HmacSha256),
         other => {
             errs.push(ConfigError::new(
-                "push_auth.scheme",
+                format!("{at}.scheme"),
                 format!(
                     "unknown scheme `{}`, expected `ks_md5` or `hmac_sha256`",
                     crate::callback::printable(other)
@@ -1122,17 +1141,17 @@ fn validate_push_auth(
             None
         }
     };
-    check_key_ids(&pa.keys, "push_auth.keys", errs);
+    check_key_ids(&pa.keys, &format!("{at}.keys"), errs);
     let clock_skew_s = pa.clock_skew_s.unwrap_or(0);
     if clock_skew_s > 86400 {
         errs.push(ConfigError::new(
-            "push_auth.clock_skew_s",
+            format!("{at}.clock_skew_s"),
             format!("must be at most 86400, not `{clock_skew_s}`"),
         ));
     }
     let mut keys = Vec::new();
     for (i, k) in pa.keys.iter().enumerate() {
-        let path = format!("push_auth.keys[{i}]");
+        let path = format!("{at}.keys[{i}]");
         let Some(secret) = resolve_secret(k, &path, env, errs) else {
             continue;
         };
@@ -1178,7 +1197,7 @@ fn validate_push_auth(
                 ));
             }
         }
-        keys.push(PushKey {
+        keys.push(TokenKey {
             id: k.id.clone(),
             secret,
             apps: k.apps.clone(),
@@ -1188,11 +1207,42 @@ fn validate_push_auth(
                 .map(|ds| ds.iter().map(|d| d.to_ascii_lowercase()).collect()),
         });
     }
-    Some(PushAuth {
+    Some(TokenAuth {
         scheme: scheme?,
         keys,
         clock_skew_s,
     })
+}
+
+/// Play keys must be apart from push keys: a secret in both would let a play
+/// token open a push (and a push token play), and an id in both would make
+/// `x-callback-guard-key-id` say nothing about which was used. Compared in
+/// constant time, like every secret; the message names ids, never secrets.
+fn keep_apart(push: &TokenAuth, play: &TokenAuth, errs: &mut Vec<ConfigError>) {
+    for (i, k) in play.keys.iter().enumerate() {
+        if push.keys.iter().any(|p| p.id == k.id) {
+            errs.push(ConfigError::new(
+                format!("play_auth.keys[{i}].id"),
+                format!(
+                    "key id `{}` is also a push_auth key id; give play keys their own ids",
+                    k.id
+                ),
+            ));
+        }
+        if let Some(p) = push
+            .keys
+            .iter()
+            .find(|p| p.secret.matches(k.secret.expose()))
+        {
+            errs.push(ConfigError::new(
+                format!("play_auth.keys[{i}]"),
+                format!(
+                    "key `{}` has the same secret as push_auth key `{}`: a play token could open a push; give play keys their own secrets",
+                    k.id, p.id
+                ),
+            ));
+        }
+    }
 }
 
 fn secret_path(k: &RawKey, path: &str) -> String {
@@ -1217,7 +1267,7 @@ fn plain_keys(
         if k.apps.is_some() || k.domains.is_some() {
             errs.push(ConfigError::new(
                 p.clone(),
-                "`apps` and `domains` apply to push_auth keys only",
+                "`apps` and `domains` apply to push_auth and play_auth keys only",
             ));
         }
         if let Some(secret) = resolve_secret(k, &p, env, errs) {
@@ -1576,7 +1626,7 @@ mod tests {
 
     #[test]
     fn key_scoping() {
-        let k = PushKey {
+        let k = TokenKey {
             id: "a".into(),
             secret: Secret::new("x"),
             apps: Some(vec!["live".into()]),
@@ -1852,6 +1902,123 @@ mod tests {
             r#"{"callback_auth":{"webhook_signature":{"keys":[{"id":"w","secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]}}}"#,
         ] {
             assert!(parse(checked).warnings().is_empty(), "{checked}");
+        }
+    }
+
+    const PUSH_KS: &str =
+        r#""push_auth":{"scheme":"ks_md5","keys":[{"id":"pusher","secret":"pushkey1"}]}"#;
+
+    #[test]
+    fn play_auth_has_the_shape_of_push_auth() {
+        let env = |n: &str| (n == "PLAY_KEY").then(|| "0123456789abcdef0123".to_string());
+        let c = Config::from_json(
+            br#"{"formats":["nginx_rtmp"],"play_auth":{"scheme":"hmac_sha256","clock_skew_s":30,
+                "keys":[{"id":"viewer","secret_env":"PLAY_KEY","apps":["live"],"domains":["Edge.Example.com"]}]}}"#,
+            &env,
+        )
+        .unwrap();
+        let pa = c.play_auth.unwrap();
+        assert_eq!((pa.scheme, pa.clock_skew_s), (Scheme::HmacSha256, 30));
+        assert_eq!(pa.keys[0].id, "viewer");
+        assert_eq!(pa.keys[0].secret.expose(), b"0123456789abcdef0123");
+        assert_eq!(pa.keys[0].apps.as_deref(), Some(&["live".to_string()][..]));
+        assert_eq!(
+            pa.keys[0].domains.as_deref(),
+            Some(&["edge.example.com".to_string()][..])
+        );
+        assert!(c.push_auth.is_none());
+        assert!(parse_ok("{}").play_auth.is_none(), "absent by default");
+        // Its problems are named under play_auth, as push_auth's are under push_auth.
+        for (json, key) in [
+            (
+                r#"{"play_auth":{"scheme":"md5","keys":[{"id":"a","secret":"x"}]}}"#,
+                "play_auth.scheme",
+            ),
+            (
+                r#"{"play_auth":{"scheme":"ks_md5","keys":[]}}"#,
+                "play_auth.keys",
+            ),
+            (
+                r#"{"play_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"has space"}]}}"#,
+                "play_auth.keys[0].secret",
+            ),
+            (
+                r#"{"play_auth":{"scheme":"hmac_sha256","keys":[{"id":"a","secret":"short"}]}}"#,
+                "play_auth.keys[0].secret",
+            ),
+            (
+                r#"{"play_auth":{"scheme":"ks_md5","clock_skew_s":86401,"keys":[{"id":"a","secret":"x"}]}}"#,
+                "play_auth.clock_skew_s",
+            ),
+            (
+                r#"{"play_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"x","apps":[]}]}}"#,
+                "play_auth.keys[0].apps",
+            ),
+            (
+                r#"{"play_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret_env":"NOPE"}]}}"#,
+                "play_auth.keys[0].secret_env",
+            ),
+            (
+                r#"{"play_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"x","sekret":1}]}}"#,
+                "play_auth.keys[0]",
+            ),
+        ] {
+            let e = errs(json);
+            assert_eq!(e[0].key, key, "{json}: {}", e[0]);
+        }
+    }
+
+    fn parse_ok(json: &str) -> Config {
+        Config::from_json(json.as_bytes(), &no_env).unwrap()
+    }
+
+    #[test]
+    fn play_keys_are_apart_from_push_keys() {
+        // The same secret under another id: refused, named by ids only.
+        let e = errs(&format!(
+            r#"{{{PUSH_KS},"play_auth":{{"scheme":"ks_md5","keys":[{{"id":"viewer","secret":"pushkey1"}}]}}}}"#
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].key, "play_auth.keys[0]");
+        assert!(
+            e[0].problem.contains("`viewer`") && e[0].problem.contains("`pusher`"),
+            "{}",
+            e[0]
+        );
+        assert!(!e[0].to_string().contains("pushkey1"), "{}", e[0]);
+        // The same secret through the environment, and in another scheme.
+        let env = |n: &str| (n == "SAME").then(|| "pushkey1pushkey1".to_string());
+        let e = Config::from_json(
+            br#"{"push_auth":{"scheme":"ks_md5","keys":[{"id":"a","secret":"pushkey1pushkey1"}]},
+                "play_auth":{"scheme":"hmac_sha256","keys":[{"id":"b","secret_env":"SAME"}]}}"#,
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(e[0].key, "play_auth.keys[0]", "{e:?}");
+        // The same id with another secret: refused too.
+        let e = errs(&format!(
+            r#"{{{PUSH_KS},"play_auth":{{"scheme":"ks_md5","keys":[{{"id":"ok","secret":"other1"}},{{"id":"pusher","secret":"other2"}}]}}}}"#
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].key, "play_auth.keys[1].id");
+        // Apart: fine.
+        let c = parse_ok(&format!(
+            r#"{{"formats":["nginx_rtmp"],{PUSH_KS},"play_auth":{{"scheme":"ks_md5","keys":[{{"id":"viewer","secret":"playkey1"}}]}}}}"#
+        ));
+        assert!(c.push_auth.is_some() && c.play_auth.is_some());
+    }
+
+    #[test]
+    fn warns_when_no_format_has_play_callbacks() {
+        let play = r#""play_auth":{"scheme":"ks_md5","keys":[{"id":"v","secret":"playkey1"}]}"#;
+        let w = parse_ok(&format!("{{{PUSH_KS},{play}}}")).warnings();
+        assert_eq!(
+            w,
+            ["play_auth: unused, since no format in `formats` has play callbacks (nginx_rtmp, srs)"]
+        );
+        for f in ["nginx_rtmp", "srs"] {
+            let w = parse_ok(&format!(r#"{{"formats":["{f}"],{PUSH_KS},{play}}}"#)).warnings();
+            assert!(w.is_empty(), "{f}: {w:?}");
         }
     }
 

@@ -71,12 +71,16 @@ pub enum Level {
 /// ([`Metric::name`]), so dashboards work on either build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metric {
-    /// Every request the filter sees.
+    /// Every request the filter sees, plays included.
     Received,
-    /// Requests sent on to the upstream (observe mode's marked ones too).
+    /// Requests sent on to the upstream, plays apart.
     Forwarded,
-    /// Refusals (in observe mode: would-be refusals), by code.
+    /// Refusals (in observe mode: would-be refusals), by code, plays apart.
     Rejected(Code),
+    /// Play callbacks (nginx-rtmp `play…`, SRS `on_play`/`on_stop`) sent on.
+    PlayForwarded,
+    /// Play callbacks refused (in observe mode: would-be refusals), by code.
+    PlayRejected(Code),
     /// Reservations freed because the upstream refused a start or never answered.
     Released,
     /// Registry failures, by kind ([`RegistryError::KINDS`]).
@@ -85,7 +89,7 @@ pub enum Metric {
 
 impl Metric {
     /// How many counters there are: [`Metric::index`] is below it.
-    pub const COUNT: usize = 3 + Code::ALL.len() + RegistryError::KINDS.len();
+    pub const COUNT: usize = 4 + 2 * Code::ALL.len() + RegistryError::KINDS.len();
 
     /// Every counter, in [`Metric::index`] order.
     pub fn all() -> impl Iterator<Item = Metric> {
@@ -93,15 +97,19 @@ impl Metric {
             .into_iter()
             .chain(Code::ALL.into_iter().map(Metric::Rejected))
             .chain(RegistryError::KINDS.into_iter().map(Metric::StoreError))
+            .chain([Metric::PlayForwarded])
+            .chain(Code::ALL.into_iter().map(Metric::PlayRejected))
     }
 
     /// A dense index, for hosts that keep counters in an array.
     pub fn index(self) -> usize {
+        let code = |c: Code| Code::ALL.iter().position(|x| *x == c).unwrap_or(0);
+        let plays = 3 + Code::ALL.len() + RegistryError::KINDS.len();
         match self {
             Metric::Received => 0,
             Metric::Forwarded => 1,
             Metric::Released => 2,
-            Metric::Rejected(c) => 3 + Code::ALL.iter().position(|x| *x == c).unwrap_or(0),
+            Metric::Rejected(c) => 3 + code(c),
             Metric::StoreError(k) => {
                 3 + Code::ALL.len()
                     + RegistryError::KINDS
@@ -109,11 +117,15 @@ impl Metric {
                         .position(|x| *x == k)
                         .unwrap_or(0)
             }
+            Metric::PlayForwarded => plays,
+            Metric::PlayRejected(c) => plays + 1 + code(c),
         }
     }
 
     /// The stat name (Envoy prefixes it; the shipped `stats_tags` turn the
-    /// last part into a `code` or `kind` label).
+    /// last part into a `code` or `kind` label). Plays have names of their
+    /// own: viewers can outnumber pushes by far, and a dashboard of pushes
+    /// must not drown in them.
     pub fn name(self) -> String {
         match self {
             Metric::Received => "callback_guard.requests_received".into(),
@@ -121,6 +133,8 @@ impl Metric {
             Metric::Released => "callback_guard.reservations_released".into(),
             Metric::Rejected(c) => format!("callback_guard.requests_rejected.{}", c.as_str()),
             Metric::StoreError(k) => format!("callback_guard.store_errors.{k}"),
+            Metric::PlayForwarded => "callback_guard.plays_forwarded".into(),
+            Metric::PlayRejected(c) => format!("callback_guard.plays_rejected.{}", c.as_str()),
         }
     }
 }
@@ -1116,7 +1130,11 @@ impl Stream {
             );
         }
         self.phase = Phase::Decided;
-        self.emit(Effect::Count(Metric::Forwarded));
+        self.emit(Effect::Count(if f.event.is_play() {
+            Metric::PlayForwarded
+        } else {
+            Metric::Forwarded
+        }));
         if let Some(e) = &f.registry_error {
             self.emit(Effect::Count(Metric::StoreError(e.kind())));
             self.log(
@@ -1156,7 +1174,11 @@ impl Stream {
         if let Some(e) = &r.registry_error {
             self.emit(Effect::Count(Metric::StoreError(e.kind())));
         }
-        self.emit(Effect::Count(Metric::Rejected(r.code)));
+        self.emit(Effect::Count(if r.is_play() {
+            Metric::PlayRejected(r.code)
+        } else {
+            Metric::Rejected(r.code)
+        }));
         let mode = plugin.config.mode;
         self.log(Level::Info, r.log_line_in(mode));
         if let Action::Observe(r) = Verdict::Reject(r.clone()).under(mode) {

@@ -4,12 +4,14 @@
 //! Order of the rules (the first failure answers):
 //! method → size → sender checks (`callback_auth`) → media type (the label,
 //! or the body when unlabelled) → parsing and validation → dialect switched
-//! on → `apps` → event age → push token → stream registry. Sender checks come before the body is read so that an
-//! unauthenticated sender learns nothing about what a valid body looks like.
+//! on → for a play, `play_auth` configured → `apps` → event age → push (or
+//! play) token → stream registry (pushes only: plays never touch it). Sender
+//! checks come before the body is read so that an unauthenticated sender
+//! learns nothing about what a valid body looks like.
 
 use std::net::IpAddr;
 
-use crate::auth::{self, webhook::WebhookHeaders, AuthError};
+use crate::auth::{self, webhook::WebhookHeaders, AuthError, Purpose, TokenError};
 use crate::callback::{self, printable, Callback, CallbackError, Event, Format, MediaType};
 use crate::config::{Config, Mode};
 use crate::registry::{self, Answer, Claim, Op, RegistryError, Reserve, SharedStore};
@@ -96,13 +98,14 @@ impl Verdict {
 pub struct Forward {
     /// Wire format.
     pub format: Format,
-    /// Start or end.
+    /// What the callback reports (a push's start, end, update, or a play's).
     pub event: Event,
     /// App name.
     pub app: String,
     /// Stream name.
     pub stream: String,
-    /// Id of the push key that matched, when tokens are checked.
+    /// Id of the push (or, for a play, play) key that matched, when tokens
+    /// are checked.
     pub key_id: Option<String>,
     /// Names of the checks that ran and passed.
     pub verified: Vec<&'static str>,
@@ -154,6 +157,9 @@ pub struct Rejection {
     pub app: Option<String>,
     /// Stream, when the body got that far (for the log line).
     pub stream: Option<String>,
+    /// The callback's event, when the body got that far: a play's refusal
+    /// is counted apart from a push's.
+    pub event: Option<Event>,
     /// Why the registry could not check a start, when that is the reason
     /// (counted by kind).
     pub registry_error: Option<RegistryError>,
@@ -167,8 +173,14 @@ impl Rejection {
             message: message.into(),
             app: None,
             stream: None,
+            event: None,
             registry_error: None,
         }
+    }
+
+    /// Whether the refused callback was a play (counted as one).
+    pub fn is_play(&self) -> bool {
+        self.event.is_some_and(Event::is_play)
     }
 
     /// The one log line for a rejection: code, status, app, stream and
@@ -180,15 +192,20 @@ impl Rejection {
 
     /// The log line under `mode`: in observe mode it says so before the
     /// reason (`mode=observe`), the rest unchanged, so the same searches and
-    /// counters find observed refusals.
+    /// counters find observed refusals. A play's line says which play event
+    /// it was (`event=play`), so that plays can be told from pushes.
     pub fn log_line_in(&self, mode: Mode) -> String {
         let quoted = |s: &Option<String>| s.as_ref().map_or("-".to_string(), |s| format!("{s:?}"));
         let mode = match mode {
             Mode::Enforce => "",
             Mode::Observe => " mode=observe",
         };
+        let event = match self.event {
+            Some(e) if e.is_play() => format!(" event={}", e.as_str()),
+            _ => String::new(),
+        };
         format!(
-            "callback-guard rejected: code={} status={} app={} stream={}{mode} reason={}",
+            "callback-guard rejected: code={} status={} app={} stream={}{event}{mode} reason={}",
             self.code.as_str(),
             self.code.status(),
             quoted(&self.app),
@@ -197,7 +214,8 @@ impl Rejection {
         )
     }
 
-    fn about(self, cb: &Callback) -> Self {
+    fn about(mut self, cb: &Callback) -> Self {
+        self.event = Some(cb.event);
         self.about_names(&cb.app, &cb.stream)
     }
 
@@ -348,13 +366,25 @@ fn check_inner(
     }
     .map_err(|e| match e {
         CallbackError::UnknownCall => dialect_off(config),
-        CallbackError::QueryInStream if config.push_auth.is_some() => {
-            Rejection::new(Code::AuthencationFailed, e.to_string())
+        CallbackError::QueryInStream(event) if token_auth(config, event).is_some() => {
+            let mut r = Rejection::new(Code::AuthencationFailed, e.to_string());
+            r.event = Some(event);
+            r
         }
         e => callback_rejection(&e),
     })?;
     if !config.formats.allows(cb.format) {
         return Err(dialect_off(config).about(&cb));
+    }
+    if cb.event.is_play() && config.play_auth.is_none() {
+        return Err(Rejection::new(
+            Code::InvalidParameterValue,
+            format!(
+                "`{}` is a play callback, and play callbacks are refused until `play_auth` is configured (the play token check)",
+                play_call(cb.format, cb.event)
+            ),
+        )
+        .about(&cb));
     }
     verified.push("format");
 
@@ -379,11 +409,15 @@ fn check_inner(
         }
     }
 
-    let key_id = match &config.push_auth {
-        Some(pa) => {
-            let id =
-                auth::token::verify(pa, &cb, now_s).map_err(|e| auth_rejection(e).about(&cb))?;
-            verified.push("push_token");
+    let key_id = match token_auth(config, cb.event) {
+        Some(ta) => {
+            let id = auth::token::verify(ta, &cb, now_s)
+                .map_err(|e| auth_rejection(other_purpose(config, &cb, e)).about(&cb))?;
+            verified.push(if cb.event.is_play() {
+                "play_token"
+            } else {
+                "push_token"
+            });
             Some(id)
         }
         None => None,
@@ -399,13 +433,13 @@ fn check_inner(
         reservation: None,
         registry_error: None,
     };
-    if !config.duplicate_streams.reject {
-        return Ok(Ok(forward));
-    }
     let op = match cb.event {
+        _ if !config.duplicate_streams.reject => return Ok(Ok(forward)),
         Event::Start => Op::Reserve,
         Event::End => Op::Release,
         Event::Update => Op::Refresh,
+        // Any number of viewers may watch: a play never reserves or frees.
+        Event::Play | Event::PlayEnd | Event::PlayUpdate => return Ok(Ok(forward)),
     };
     Ok(Err(Pending {
         op,
@@ -454,6 +488,50 @@ fn parse_json_dialect(
     })
 }
 
+/// The token check of a callback about `event`: `play_auth` for a play,
+/// `push_auth` for everything else.
+fn token_auth(config: &Config, event: Event) -> Option<&crate::config::TokenAuth> {
+    match Purpose::of(event) {
+        Purpose::Push => config.push_auth.as_ref(),
+        Purpose::Play => config.play_auth.as_ref(),
+    }
+}
+
+/// A signature that matches no key: when a key of the other purpose signed
+/// it (a push token presented to play, or the reverse), the message says so,
+/// since that is a mix-up to fix where URLs are minted, not a forgery.
+fn other_purpose(config: &Config, cb: &Callback, e: AuthError) -> AuthError {
+    let AuthError::Token(purpose, TokenError::BadSignature) = e else {
+        return e;
+    };
+    match token_auth(config, other_event(cb.event)) {
+        Some(other) if auth::token::signed_by(other, cb) => {
+            AuthError::Token(purpose, TokenError::OtherPurpose)
+        }
+        _ => e,
+    }
+}
+
+/// An event of the other purpose, to look up its token check.
+fn other_event(event: Event) -> Event {
+    if event.is_play() {
+        Event::Start
+    } else {
+        Event::Play
+    }
+}
+
+/// The dialect's own name of a play event, for messages.
+fn play_call(format: Format, event: Event) -> &'static str {
+    match (format, event) {
+        (Format::Srs, Event::PlayEnd) => "on_stop",
+        (Format::Srs, _) => "on_play",
+        (_, Event::PlayEnd) => "play_done",
+        (_, Event::PlayUpdate) => "update_play",
+        _ => "play",
+    }
+}
+
 fn has(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -472,6 +550,10 @@ fn dialect_off(config: &Config) -> Rejection {
         (
             config.formats.nginx_rtmp,
             "publish, publish_done or update_publish",
+        ),
+        (
+            config.formats.nginx_rtmp && config.play_auth.is_some(),
+            "play, play_done or update_play",
         ),
     ]
     .iter()

@@ -708,7 +708,7 @@ http_filters:
     assert_eq!(rc, 2, "{out}");
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
-        ["document 1, http_filters[0]: configuration: unknown field `ttl_s`, expected one of `max_body_bytes`, `apps`, `formats`, `push_auth`, `callback_auth`, `duplicate_streams`, `max_event_age_s`, `mode`, `filter_state_mark`"],
+        ["document 1, http_filters[0]: configuration: unknown field `ttl_s`, expected one of `max_body_bytes`, `apps`, `formats`, `push_auth`, `play_auth`, `callback_auth`, `duplicate_streams`, `max_event_age_s`, `mode`, `filter_state_mark`"],
         "{out}"
     );
     // Not YAML, and YAML with a configuration callback-guard cannot read.
@@ -730,4 +730,117 @@ config:
         ),
         "{out}"
     );
+}
+
+const PLAY_KEY: &str = "CliPlayKey456";
+
+/// nginx-rtmp's `on_play` form for `stream`, with the player's query.
+fn play_form(call: &str, stream: &str, query: &str) -> String {
+    format!(
+        "app=live&flashver=LNX%209,0,124,2&swfurl=&tcurl=rtmp://127.0.0.1:1935/live&pageurl=&addr=127.0.0.1&clientid=3&call={call}&name={stream}&start=4294965296&duration=0&reset=0&{query}"
+    )
+}
+
+fn play_config() -> std::path::PathBuf {
+    config_file(
+        "play",
+        &format!(
+            r#"{{"formats":["nginx_rtmp"],"apps":["live"],
+                "push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KEY}"}}]}},
+                "play_auth":{{"scheme":"ks_md5","keys":[{{"id":"viewer","secret":"{PLAY_KEY}"}}]}}}}"#
+        ),
+    )
+}
+
+/// `sign --for play` mints with a play key what `check` then takes as a
+/// play token, and refuses as a push token; the push token minted by
+/// `sign` (default `--for push`) is refused for a play.
+#[test]
+fn sign_for_play_mints_what_check_plays_and_never_pushes() {
+    let cfg = play_config();
+    let cfg = cfg.to_str().unwrap();
+    let now = NOW.to_string();
+    let exp = (NOW + 600).to_string();
+    let (rc, url, err) = sign(
+        &format!("--for play --scheme ks_md5 --key {PLAY_KEY} --app live --stream cam1 --expires-at {exp} --url rtmp://edge.example.com"),
+        &[],
+    );
+    assert_eq!(rc, 0, "{err}");
+    let k = hex::encode(Md5::digest(format!("{PLAY_KEY}cam1{exp}")))[8..24].to_string();
+    assert_eq!(
+        url,
+        format!("rtmp://edge.example.com/live/cam1?t={exp}&k={k}\n")
+    );
+    let query = url.trim().split_once('?').unwrap().1.to_string();
+    let check = |body: &str| {
+        run(
+            &[
+                "check",
+                "--config",
+                cfg,
+                "--content-type",
+                "",
+                "--now",
+                &now,
+            ],
+            body.as_bytes(),
+        )
+    };
+    let (rc, out, _) = check(&play_form("play", "cam1", &query));
+    assert_eq!(rc, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["headers"]["x-callback-guard-event"], "play");
+    assert_eq!(v["headers"]["x-callback-guard-key-id"], "viewer");
+    assert!(
+        v["message"].as_str().unwrap().contains("play_token"),
+        "{out}"
+    );
+    let (rc, out, _) = check(&play_form("play_done", "cam1", &query));
+    assert_eq!(rc, 0, "{out}");
+    assert!(
+        out.contains(r#""x-callback-guard-event":"play_end""#),
+        "{out}"
+    );
+    // The play token pushes nothing.
+    let push = format!(
+        "app=live&flashver=x&swfurl=&tcurl=rtmp://127.0.0.1:1935/live&pageurl=&addr=127.0.0.1&clientid=1&call=publish&name=cam1&type=live&{query}"
+    );
+    let (rc, out, _) = check(&push);
+    assert_eq!(rc, 1, "{out}");
+    assert!(out.contains("it is a play token"), "{out}");
+    // A push token (sign's default) plays nothing.
+    let (_, push_q, _) = sign(
+        &format!("--scheme ks_md5 --key {KEY} --app live --stream cam1 --expires-at {exp}"),
+        &[],
+    );
+    let (rc, out, _) = check(&play_form("play", "cam1", push_q.trim()));
+    assert_eq!(rc, 1, "{out}");
+    assert!(out.contains(r#""code":"AuthencationFailed""#), "{out}");
+    assert!(out.contains("it is a push token"), "{out}");
+    assert!(!out.contains(KEY) && !out.contains(PLAY_KEY));
+}
+
+#[test]
+fn sign_for_names_the_purpose_in_its_errors() {
+    let (rc, _, err) = sign(
+        "--for play --scheme hmac_sha256 --key short --app live --stream s --expires-at 1700000000",
+        &[],
+    );
+    assert_eq!(rc, 2);
+    assert!(
+        err.contains("an hmac_sha256 play key is at least 16 bytes"),
+        "{err}"
+    );
+    let (rc, _, err) = sign(
+        "--for play --scheme hmac_sha256 --key 0123456789abcdef --app live --stream s --expires-at 1700000000 --url rtmp://h/other",
+        &[],
+    );
+    assert_eq!(rc, 2);
+    assert!(err.contains("so this play could never pass"), "{err}");
+    let (rc, _, err) = sign(
+        "--for view --scheme ks_md5 --key abc --app live --stream s --expires-at 1700000000",
+        &[],
+    );
+    assert_eq!(rc, 2);
+    assert!(err.contains("push") && err.contains("play"), "{err}");
 }

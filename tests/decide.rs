@@ -564,13 +564,29 @@ fn nginx_rtmp_callbacks_get_the_same_rules() {
         Code::NonExistApplication,
         "apps",
     );
-    // Another `call` (nginx-rtmp's on_play, a KLS call) is refused, naming nginx's values.
-    for call in ["play", "user_publish"] {
+    // A KLS call is refused, naming nginx's values.
+    let v = run(nginx_form(
+        "user_publish",
+        "live",
+        "cam5",
+        19350,
+        5,
+        t,
+        &k("cam5", t),
+    ));
+    assert_code(
+        &v,
+        Code::InvalidParameterValue,
+        "publish, publish_done or update_publish",
+    );
+    // nginx-rtmp's on_play without `play_auth`: refused, naming it.
+    for call in ["play", "play_done", "update_play"] {
         let v = run(nginx_form(call, "live", "cam5", 19350, 5, t, &k("cam5", t)));
+        assert_code(&v, Code::InvalidParameterValue, "`play_auth`");
         assert_code(
             &v,
             Code::InvalidParameterValue,
-            "publish, publish_done or update_publish",
+            &format!("`{call}` is a play callback"),
         );
     }
 }

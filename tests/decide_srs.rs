@@ -145,19 +145,23 @@ fn srs_is_opt_in_and_told_apart_from_kls_json_by_its_keys() {
 }
 
 #[test]
-fn every_other_hook_is_refused_with_a_pointer_to_the_push_hooks() {
+fn every_other_hook_is_refused_with_a_pointer_to_the_push_and_play_hooks() {
     let c = config(r#"{"formats":["srs"]}"#);
-    for name in [
-        "on_connect.http",
-        "on_close.http",
-        "on_play.http",
-        "on_stop.http",
-        "on_dvr.http",
-    ] {
+    for name in ["on_connect.http", "on_close.http", "on_dvr.http"] {
         assert_code(
             &run(&c, &capture_body(name)),
             Code::InvalidParameterValue,
-            "point only on_publish, on_unpublish and on_hls at callback-guard",
+            "point only on_publish, on_unpublish, on_hls, on_play and on_stop at callback-guard",
+        );
+    }
+    // Without `play_auth`, on_play and on_stop are refused, naming it.
+    for (name, action) in [("on_play.http", "on_play"), ("on_stop.http", "on_stop")] {
+        let v = run(&c, &capture_body(name));
+        assert_code(&v, Code::InvalidParameterValue, "`play_auth`");
+        assert_code(
+            &v,
+            Code::InvalidParameterValue,
+            &format!("`{action}` is a play callback"),
         );
     }
 }

@@ -113,7 +113,7 @@ fn thousands_of_push_params_parse_with_repeats_checked() {
         "application/x-www-form-urlencoded",
         conflicting.as_bytes(),
     ) {
-        Verdict::Reject(r) => assert!(r.message.contains("push param `p0`"), "{}", r.message),
+        Verdict::Reject(r) => assert!(r.message.contains("URL param `p0`"), "{}", r.message),
         Verdict::Forward(_) => panic!("conflicting repeat forwarded"),
     }
     let params: Vec<String> = (0..4000).map(|i| format!("\"q{i}\":{i}")).collect();
@@ -122,7 +122,7 @@ fn thousands_of_push_params_parse_with_repeats_checked() {
         params.join(",")
     );
     match run(&config, "application/json", json.as_bytes()) {
-        Verdict::Reject(r) => assert!(r.message.contains("push param `q1`"), "{}", r.message),
+        Verdict::Reject(r) => assert!(r.message.contains("URL param `q1`"), "{}", r.message),
         Verdict::Forward(_) => panic!("conflicting repeat forwarded"),
     }
 }

@@ -627,10 +627,71 @@ fn metrics_have_the_wasm_names_and_dense_indexes() {
     assert!(names.contains(&"callback_guard.requests_received".to_string()));
     assert!(names.contains(&"callback_guard.requests_rejected.ExistStreamName".to_string()));
     assert!(names.contains(&"callback_guard.store_errors.timeout".to_string()));
+    assert!(names.contains(&"callback_guard.plays_forwarded".to_string()));
+    assert!(names.contains(&"callback_guard.plays_rejected.AuthencationFailed".to_string()));
     let mut unique = names.clone();
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), names.len());
+}
+
+/// A play (SRS `on_play`, `on_stop`) is counted apart from pushes, never
+/// asks the registry, and its refusals are counted by code as plays.
+#[test]
+fn plays_are_counted_apart_and_never_ask_the_registry() {
+    let play_key = "play789";
+    let p = plugin(&format!(
+        r#","formats":["srs"],"play_auth":{{"scheme":"ks_md5","keys":[{{"id":"v1","secret":"{play_key}"}}]}}"#
+    ));
+    let hook = |action: &str, q: &str| {
+        let page = if action == "on_play" {
+            r#""pageUrl":"","#
+        } else {
+            ""
+        };
+        format!(r#"{{"server_id":"vid-1","service_id":"s1","action":"{action}","client_id":"c3","ip":"127.0.0.1","vhost":"__defaultVhost__","app":"live","stream":"cam1","tcUrl":"rtmp://127.0.0.1:1935/live","param":"?{q}",{page}"stream_url":"/live/cam1","stream_id":"vid-2"}}"#)
+            .into_bytes()
+    };
+    let ok = token::sign(Scheme::KsMd5, play_key.as_bytes(), "live", "cam1", NOW + 60);
+    let forged = format!("t={}&k=0123456789abcdef", NOW + 60);
+    for (call, q, forwarded) in [
+        ("on_play", ok.as_str(), true),
+        ("on_stop", ok.as_str(), true),
+        ("on_play", forged.as_str(), false),
+    ] {
+        let mut h = Host::for_plugin(&p);
+        let mut st = Stream::new();
+        let flow = h.post(&p, &mut st, &hook(call, q), &[]);
+        h.response_code = Some(200);
+        h.run(&p, &mut st, Event::End);
+        assert_eq!(h.counted(Metric::Received), 1);
+        assert_eq!(h.counted(Metric::Forwarded), 0, "{call}: not a push");
+        assert_eq!(h.counted(Metric::Rejected(Code::AuthencationFailed)), 0);
+        if forwarded {
+            assert_eq!(flow, Flow::Continue, "{call}");
+            assert_eq!(h.counted(Metric::PlayForwarded), 1, "{call}");
+            let event = if call == "on_play" {
+                "play"
+            } else {
+                "play_end"
+            };
+            assert_eq!(added(&h.writes, "x-callback-guard-event").unwrap(), event);
+            assert_eq!(added(&h.writes, "x-callback-guard-key-id").unwrap(), "v1");
+        } else {
+            assert_eq!(h.reply_code(), (403, "AuthencationFailed".to_string()));
+            assert_eq!(h.counted(Metric::PlayRejected(Code::AuthencationFailed)), 1);
+            let line = &h.logs.iter().find(|(l, _)| *l == Level::Info).unwrap().1;
+            assert!(
+                line.contains(r#"stream="cam1" event=play reason="#),
+                "{line}"
+            );
+        }
+        // The registry is on (shared data), but a play asks nothing of it,
+        // and its end gives nothing back.
+        assert!(h.needs.iter().all(|n| !n.response_code), "{call}");
+        assert!(!h.counts.contains(&Metric::Released));
+        assert!(st.ended());
+    }
 }
 
 #[test]

@@ -1,4 +1,8 @@
-//! Push tokens: the signed parameters of the push URL.
+//! Push and play tokens: the signed parameters of a push (or play) URL.
+//!
+//! Both purposes use the same schemes, each with its own keys
+//! (`push_auth`, `play_auth`, kept apart by the configuration), so a token
+//! of one purpose never verifies as the other.
 //!
 //! - `ks_md5` is KLS "simple authentication" (doc 1062): `t` is a 10-digit
 //!   expiry in Unix seconds, `k` is characters `[8..24)` of the lowercase hex
@@ -10,33 +14,51 @@
 //! Signatures must be lowercase hex, as both schemes define them; uppercase is
 //! refused with its own message rather than silently folded.
 //!
-//! Expiry is checked on start events only: a push that began with a valid
-//! token may end hours after `t`, and its end must still get through.
+//! Expiry is checked on events that begin something (a push start, a play)
+//! only: a push or play that began with a valid token may end hours after
+//! `t`, and its end must still get through.
 
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use subtle::ConstantTimeEq;
 
-use super::AuthError;
-use crate::callback::{Callback, Event};
-use crate::config::{PushAuth, PushKey, Scheme};
+use super::{AuthError, Purpose, TokenError};
+use crate::callback::Callback;
+use crate::config::{Scheme, TokenAuth, TokenKey};
 
 type HmacSha256 = Hmac<Sha256>;
 use sha2::Sha256;
 
-/// Verifies the push token of `cb` and returns the id of the key that matched.
-pub fn verify(auth: &PushAuth, cb: &Callback, now_s: u64) -> Result<String, AuthError> {
-    let t = cb.params.get("t").ok_or(AuthError::MissingParam("t"))?;
+/// Verifies the token of `cb` (a push's or a play's, by its event) against
+/// `auth`, and returns the id of the key that matched.
+pub fn verify(auth: &TokenAuth, cb: &Callback, now_s: u64) -> Result<String, AuthError> {
+    let expiry_checked_at = cb.event.begins().then_some(now_s);
+    check(auth, cb, expiry_checked_at).map_err(|e| AuthError::Token(Purpose::of(cb.event), e))
+}
+
+/// Whether the token of `cb` is signed by one of `auth`'s keys, expiry
+/// aside: tells a token of the other purpose (a push token presented to
+/// play) from a forgery, for the refusal's message.
+pub fn signed_by(auth: &TokenAuth, cb: &Callback) -> bool {
+    check(auth, cb, None).is_ok()
+}
+
+/// The token check; the expiry only when `now_s` is given.
+fn check(auth: &TokenAuth, cb: &Callback, now_s: Option<u64>) -> Result<String, TokenError> {
+    let t = cb.params.get("t").ok_or(TokenError::MissingParam("t"))?;
     let expiry = parse_expiry(t)?;
     let (param, hex_len) = match auth.scheme {
         Scheme::KsMd5 => ("k", 16),
         Scheme::HmacSha256 => ("sign", 64),
     };
-    let presented_hex = cb.params.get(param).ok_or(AuthError::MissingParam(param))?;
+    let presented_hex = cb
+        .params
+        .get(param)
+        .ok_or(TokenError::MissingParam(param))?;
     let presented = decode_lower_hex(presented_hex, param, hex_len)?;
 
-    if cb.event == Event::Start && now_s > expiry.saturating_add(auth.clock_skew_s) {
-        return Err(AuthError::Expired);
+    if now_s.is_some_and(|now| now > expiry.saturating_add(auth.clock_skew_s)) {
+        return Err(TokenError::Expired);
     }
 
     let domain = cb.domain.as_deref();
@@ -52,41 +74,43 @@ pub fn verify(auth: &PushAuth, cb: &Callback, now_s: u64) -> Result<String, Auth
         .peekable();
     if candidates.peek().is_none() {
         return Err(if kid.is_some() {
-            AuthError::UnknownKid
+            TokenError::UnknownKid
         } else {
-            AuthError::NoKeyInScope
+            TokenError::NoKeyInScope
         });
     }
     let matched = super::first_match(candidates, |key| match auth.scheme {
         Scheme::KsMd5 => ks_md5_matches(key, &cb.stream, t, &presented),
         Scheme::HmacSha256 => hmac_matches(key, &cb.app, &cb.stream, t, &presented),
     });
-    matched.map(|k| k.id.clone()).ok_or(AuthError::BadSignature)
+    matched
+        .map(|k| k.id.clone())
+        .ok_or(TokenError::BadSignature)
 }
 
-fn parse_expiry(t: &str) -> Result<u64, AuthError> {
+fn parse_expiry(t: &str) -> Result<u64, TokenError> {
     if t.len() != 10 || !t.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(AuthError::BadExpiry);
+        return Err(TokenError::BadExpiry);
     }
-    t.parse().map_err(|_| AuthError::BadExpiry)
+    t.parse().map_err(|_| TokenError::BadExpiry)
 }
 
 /// Decodes a signature that must be exactly `len` lowercase hex characters.
-fn decode_lower_hex(s: &str, param: &'static str, len: usize) -> Result<Vec<u8>, AuthError> {
+fn decode_lower_hex(s: &str, param: &'static str, len: usize) -> Result<Vec<u8>, TokenError> {
     if s.len() != len {
-        return Err(AuthError::SignLength { param, len });
+        return Err(TokenError::SignLength { param, len });
     }
     if !s
         .bytes()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
-        return Err(AuthError::SignNotHex(param));
+        return Err(TokenError::SignNotHex(param));
     }
-    hex::decode(s).map_err(|_| AuthError::SignNotHex(param))
+    hex::decode(s).map_err(|_| TokenError::SignNotHex(param))
 }
 
 /// `md5(key + stream + t)`; `k` is hex chars `[8..24)`, i.e. digest bytes `[4..12)`.
-fn ks_md5_matches(key: &PushKey, stream: &str, t: &str, presented: &[u8]) -> bool {
+fn ks_md5_matches(key: &TokenKey, stream: &str, t: &str, presented: &[u8]) -> bool {
     let digest = ks_md5_digest(key.secret.expose(), stream, t);
     digest[4..12].ct_eq(presented).into()
 }
@@ -99,7 +123,7 @@ fn ks_md5_digest(key: &[u8], stream: &str, t: &str) -> [u8; 16] {
     h.finalize().into()
 }
 
-fn hmac_matches(key: &PushKey, app: &str, stream: &str, t: &str, presented: &[u8]) -> bool {
+fn hmac_matches(key: &TokenKey, app: &str, stream: &str, t: &str, presented: &[u8]) -> bool {
     match HmacSha256::new_from_slice(key.secret.expose()) {
         Ok(mut mac) => {
             hmac_input(&mut mac, app, stream, t);
@@ -117,7 +141,9 @@ fn hmac_input(mac: &mut HmacSha256, app: &str, stream: &str, t: &str) {
     mac.update(t.as_bytes());
 }
 
-/// Mints a token's query string (`t=…&k=…` or `t=…&sign=…`), for `callback-guard sign`.
+/// Mints a token's query string (`t=…&k=…` or `t=…&sign=…`), for
+/// `callback-guard sign`: the same for a push or a play token, whose
+/// purpose is the key's.
 pub fn sign(scheme: Scheme, key: &[u8], app: &str, stream: &str, expires_at: u64) -> String {
     let t = expires_at.to_string();
     match scheme {
@@ -142,11 +168,16 @@ pub fn sign(scheme: Scheme, key: &[u8], app: &str, stream: &str, expires_at: u64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::callback::{Callback, Format, Params};
+    use crate::callback::{Callback, Event, Format, Params};
     use crate::secret::Secret;
 
-    fn key(id: &str, secret: &str) -> PushKey {
-        PushKey {
+    /// A push token failure.
+    fn push(e: TokenError) -> AuthError {
+        AuthError::Token(Purpose::Push, e)
+    }
+
+    fn key(id: &str, secret: &str) -> TokenKey {
+        TokenKey {
             id: id.into(),
             secret: Secret::new(secret),
             apps: None,
@@ -154,8 +185,8 @@ mod tests {
         }
     }
 
-    fn auth(scheme: Scheme, keys: Vec<PushKey>) -> PushAuth {
-        PushAuth {
+    fn auth(scheme: Scheme, keys: Vec<TokenKey>) -> TokenAuth {
+        TokenAuth {
             scheme,
             keys,
             clock_skew_s: 0,
@@ -204,11 +235,11 @@ mod tests {
     fn ks_md5_wrong_key_or_stream_fails() {
         let a = auth(Scheme::KsMd5, vec![key("doc", "1234567")]);
         let c = cb(Event::Start, "t=1560096712&k=4f88e741140240e2");
-        assert_eq!(verify(&a, &c, NOW), Err(AuthError::BadSignature));
+        assert_eq!(verify(&a, &c, NOW), Err(push(TokenError::BadSignature)));
         let a = auth(Scheme::KsMd5, vec![key("doc", "123456")]);
         let mut c = cb(Event::Start, "t=1560096712&k=4f88e741140240e2");
         c.stream = "stream2".into();
-        assert_eq!(verify(&a, &c, NOW), Err(AuthError::BadSignature));
+        assert_eq!(verify(&a, &c, NOW), Err(push(TokenError::BadSignature)));
     }
 
     #[test]
@@ -226,12 +257,12 @@ mod tests {
         // the app is signed too
         let mut c = cb(Event::Start, &q);
         c.app = "other".into();
-        assert_eq!(verify(&a, &c, NOW), Err(AuthError::BadSignature));
+        assert_eq!(verify(&a, &c, NOW), Err(push(TokenError::BadSignature)));
         // a changed t breaks the signature
         let t2 = q.replace(&format!("t={}", NOW + 60), &format!("t={}", NOW + 61));
         assert_eq!(
             verify(&a, &cb(Event::Start, &t2), NOW),
-            Err(AuthError::BadSignature)
+            Err(push(TokenError::BadSignature))
         );
     }
 
@@ -270,11 +301,11 @@ mod tests {
         );
         assert_eq!(
             verify(&a, &cb(Event::Start, &format!("{q}&kid=old")), NOW),
-            Err(AuthError::BadSignature)
+            Err(push(TokenError::BadSignature))
         );
         assert_eq!(
             verify(&a, &cb(Event::Start, &format!("{q}&kid=gone")), NOW),
-            Err(AuthError::UnknownKid)
+            Err(push(TokenError::UnknownKid))
         );
     }
 
@@ -287,7 +318,7 @@ mod tests {
         for (secret, want) in [
             (old, Ok("old")),
             (new, Ok("new")),
-            (retired, Err(AuthError::BadSignature)),
+            (retired, Err(push(TokenError::BadSignature))),
         ] {
             let q = sign(Scheme::KsMd5, secret.as_bytes(), "live", "stream", NOW + 60);
             assert_eq!(
@@ -310,10 +341,10 @@ mod tests {
         assert_eq!(verify(&a, &cb(Event::Start, &q), NOW).unwrap(), "scoped");
         let mut c = cb(Event::Start, &q);
         c.app = "vod".into();
-        assert_eq!(verify(&a, &c, NOW), Err(AuthError::NoKeyInScope));
+        assert_eq!(verify(&a, &c, NOW), Err(push(TokenError::NoKeyInScope)));
         let mut c = cb(Event::Start, &q);
         c.domain = Some("other.example.com".into());
-        assert_eq!(verify(&a, &c, NOW), Err(AuthError::NoKeyInScope));
+        assert_eq!(verify(&a, &c, NOW), Err(push(TokenError::NoKeyInScope)));
     }
 
     #[test]
@@ -326,13 +357,13 @@ mod tests {
         );
         assert_eq!(
             verify(&a, &cb(Event::Start, &q), NOW + 1),
-            Err(AuthError::Expired)
+            Err(push(TokenError::Expired))
         );
         a.clock_skew_s = 30;
         assert!(verify(&a, &cb(Event::Start, &q), NOW + 30).is_ok());
         assert_eq!(
             verify(&a, &cb(Event::Start, &q), NOW + 31),
-            Err(AuthError::Expired)
+            Err(push(TokenError::Expired))
         );
         // an end hours later still verifies its signature
         assert!(verify(&a, &cb(Event::End, &q), NOW + 5 * 3600).is_ok());
@@ -348,48 +379,52 @@ mod tests {
     fn malformed_tokens_each_have_their_message() {
         let a = auth(Scheme::KsMd5, vec![key("k", "abc")]);
         let cases = [
-            ("k=4f88e741140240e2", AuthError::MissingParam("t")),
-            ("t=1560096712", AuthError::MissingParam("k")),
-            ("t=156009671&k=4f88e741140240e2", AuthError::BadExpiry),
-            ("t=15600967120&k=4f88e741140240e2", AuthError::BadExpiry),
-            ("t=1560o96712&k=4f88e741140240e2", AuthError::BadExpiry),
+            ("k=4f88e741140240e2", TokenError::MissingParam("t")),
+            ("t=1560096712", TokenError::MissingParam("k")),
+            ("t=156009671&k=4f88e741140240e2", TokenError::BadExpiry),
+            ("t=15600967120&k=4f88e741140240e2", TokenError::BadExpiry),
+            ("t=1560o96712&k=4f88e741140240e2", TokenError::BadExpiry),
             (
                 "t=1560096712&k=4f88e741140240e",
-                AuthError::SignLength {
+                TokenError::SignLength {
                     param: "k",
                     len: 16,
                 },
             ),
             (
                 "t=1560096712&k=4f88e741140240e2a",
-                AuthError::SignLength {
+                TokenError::SignLength {
                     param: "k",
                     len: 16,
                 },
             ),
             (
                 "t=1560096712&k=4f88e741140240g2",
-                AuthError::SignNotHex("k"),
+                TokenError::SignNotHex("k"),
             ),
             (
                 "t=1560096712&k=4F88E741140240E2",
-                AuthError::SignNotHex("k"),
+                TokenError::SignNotHex("k"),
             ),
         ];
         for (q, want) in cases {
-            assert_eq!(verify(&a, &cb(Event::Start, q), NOW), Err(want), "{q}");
+            assert_eq!(
+                verify(&a, &cb(Event::Start, q), NOW),
+                Err(push(want)),
+                "{q}"
+            );
         }
         let h = auth(Scheme::HmacSha256, vec![key("h", "0123456789abcdef")]);
         assert_eq!(
             verify(&h, &cb(Event::Start, "t=1560096712"), NOW),
-            Err(AuthError::MissingParam("sign"))
+            Err(push(TokenError::MissingParam("sign")))
         );
         assert_eq!(
             verify(&h, &cb(Event::Start, "t=1560096712&sign=abc"), NOW),
-            Err(AuthError::SignLength {
+            Err(push(TokenError::SignLength {
                 param: "sign",
                 len: 64
-            })
+            }))
         );
         let lower = sign(
             Scheme::HmacSha256,
@@ -406,10 +441,40 @@ mod tests {
                     &cb(Event::Start, &format!("t=1560096712&sign={bad}")),
                     NOW
                 ),
-                Err(AuthError::SignNotHex("sign")),
+                Err(push(TokenError::SignNotHex("sign"))),
                 "{bad}"
             );
         }
+    }
+
+    /// A play's token: the same rules, its own purpose in every message,
+    /// expiry binding the play itself only.
+    #[test]
+    fn play_tokens_follow_the_same_rules_with_their_own_messages() {
+        let a = auth(Scheme::KsMd5, vec![key("viewer", "playkey1")]);
+        let q = sign(Scheme::KsMd5, b"playkey1", "live", "stream", NOW + 60);
+        assert_eq!(verify(&a, &cb(Event::Play, &q), NOW).unwrap(), "viewer");
+        let late = NOW + 3600;
+        let e = verify(&a, &cb(Event::Play, &q), late).unwrap_err();
+        assert_eq!(e, AuthError::Token(Purpose::Play, TokenError::Expired));
+        assert_eq!(e.to_string(), "play token expired");
+        for ends in [Event::PlayEnd, Event::PlayUpdate] {
+            assert!(verify(&a, &cb(ends, &q), late).is_ok(), "{ends:?}");
+        }
+        let forged = cb(Event::Play, &format!("t={}&k=0123456789abcdef", NOW + 60));
+        assert_eq!(
+            verify(&a, &forged, NOW).unwrap_err().to_string(),
+            "play token signature does not match"
+        );
+        assert!(!signed_by(&a, &forged));
+        // signed_by ignores the expiry: it only tells whose key signed it.
+        assert!(signed_by(&a, &cb(Event::Play, &q)));
+        let old = sign(Scheme::KsMd5, b"playkey1", "live", "stream", NOW - 7200);
+        assert!(signed_by(&a, &cb(Event::Play, &old)));
+        assert_eq!(
+            AuthError::Token(Purpose::Play, TokenError::OtherPurpose).to_string(),
+            "play token signature does not match: it is a push token, and push tokens never open a play (mint play URLs with `callback-guard sign --for play`)"
+        );
     }
 
     #[test]

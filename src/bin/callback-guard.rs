@@ -2,14 +2,14 @@
 //!
 //! - `check` runs the very `decide()` the filter runs, on a body from stdin;
 //! - `check-config` lists every problem of a configuration file;
-//! - `sign` mints push tokens and push URLs for operators.
+//! - `sign` mints push and play tokens and URLs for operators.
 
 use std::io::Read;
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use callback_guard::auth::token;
+use callback_guard::auth::{token, Purpose};
 use callback_guard::config::{ProcessEnv, Scheme};
 use callback_guard::registry::MemoryStore;
 use callback_guard::verdict::WOULD_REJECT_HEADER;
@@ -23,7 +23,7 @@ mod envoy_yaml;
 #[command(
     name = "callback-guard",
     version,
-    about = "Verify live-push callbacks the way the Envoy filter does"
+    about = "Verify live-push and play callbacks the way the Envoy filter does"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -75,9 +75,17 @@ enum Cmd {
         /// Configuration file: the plugin configuration (JSON), or Envoy YAML.
         file: String,
     },
-    /// Mint a push token: prints `t=…&k=…` / `t=…&sign=…`, or the push URL with `--url`.
+    /// Mint a push or play token: prints `t=…&k=…` / `t=…&sign=…`, or the URL with `--url`.
+    ///
+    /// Push and play tokens have the same shape; what makes one a play token
+    /// is the key: sign with a `play_auth` key for `--for play`, with a
+    /// `push_auth` key for `--for push` (the default). The filter refuses a
+    /// token signed with the other purpose's key.
     Sign {
-        /// Token scheme.
+        /// What the token opens: a push (push_auth's keys) or a play (play_auth's keys).
+        #[arg(long = "for", value_enum, default_value = "push")]
+        purpose: PurposeArg,
+        /// Token scheme (push_auth.scheme or play_auth.scheme).
         #[arg(long, value_enum)]
         scheme: SchemeArg,
         #[command(flatten)]
@@ -93,8 +101,8 @@ enum Cmd {
         /// Key id to add as `kid` (hmac_sha256 only).
         #[arg(long)]
         kid: Option<String>,
-        /// Push URL base, rtmp://host/APP (its app must be --app) or rtmp://host
-        /// (the app is added); prints the whole URL.
+        /// Push (or play) URL base, rtmp://host/APP (its app must be --app) or
+        /// rtmp://host (the app is added); prints the whole URL.
         #[arg(long)]
         url: Option<String>,
     },
@@ -122,6 +130,14 @@ struct ExpiryArg {
     /// Expiry as Unix seconds.
     #[arg(long)]
     expires_at: Option<u64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PurposeArg {
+    /// A push URL's token (a push_auth key).
+    Push,
+    /// A play URL's token (a play_auth key).
+    Play,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -258,6 +274,7 @@ fn main() -> ExitCode {
             now,
         ),
         Cmd::Sign {
+            purpose,
             scheme,
             key: KeyArg { key, key_env },
             app,
@@ -290,9 +307,14 @@ fn main() -> ExitCode {
                 SchemeArg::KsMd5 => Scheme::KsMd5,
                 SchemeArg::HmacSha256 => Scheme::HmacSha256,
             };
+            let purpose = match purpose {
+                PurposeArg::Push => Purpose::Push,
+                PurposeArg::Play => Purpose::Play,
+            };
             let expires =
                 expires_at.unwrap_or_else(|| now_s().saturating_add(expires_in.unwrap_or(0)));
             match sign(
+                purpose,
                 scheme,
                 &key,
                 &app,
@@ -314,7 +336,9 @@ fn main() -> ExitCode {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn sign(
+    purpose: Purpose,
     scheme: Scheme,
     key: &str,
     app: &str,
@@ -323,10 +347,13 @@ fn sign(
     kid: Option<&str>,
     url: Option<&str>,
 ) -> Result<String, String> {
+    let p = purpose.as_str();
     match scheme {
         Scheme::KsMd5 => {
             if key.len() > 32 || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                return Err("a ks_md5 key is at most 32 letters or digits (KLS rule)".into());
+                return Err(format!(
+                    "a ks_md5 {p} key is at most 32 letters or digits (KLS rule)"
+                ));
             }
             if kid.is_some() {
                 return Err("--kid applies to hmac_sha256 only".into());
@@ -334,7 +361,7 @@ fn sign(
         }
         Scheme::HmacSha256 => {
             if key.len() < 16 {
-                return Err("an hmac_sha256 key is at least 16 bytes".into());
+                return Err(format!("an hmac_sha256 {p} key is at least 16 bytes"));
             }
         }
     }
@@ -349,7 +376,7 @@ fn sign(
     Ok(match url {
         None => query,
         Some(base) => {
-            let base = push_base(base, app, scheme)?;
+            let base = url_base(base, app, scheme, purpose)?;
             let segment: String =
                 percent_encoding::utf8_percent_encode(stream, percent_encoding::NON_ALPHANUMERIC)
                     .collect();
@@ -358,11 +385,12 @@ fn sign(
     })
 }
 
-/// The push URL up to the stream: `--url` with the app `--app` names. A URL
-/// of another app is refused for hmac_sha256 (which signs the app: the push
-/// could never pass) and warned about for ks_md5 (its callback carries the
-/// URL's app, which `apps` and key scoping then see).
-fn push_base(base: &str, app: &str, scheme: Scheme) -> Result<String, String> {
+/// The push (or play) URL up to the stream: `--url` with the app `--app`
+/// names. A URL of another app is refused for hmac_sha256 (which signs the
+/// app: the push or play could never pass) and warned about for ks_md5 (its
+/// callback carries the URL's app, which `apps` and key scoping then see).
+fn url_base(base: &str, app: &str, scheme: Scheme, purpose: Purpose) -> Result<String, String> {
+    let p = purpose.as_str();
     let base = base.trim_end_matches('/');
     let Some((_, rest)) = base.split_once("://") else {
         return Err(format!(
@@ -370,7 +398,9 @@ fn push_base(base: &str, app: &str, scheme: Scheme) -> Result<String, String> {
         ));
     };
     if base.contains('?') || base.contains('#') {
-        return Err("--url takes the push URL without a query; sign adds it".into());
+        return Err(format!(
+            "--url takes the {p} URL without a query; sign adds it"
+        ));
     }
     let url_app = rest.split_once('/').map_or("", |(_, path)| path);
     if url_app.is_empty() {
@@ -382,7 +412,7 @@ fn push_base(base: &str, app: &str, scheme: Scheme) -> Result<String, String> {
     let why = format!("--url is for app `{url_app}`, but --app is `{app}`");
     match scheme {
         Scheme::HmacSha256 => Err(format!(
-            "{why}: hmac_sha256 signs the app, so this push could never pass"
+            "{why}: hmac_sha256 signs the app, so this {p} could never pass"
         )),
         Scheme::KsMd5 => {
             eprintln!("callback-guard sign: warning: {why}: the callback will say app `{url_app}`");

@@ -1,5 +1,6 @@
 //! Form callbacks: KLS old version (`call=user_publish…`) and nginx-rtmp's
-//! `on_publish` (`call=publish…`), both `application/x-www-form-urlencoded`.
+//! `on_publish` (`call=publish…`) and `on_play` (`call=play…`), all
+//! `application/x-www-form-urlencoded`.
 //!
 //! The literal `nil` and the empty string mean "absent" for every field, as real
 //! KLS senders write them. Push URL parameters come from the first of these
@@ -9,7 +10,7 @@
 
 use super::{client_ip, domain, named, printable, Callback, CallbackError, Event, Format, Params};
 
-/// Fields that are part of the callback itself, not push parameters.
+/// Fields that are part of the callback itself, not URL parameters.
 const KLS_FIELDS: &[&str] = &[
     "app",
     "name",
@@ -36,6 +37,24 @@ const NGINX_FIELDS: &[&str] = &[
     "time",
     "timestamp",
 ];
+/// nginx-rtmp's fields of a play (`call=play` adds `start`, `duration` and
+/// `reset`, the player's request; `update_play` has `time` and `timestamp`).
+const NGINX_PLAY_FIELDS: &[&str] = &[
+    "app",
+    "name",
+    "tcurl",
+    "call",
+    "addr",
+    "clientid",
+    "flashver",
+    "swfurl",
+    "pageurl",
+    "time",
+    "timestamp",
+    "start",
+    "duration",
+    "reset",
+];
 
 /// Parses a form callback body. The `call` value decides the dialect; whether
 /// that dialect is switched on is for the caller (the decision) to say.
@@ -49,9 +68,13 @@ pub fn parse_form(body: &[u8]) -> Result<Callback, CallbackError> {
         "publish" => (Format::NginxRtmp, Event::Start),
         "publish_done" => (Format::NginxRtmp, Event::End),
         "update_publish" => (Format::NginxRtmp, Event::Update),
+        "play" => (Format::NginxRtmp, Event::Play),
+        "play_done" => (Format::NginxRtmp, Event::PlayEnd),
+        "update_play" => (Format::NginxRtmp, Event::PlayUpdate),
         _ => return Err(CallbackError::UnknownCall),
     };
     let core = match format {
+        Format::NginxRtmp if event.is_play() => NGINX_PLAY_FIELDS,
         Format::NginxRtmp => NGINX_FIELDS,
         _ => KLS_FIELDS,
     };
@@ -222,7 +245,7 @@ fn merge_params(sources: [Vec<(String, String)>; 3]) -> Result<Params, CallbackE
             for (k, v) in source {
                 if params.get(&k).is_some_and(|have| have != v) {
                     return Err(CallbackError::invalid(
-                        format!("push param `{}`", printable(&k)),
+                        format!("URL param `{}`", printable(&k)),
                         "is given in two places with different values",
                     ));
                 }
@@ -400,10 +423,47 @@ mod tests {
         assert_eq!(e, CallbackError::Missing("app".into()));
     }
 
+    /// nginx-rtmp's `on_play`, `on_play_done` and `update_play`, as captured
+    /// from Debian's module (ffmpeg playing `…/live/cam1?t=1&k=3`): the
+    /// player's own fields are not params, its query args are.
+    #[test]
+    fn nginx_rtmp_play_parses() {
+        let play = "app=live&flashver=LNX%209,0,124,2&swfurl=&tcurl=rtmp://127.0.0.1:40539/live&pageurl=&addr=127.0.0.1&clientid=3&call=play&name=cam1&start=4294965296&duration=0&reset=0&t=1&k=3";
+        let c = parse_form(play.as_bytes()).unwrap();
+        assert_eq!((c.format, c.event), (Format::NginxRtmp, Event::Play));
+        assert_eq!((c.app.as_str(), c.stream.as_str()), ("live", "cam1"));
+        assert_eq!(c.params.get("t"), Some("1"));
+        assert_eq!(c.params.get("k"), Some("3"));
+        assert_eq!(
+            c.params.len(),
+            2,
+            "start, duration, reset are not params: {:?}",
+            c.params
+        );
+        let done = "app=live&flashver=LNX%209,0,124,2&swfurl=&tcurl=rtmp://127.0.0.1:40539/live&pageurl=&addr=127.0.0.1&clientid=3&call=play_done&name=cam1&t=1&k=3";
+        let c = parse_form(done.as_bytes()).unwrap();
+        assert_eq!(c.event, Event::PlayEnd);
+        assert_eq!(c.params.len(), 2, "{:?}", c.params);
+        let update = done.replace("call=play_done", "call=update_play&time=4&timestamp=4000");
+        let c = parse_form(update.as_bytes()).unwrap();
+        assert_eq!(c.event, Event::PlayUpdate);
+        assert_eq!(c.params.len(), 2, "{:?}", c.params);
+        // A player's `start` arg beside nginx-rtmp's own: ambiguous, refused.
+        let e = err(&format!("{play}&start=5"));
+        assert_eq!(e, CallbackError::field("start", "is given more than once"));
+        // KLS's old version has no play: `call=play` is nginx-rtmp's.
+        assert!(parse_form(
+            SEED_START
+                .replace("call=user_publish", "call=play")
+                .as_bytes()
+        )
+        .is_ok_and(|c| c.format == Format::NginxRtmp));
+    }
+
     #[test]
     fn call_values() {
         assert_eq!(
-            err(&SEED_START.replace("call=user_publish", "call=play")),
+            err(&SEED_START.replace("call=user_publish", "call=playing")),
             CallbackError::UnknownCall
         );
         assert_eq!(

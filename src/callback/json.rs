@@ -531,13 +531,13 @@ fn build(raw: Raw) -> Result<Callback, CallbackError> {
         .end_time
         .map(|v| time(v, "PubEndUnixTime"))
         .transpose()?;
-    let event_time_ms = match event {
-        Event::Start => start.ok_or_else(|| CallbackError::Missing("PubStartUnixTime".into()))?,
-        // The 2020 table labels the end time PubStartUnixTime; its sample and
-        // the Chinese page say PubEndUnixTime. Prefer the latter, accept both.
-        Event::End | Event::Update => end
-            .or(start)
-            .ok_or_else(|| CallbackError::Missing("PubEndUnixTime".into()))?,
+    // The 2020 table labels the end time PubStartUnixTime; its sample and
+    // the Chinese page say PubEndUnixTime. Prefer the latter, accept both.
+    let event_time_ms = if event == Event::Start {
+        start.ok_or_else(|| CallbackError::Missing("PubStartUnixTime".into()))?
+    } else {
+        end.or(start)
+            .ok_or_else(|| CallbackError::Missing("PubEndUnixTime".into()))?
     };
 
     let client_ip = match raw.client_ip {

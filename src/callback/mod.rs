@@ -1,8 +1,10 @@
 //! The typed callback model shared by every wire format.
 //!
 //! KLS new-version JSON (`json`), KLS old-version forms and nginx-rtmp's
-//! `on_publish` forms (`form`) all become one [`Callback`], so every later rule
-//! (apps, tokens, the stream registry) is written once.
+//! `on_publish` / `on_play` forms (`form`) and SRS hooks (`srs`) all become one
+//! [`Callback`], so every later rule (apps, tokens, the stream registry) is
+//! written once. A callback is about a push (start, end, update) or about a
+//! viewer's play (play, play end, play update): see [`Event`].
 
 mod form;
 mod json;
@@ -25,10 +27,11 @@ pub enum Format {
     /// KLS old version: form with `call` `user_publish` / `user_publish_done`.
     KlsV1,
     /// nginx-rtmp `on_publish`: form with `call` `publish` / `publish_done`
-    /// (and `update_publish` from `on_update`).
+    /// (and `update_publish` from `on_update`); its `on_play`: `play` /
+    /// `play_done` (and `update_play`).
     NginxRtmp,
     /// SRS `http_hooks`: JSON with `action` `on_publish` / `on_unpublish`
-    /// (and `on_hls`, a live push's sign of life).
+    /// (and `on_hls`, a live push's sign of life); `on_play` / `on_stop`.
     Srs,
 }
 
@@ -44,30 +47,55 @@ impl Format {
     }
 }
 
-/// Whether the push started or ended.
+/// What the callback reports: a push starting, ending or still live, or a
+/// viewer starting, ending or still playing.
+///
+/// Plays are checked with their own keys (`play_auth`) and never touch the
+/// stream registry: any number of viewers may watch a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// `PubStart`, `user_publish`, `publish`.
+    /// `PubStart`, `user_publish`, `publish`, SRS `on_publish`.
     Start,
-    /// `PubEnd`, `user_publish_done`, `publish_done`.
+    /// `PubEnd`, `user_publish_done`, `publish_done`, SRS `on_unpublish`.
     End,
     /// nginx-rtmp `update_publish` (`on_update`), SRS `on_hls`: a live
     /// push's sign of life.
     Update,
+    /// A viewer starts playing: nginx-rtmp `play`, SRS `on_play`.
+    Play,
+    /// A viewer stopped: nginx-rtmp `play_done`, SRS `on_stop`.
+    PlayEnd,
+    /// nginx-rtmp `update_play` (`on_update` while a viewer plays).
+    PlayUpdate,
 }
 
 impl Event {
-    /// Stable name for the forwarded headers.
+    /// Stable name for the forwarded headers (`x-callback-guard-event`).
     pub fn as_str(self) -> &'static str {
         match self {
             Event::Start => "start",
             Event::End => "end",
             Event::Update => "update",
+            Event::Play => "play",
+            Event::PlayEnd => "play_end",
+            Event::PlayUpdate => "play_update",
         }
+    }
+
+    /// Whether the callback is about a viewer (checked with `play_auth`).
+    pub fn is_play(self) -> bool {
+        matches!(self, Event::Play | Event::PlayEnd | Event::PlayUpdate)
+    }
+
+    /// Whether the callback asks to begin something (a push or a play):
+    /// only these are bound by the token's expiry, since a push or play that
+    /// began with a valid token may end or renew hours after it.
+    pub fn begins(self) -> bool {
+        matches!(self, Event::Start | Event::Play)
     }
 }
 
-/// The push URL's query parameters, as strings, with no name given twice.
+/// The push (or play) URL's query parameters, as strings, with no name given twice.
 ///
 /// A few params (the usual case) are searched linearly, which costs no
 /// allocation. Past [`Params::INDEX_FROM`] names are indexed: a 64 KB body can
@@ -100,7 +128,7 @@ impl Params {
             Some(v) if v == value => return Ok(()),
             Some(_) => {
                 return Err(CallbackError::invalid(
-                    format!("push param `{}`", printable(&name)),
+                    format!("URL param `{}`", printable(&name)),
                     "is given more than once with different values",
                 ))
             }
@@ -138,7 +166,7 @@ impl Params {
     }
 }
 
-/// One push start or end notification, whatever its wire format.
+/// One push or play notification, whatever its wire format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Callback {
     /// Wire format it arrived in.
@@ -156,7 +184,7 @@ pub struct Callback {
     /// Session identity given by the sender: `Sequence`, else `UniqueName` (v2),
     /// `vdoid` (KLS v1), `clientid` with `addr` and the ingest host (nginx-rtmp).
     pub session: Option<String>,
-    /// Push URL parameters (where tokens live).
+    /// The push (or play) URL's query parameters, where tokens live.
     pub params: Params,
     /// Address of the pushing client, when the sender gives one.
     pub client_ip: Option<String>,
@@ -190,11 +218,21 @@ pub enum CallbackError {
     /// the dialects switched on, so the decision words the message.
     #[error("field `call` has an unknown value")]
     UnknownCall,
-    /// An SRS body whose `stream` still holds the push URL's query (SRS
-    /// could not parse the URL, e.g. raw non-ASCII bytes in the query, and
-    /// sent an empty `param`): the push token never reached the hook.
-    #[error("field `stream` holds the push URL's query and `param` is empty (SRS could not parse the push URL: raw non-ASCII in its query?), so the push token is missing; percent-encode the query")]
-    QueryInStream,
+    /// An SRS body whose `stream` still holds the URL's query (SRS could
+    /// not parse the URL, e.g. raw non-ASCII bytes in the query, and sent an
+    /// empty `param`): the token never reached the hook. Carries the event,
+    /// so the message names the push or play token.
+    #[error("field `stream` holds the {} URL's query and `param` is empty (SRS could not parse the URL: raw non-ASCII in its query?), so the {} token is missing; percent-encode the query", token_of(*.0), token_of(*.0))]
+    QueryInStream(Event),
+}
+
+/// `push` or `play`: whose token a message is about.
+pub(crate) fn token_of(event: Event) -> &'static str {
+    if event.is_play() {
+        "play"
+    } else {
+        "push"
+    }
 }
 
 impl CallbackError {

@@ -2,12 +2,13 @@
 //! (`../shared/spec/srs/`, measured on SRS 6.0.157).
 //!
 //! - `on_publish` is a start, `on_unpublish` an end, `on_hls` (once per HLS
-//!   segment) a live push's sign of life; every other action is refused:
-//!   only the push hooks are guarded.
+//!   segment) a live push's sign of life; `on_play` a viewer's play and
+//!   `on_stop` its end. Every other action is refused: only the push and
+//!   play hooks are guarded.
 //! - The stream is (`vhost`, `app`, `stream`); the session is
 //!   (`server_id`, `client_id`). `stream_id` is shared by a second publisher
 //!   of the same stream, so it is never the session.
-//! - The push token comes from `param`: the push query with its leading `?`
+//! - The token comes from `param`: the push (or play) query with its leading `?`
 //!   (or `""`), read with nginx-rtmp's query rules (percent-decoding, a name
 //!   repeated with another value refused). SRS doubles a query given on the
 //!   server URL (`?a=b?a=b`): that is read as one query; any other second `?`
@@ -26,7 +27,7 @@ use super::json::{folds_to, json_error, type_name, Scalar, ScalarVisitor, Skip};
 use super::{client_ip, domain, named, Callback, CallbackError, Event, Format, Params};
 
 /// The fields this dialect reads, in SRS's order.
-const FIELDS: [&str; 19] = [
+const FIELDS: [&str; 20] = [
     "server_id",
     "service_id",
     "action",
@@ -46,6 +47,7 @@ const FIELDS: [&str; 19] = [
     "m3u8",
     "m3u8_url",
     "seq_no",
+    "pageUrl",
 ];
 
 const SERVER_ID: usize = 0;
@@ -62,20 +64,19 @@ const STREAM_URL: usize = 10;
 const STREAM_ID: usize = 11;
 const DURATION: usize = 12;
 const SEQ_NO: usize = 18;
+const PAGE_URL: usize = 19;
 
-/// String fields every push hook carries.
+/// String fields every push and play hook carries.
 const PUSH_STRINGS: [usize; 10] = [
     SERVER_ID, SERVICE_ID, CLIENT_ID, IP, VHOST, APP, TC_URL, STREAM, PARAM, STREAM_URL,
 ];
 /// String fields `on_hls` carries besides those (`cwd` … `m3u8_url`).
 const HLS_STRINGS: [usize; 5] = [13, 14, 15, 16, 17];
 
-/// SRS hooks that are not push hooks, named in the refusal.
-const OTHER_HOOKS: [&str; 7] = [
+/// SRS hooks that are neither push nor play hooks, named in the refusal.
+const OTHER_HOOKS: [&str; 5] = [
     "on_connect",
     "on_close",
-    "on_play",
-    "on_stop",
     "on_dvr",
     "on_hls_notify",
     "on_forward",
@@ -113,6 +114,7 @@ fn index(s: &str) -> Option<usize> {
         "m3u8" => 16,
         "m3u8_url" => 17,
         "seq_no" => SEQ_NO,
+        "pageUrl" => PAGE_URL,
         _ => return None,
     })
 }
@@ -185,7 +187,7 @@ impl<'de> de::Deserialize<'de> for TypeOnly {
 
 #[derive(Debug, Default)]
 struct Raw {
-    slots: [Option<Scalar>; 19],
+    slots: [Option<Scalar>; 20],
     duplicate: Option<&'static str>,
     variants: Vec<usize>,
     notify_type: bool,
@@ -292,20 +294,25 @@ fn build(mut raw: Raw) -> Result<Callback, CallbackError> {
         "on_publish" => Event::Start,
         "on_unpublish" => Event::End,
         "on_hls" => Event::Update,
+        "on_play" => Event::Play,
+        "on_stop" => Event::PlayEnd,
         a => {
             let problem = match OTHER_HOOKS.iter().find(|h| **h == a) {
                 Some(h) => format!(
-                    "`{h}` is not a push hook: point only on_publish, on_unpublish and on_hls at callback-guard"
+                    "`{h}` is not a push or play hook: point only on_publish, on_unpublish, on_hls, on_play and on_stop at callback-guard"
                 ),
-                None => "must be on_publish, on_unpublish or on_hls".to_string(),
+                None => "must be on_publish, on_unpublish, on_hls, on_play or on_stop".to_string(),
             };
             return Err(CallbackError::field("action", problem));
         }
     };
     // Every field SRS always sends for this hook, with its type, in SRS's order.
-    let mut s: [String; 19] = Default::default();
+    let mut s: [String; 20] = Default::default();
     for i in PUSH_STRINGS {
         s[i] = string(&mut raw, i)?;
+    }
+    if event == Event::Play {
+        string(&mut raw, PAGE_URL)?;
     }
     if event == Event::Update {
         match take(&mut raw, DURATION) {
@@ -345,7 +352,7 @@ fn build(mut raw: Raw) -> Result<Callback, CallbackError> {
 
     let stream = std::mem::take(&mut s[STREAM]);
     if stream.contains('?') {
-        return Err(CallbackError::QueryInStream);
+        return Err(CallbackError::QueryInStream(event));
     }
     let stream = named("stream", stream)?;
     let app = named("app", std::mem::take(&mut s[APP]))?;
@@ -500,12 +507,40 @@ mod tests {
         assert_ne!(a.session, d.session, "the same client id on another server");
     }
 
+    /// `on_play` and `on_stop` as captured from SRS 6.0.157
+    /// (`../shared/spec/srs/captures/on_play.http`, `on_stop.http`).
+    #[test]
+    fn captured_play_and_stop_parse() {
+        const PLAY: &str = r#"{"server_id":"vid-i562442","service_id":"41vb31bg","action":"on_play","client_id":"5643425w","ip":"127.0.0.1","vhost":"__defaultVhost__","app":"live","stream":"test1","tcUrl":"rtmp://127.0.0.1:19350/live","param":"?token=play1&x=y","pageUrl":"","stream_url":"/live/test1","stream_id":"vid-91o0auf"}"#;
+        const STOP: &str = r#"{"server_id":"vid-i562442","service_id":"41vb31bg","action":"on_stop","client_id":"5643425w","ip":"127.0.0.1","vhost":"__defaultVhost__","app":"live","tcUrl":"rtmp://127.0.0.1:19350/live","stream":"test1","param":"?token=play1&x=y","stream_url":"/live/test1","stream_id":"vid-91o0auf"}"#;
+        let c = parse_srs(PLAY.as_bytes()).unwrap();
+        assert_eq!((c.format, c.event), (Format::Srs, Event::Play));
+        assert_eq!((c.app.as_str(), c.stream.as_str()), ("live", "test1"));
+        assert_eq!(c.params.get("token"), Some("play1"));
+        assert_eq!(c.params.get("x"), Some("y"));
+        assert_eq!(c.domain.as_deref(), Some("__defaultvhost__"));
+        let c = parse_srs(STOP.as_bytes()).unwrap();
+        assert_eq!(c.event, Event::PlayEnd);
+        assert_eq!(c.params.get("token"), Some("play1"));
+        // on_play always carries pageUrl, a string.
+        let no_page = PLAY.replace(r#""pageUrl":"","#, "");
+        assert_eq!(err(&no_page), CallbackError::Missing("pageUrl".into()));
+        let bad = PLAY.replace(r#""pageUrl":"""#, r#""pageUrl":1"#);
+        assert!(err(&bad).to_string().contains("pageUrl"));
+        // The non-ASCII trap on a play names the play token.
+        let trap = PLAY
+            .replace(r#""stream":"test1""#, r#""stream":"test1?u=é&t=1""#)
+            .replace(r#""?token=play1&x=y""#, r#""""#);
+        assert_eq!(err(&trap), CallbackError::QueryInStream(Event::Play));
+        assert!(err(&trap).to_string().contains("play token is missing"));
+    }
+
     #[test]
     fn other_hooks_are_refused_by_name() {
-        for a in ["on_connect", "on_close", "on_play", "on_stop", "on_dvr"] {
+        for a in ["on_connect", "on_close", "on_dvr"] {
             let e = err(&with("action", &format!("{a:?}")));
             assert!(e.to_string().contains(a), "{e}");
-            assert!(e.to_string().contains("push hook"), "{e}");
+            assert!(e.to_string().contains("push or play hook"), "{e}");
         }
         let e = err(&with("action", r#""whatever""#));
         assert!(!e.to_string().contains("whatever"), "{e}");
@@ -605,7 +640,7 @@ mod tests {
     #[test]
     fn the_non_ascii_trap_is_refused_never_a_stream_with_a_query() {
         let body = with("stream", r#""test1?u=é&t=1""#).replace(r#""?token=abc&t=123""#, r#""""#);
-        assert_eq!(err(&body), CallbackError::QueryInStream);
-        assert!(err(&body).to_string().contains("token is missing"));
+        assert_eq!(err(&body), CallbackError::QueryInStream(Event::Start));
+        assert!(err(&body).to_string().contains("push token is missing"));
     }
 }

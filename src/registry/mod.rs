@@ -231,7 +231,12 @@ impl Claim {
             None => {
                 let ts = match cb.event {
                     Event::Start => cb.event_time_ms.map(|t| t.to_string()).unwrap_or_default(),
-                    Event::End | Event::Update => String::new(),
+                    // Plays never reach the registry; they would claim as ends do.
+                    Event::End
+                    | Event::Update
+                    | Event::Play
+                    | Event::PlayEnd
+                    | Event::PlayUpdate => String::new(),
                 };
                 Claim {
                     stream,
