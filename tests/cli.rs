@@ -495,12 +495,13 @@ fn sign_refuses_a_push_url_for_another_app() {
     assert_eq!((rc, err.contains("without a query")), (2, true), "{err}");
 }
 
-/// `check-config FILE` with the environment variable the shipped configs'
-/// `secret_env` names set (as Envoy would pass it).
+/// `check-config FILE` with the environment variables the shipped configs'
+/// `secret_env` names set (as Envoy would pass them).
 fn check_config_with_key(file: &std::path::Path) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(["check-config", file.to_str().unwrap()])
         .env("CALLBACK_GUARD_PUSH_KEY", "ShippedKey1")
+        .env("CALLBACK_GUARD_PLAY_KEY", "ShippedPlayKey2")
         .output()
         .unwrap();
     (

@@ -24,6 +24,16 @@ use support::*;
 const JSON: &str = "application/json";
 const FORM: &str = "application/x-www-form-urlencoded";
 const VERIFIED: &str = "format,app,push_token,stream_registry";
+/// What a forwarded play is verified for (plays never touch the registry).
+const VERIFIED_PLAY: &str = "format,app,play_token";
+/// The catalog's play key (`play_auth`), apart from the push key.
+const PLAY_KEY: &str = "catPlayKey0123456";
+
+/// A play URL's token for `stream`, expiring at `t`.
+fn play_query(stream: &str, t: u64) -> String {
+    let (t, k) = ks_token(PLAY_KEY, stream, t);
+    format!("t={t}&k={k}")
+}
 
 /// How a case is sent.
 enum Send {
@@ -1154,6 +1164,104 @@ fn catalog() -> Vec<Case> {
         ),
         Expect::Forward("nginx_rtmp", "start"),
     ));
+    // ---- plays (issue 22): names starting with "play " are counted as plays --
+    let nginx_play = |call: &str, stream: &str, query: &str| {
+        format!(
+            "app=live&flashver=LNX%209,0,124,2&swfurl=&tcurl=rtmp://127.0.0.1:19350/live&pageurl=&addr=127.0.0.1&clientid=9&call={call}&name={stream}&start=4294965296&duration=0&reset=0&{query}"
+        )
+    };
+    let soon = now_s() + 600;
+    let ago = now_s() - 7200;
+    let srs_play = |action: &str, stream: &str, query: &str| {
+        let page = if action == "on_play" {
+            r#","pageUrl":"""#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"server_id":"vid-cat","service_id":"svc","action":"{action}","client_id":"p-{stream}","ip":"127.0.0.1","vhost":"__defaultVhost__","app":"live","stream":"{stream}","tcUrl":"rtmp://127.0.0.1:1935/live","param":"?{query}"{page},"stream_url":"/live/{stream}","stream_id":"vid-s"}}"#
+        )
+    };
+    for (name, body, expect) in [
+        (
+            "play nginx-rtmp signed play",
+            nginx_play("play", "pl-ok", &play_query("pl-ok", soon)),
+            Expect::Forward("nginx_rtmp", "play"),
+        ),
+        (
+            "play nginx-rtmp a second viewer of the same stream",
+            nginx_play("play", "pl-ok", &play_query("pl-ok", soon))
+                .replace("clientid=9", "clientid=10"),
+            Expect::Forward("nginx_rtmp", "play"),
+        ),
+        (
+            "play nginx-rtmp play_done with an expired token",
+            nginx_play("play_done", "pl-old", &play_query("pl-old", ago)),
+            Expect::Forward("nginx_rtmp", "play_end"),
+        ),
+        (
+            "play nginx-rtmp update_play",
+            nginx_play("update_play", "pl-ok", &play_query("pl-ok", soon)),
+            Expect::Forward("nginx_rtmp", "play_update"),
+        ),
+        (
+            "play nginx-rtmp forged token",
+            nginx_play("play", "pl-bad", &format!("t={soon}&k=0123456789abcdef")),
+            bad("AuthencationFailed"),
+        ),
+        (
+            "play nginx-rtmp expired token",
+            nginx_play("play", "pl-old", &play_query("pl-old", ago)),
+            bad("AuthencationFailed"),
+        ),
+        (
+            "play nginx-rtmp with a push token",
+            nginx_play("play", "pl-push", &token_query("pl-push")),
+            bad("AuthencationFailed"),
+        ),
+        (
+            "play nginx-rtmp of an unknown app",
+            nginx_play("play", "pl-app", &play_query("pl-app", soon))
+                .replace("app=live", "app=vod"),
+            bad("NonExistApplication"),
+        ),
+        (
+            "push nginx-rtmp publish with a play token",
+            nginx_play("publish", "pu-play", &play_query("pu-play", soon))
+                .replace("&start=4294965296&duration=0&reset=0", "&type=live"),
+            bad("AuthencationFailed"),
+        ),
+        (
+            "nginx-rtmp play with the player's own start arg",
+            nginx_play(
+                "play",
+                "pl-st",
+                &format!("{}&start=5", play_query("pl-st", soon)),
+            ),
+            bad("InvalidParameterValue"),
+        ),
+    ] {
+        c.push(form_case(name, body, expect));
+    }
+    for (name, body, expect) in [
+        (
+            "play srs on_play signed",
+            srs_play("on_play", "pl-srs", &play_query("pl-srs", soon)),
+            Expect::Forward("srs", "play"),
+        ),
+        (
+            "play srs on_stop with an expired token",
+            srs_play("on_stop", "pl-srs", &play_query("pl-srs", ago)),
+            Expect::Forward("srs", "play_end"),
+        ),
+        (
+            "play srs on_play with a push token",
+            srs_play("on_play", "pl-srs2", &token_query("pl-srs2")),
+            bad("AuthencationFailed"),
+        ),
+    ] {
+        c.push(json_case(name, body, expect));
+    }
     // ---- SRS http_hooks (issue 21) -------------------------------------------
     let srs = |action: &str, stream: &str, param: &str, change: serde_json::Value| {
         let mut v = json!({"server_id":"vid-cat","service_id":"svc","action":action,
@@ -1174,9 +1282,9 @@ fn catalog() -> Vec<Case> {
     let tok = |stream: &str| format!("?{}", token_query(stream));
     for (name, body, expect) in [
         (
-            "srs on_play (not a push hook)",
+            "srs on_play without pageUrl",
             srs("on_play", "srs-play", &tok("srs-play"), json!({})),
-            Expect::Reject(400, "InvalidParameterValue"),
+            Expect::Reject(400, "MissingParameter"),
         ),
         (
             "srs on_dvr (not a push hook)",
@@ -1576,11 +1684,16 @@ fn check(case: &Case, r: &Response, got: &[serde_json::Value]) -> Vec<String> {
                         p.push("forwarded body differs from the one sent".into());
                     }
                     let h = &one["headers"];
+                    let (verified, key_id) = if event.starts_with("play") {
+                        (VERIFIED_PLAY, "viewers")
+                    } else {
+                        (VERIFIED, "main")
+                    };
                     let want = [
                         ("x-callback-guard-format", *format),
                         ("x-callback-guard-event", *event),
-                        ("x-callback-guard-verified", VERIFIED),
-                        ("x-callback-guard-key-id", "main"),
+                        ("x-callback-guard-verified", verified),
+                        ("x-callback-guard-key-id", key_id),
                     ];
                     for (name, value) in want {
                         if field(h, name) != [value] {
@@ -1631,6 +1744,7 @@ fn adversarial_catalog_through_envoy() {
     let rx = Receiver::start();
     let mut cfg = base_config();
     cfg["formats"] = json!(["kls_v2", "kls_v1", "nginx_rtmp", "srs"]);
+    cfg["play_auth"] = json!({"scheme": "ks_md5", "keys": [{"id": "viewers", "secret": PLAY_KEY}]});
     let Some(envoy) = Envoy::start(EnvoyOpts::new(cfg, rx.port)) else {
         return;
     };
@@ -1646,6 +1760,8 @@ fn adversarial_catalog_through_envoy() {
 
     let mut failures = Vec::new();
     let mut want_codes: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut want_play_codes: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut want_plays_forwarded = 0;
     for case in &cases {
         rx.clear();
         let t0 = std::time::Instant::now();
@@ -1657,24 +1773,40 @@ fn adversarial_catalog_through_envoy() {
         for problem in check(case, &r, &got) {
             failures.push(format!("[{}] {problem}", case.name));
         }
-        if let Expect::Reject(_, code) = case.expect {
-            *want_codes.entry(code).or_default() += 1;
+        // A play (its body parsed as one) is counted apart from pushes.
+        let play = case.name.starts_with("play ");
+        match case.expect {
+            Expect::Reject(_, code) if play => *want_play_codes.entry(code).or_default() += 1,
+            Expect::Reject(_, code) => *want_codes.entry(code).or_default() += 1,
+            Expect::Forward(..) if play => want_plays_forwarded += 1,
+            _ => {}
         }
         if case.name.starts_with("method HEAD") {
             *want_codes.entry("MethodNotAllowed").or_default() += 1;
         }
     }
 
-    // Every filter rejection was counted under its code.
+    // Every filter rejection was counted under its code, plays apart.
     let stats = envoy.stats();
-    for (code, n) in &want_codes {
-        let name = format!("callback_guard_requests_rejected_{code}");
+    let counters = want_codes
+        .iter()
+        .map(|(code, n)| (format!("callback_guard_requests_rejected_{code}"), *n))
+        .chain(
+            want_play_codes
+                .iter()
+                .map(|(code, n)| (format!("callback_guard_plays_rejected_{code}"), *n)),
+        )
+        .chain([(
+            "callback_guard_plays_forwarded".to_string(),
+            want_plays_forwarded,
+        )]);
+    for (name, n) in counters {
         let have = stats
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{name}{{}} ")))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
-        if have != *n {
+        if have != n {
             failures.push(format!("counter {name} = {have}, want {n}"));
         }
     }

@@ -2,6 +2,7 @@
 //! 6.0.157 (tests/fixtures/srs, copied byte for byte from the spec) sent to a
 //! real Envoy over a raw socket; SRS's answer rule with an upstream that
 //! answers each form; envoy/srs.yaml's no-backend route; on_hls renewals.
+//! Issue 22: on_play and on_stop, as captured and signed, with `play_auth`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -27,8 +28,8 @@ fn target_and_body(raw: &[u8]) -> (String, Vec<u8>) {
 }
 
 /// The answer this issue defines for each capture, with SRS on, no push
-/// tokens and no registry: `None` = forwarded (the upstream's `0`), else the
-/// status and code of the refusal.
+/// tokens, no `play_auth` and no registry: `None` = forwarded (the
+/// upstream's `0`), else the status and code of the refusal.
 fn expected_open(name: &str) -> Option<(u16, &'static str)> {
     let n = name.trim_end_matches(".http");
     if n == "on_hls_notify" {
@@ -134,7 +135,12 @@ fn every_capture_gets_its_answer_and_forwarded_ones_reach_the_upstream_unchanged
                 assert!(got.is_empty(), "{name} must not reach the upstream");
                 if status == 400 && !name.contains("param_q") {
                     let msg = r.json()["Error"]["Message"].as_str().unwrap().to_string();
-                    assert!(msg.contains("push hook"), "{name}: {msg}");
+                    let why = if name == "on_play.http" || name == "on_stop.http" {
+                        "play callbacks are refused until `play_auth` is configured"
+                    } else {
+                        "push or play hook"
+                    };
+                    assert!(msg.contains(why), "{name}: {msg}");
                 }
             }
         }
@@ -165,6 +171,8 @@ fn shipped_srs_yaml_refuses_the_captures_and_its_gate_answers_exactly_0() {
     o.raw_yaml = Some(yaml);
     o.env
         .push(("CALLBACK_GUARD_PUSH_KEY".into(), KS_KEY.into()));
+    o.env
+        .push(("CALLBACK_GUARD_PLAY_KEY".into(), PLAY_KEY.into()));
     let Some(envoy) = Envoy::start(o) else {
         return;
     };
@@ -178,6 +186,10 @@ fn shipped_srs_yaml_refuses_the_captures_and_its_gate_answers_exactly_0() {
             let r = srs_raw(envoy.port, moved.as_bytes());
             let want = match expected_open(&name) {
                 None => (403, "AuthencationFailed".to_string()),
+                // play_auth is on: the captures' `token=play1` is no play token.
+                Some(_) if name == "on_play.http" || name == "on_stop.http" => {
+                    (403, "AuthencationFailed".to_string())
+                }
                 Some((405, c)) => (405, c.to_string()),
                 Some((s, c)) if name.contains("param_q") => {
                     // q2/q3b: a missing token (push_auth is on); q6: ambiguous.
@@ -209,7 +221,140 @@ fn shipped_srs_yaml_refuses_the_captures_and_its_gate_answers_exactly_0() {
     // The gate's `0` passed SRS's answer rule: the reservation holds.
     let r = srs_post(envoy.port, "/gate", &body("c2"));
     assert_eq!(r.status_and_code(), (409, "ExistStreamName".into()));
+    // Viewers of the live stream, with a play URL minted with the play key:
+    // each gets exactly `0`, and their stops too; the push key plays nothing.
+    let (pt, pk) = ks_token(PLAY_KEY, &stream, now_s() + 600);
+    for (i, viewer) in ["v1", "v2"].iter().enumerate() {
+        let play = play_body("on_play", viewer, &stream, &format!("?t={pt}&k={pk}"));
+        let r = srs_post(envoy.port, "/gate", &play);
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"0"[..]),
+            "viewer {i}"
+        );
+    }
+    let stop = play_body("on_stop", "v1", &stream, &format!("?t={pt}&k={pk}"));
+    let r = srs_post(envoy.port, "/gate", &stop);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"0"[..]));
+    let with_push_key = play_body("on_play", "v3", &stream, &format!("?t={t}&k={k}"));
+    let r = srs_post(envoy.port, "/gate", &with_push_key);
+    assert_eq!(r.status_and_code(), (403, "AuthencationFailed".into()));
+    let msg = r.json()["Error"]["Message"].as_str().unwrap().to_string();
+    assert!(msg.contains("it is a push token"), "{msg}");
+    // The viewers changed nothing of the push's reservation.
+    let r = srs_post(envoy.port, "/gate", &body("c3"));
+    assert_eq!(r.status_and_code(), (409, "ExistStreamName".into()));
     assert!(rx.received().is_empty(), "the gate has no upstream");
+}
+
+/// The play key of the play tests (apart from the push key, KS_KEY).
+const PLAY_KEY: &str = "e2ePlayKey0123456";
+
+/// An on_play or on_stop body in SRS's field order (as captured).
+fn play_body(action: &str, client: &str, stream: &str, param: &str) -> String {
+    let page = if action == "on_play" {
+        r#","pageUrl":"""#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"server_id":"vid-i562442","service_id":"41vb31bg","action":"{action}","client_id":"{client}","ip":"127.0.0.1","vhost":"__defaultVhost__","app":"live","stream":"{stream}","tcUrl":"rtmp://127.0.0.1:19350/live","param":"{param}"{page},"stream_url":"/live/{stream}","stream_id":"vid-91o0auf"}}"#
+    )
+}
+
+/// A capture with its `param` replaced and its Content-Length set to the new
+/// body's: the rest of the request byte for byte as SRS sent it.
+fn with_param(raw: &[u8], param: &str) -> Vec<u8> {
+    let text = String::from_utf8(raw.to_vec()).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let old = body
+        .split(r#""param":""#)
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let new_body = body.replacen(
+        &format!(r#""param":"{old}""#),
+        &format!(r#""param":"{param}""#),
+        1,
+    );
+    let head = head.replacen(
+        &format!("Content-Length: {}", body.len()),
+        &format!("Content-Length: {}", new_body.len()),
+        1,
+    );
+    format!("{head}\r\n\r\n{new_body}").into_bytes()
+}
+
+/// SRS's captured on_play and on_stop through a real Envoy with `play_auth`:
+/// as captured (its `token=play1` is no play token: refused, nothing
+/// upstream), then with a play URL's token in `param` (forwarded byte for
+/// byte, marked as a play), a push token (refused), and an expired play
+/// token (the play refused, its on_stop forwarded).
+#[test]
+fn captured_on_play_and_on_stop_with_play_auth() {
+    let rx = Receiver::start_with(&["--answer-body", "0"]);
+    let plugin = json!({"formats": ["srs"], "apps": ["live"],
+        "push_auth": {"scheme": "ks_md5", "keys": [{"id": "pushers", "secret": KS_KEY}]},
+        "play_auth": {"scheme": "ks_md5", "keys": [{"id": "viewers", "secret": PLAY_KEY}]}});
+    let Some(envoy) = Envoy::start(opts(plugin, &rx)) else {
+        return;
+    };
+    for name in ["on_play.http", "on_stop.http"] {
+        let raw = capture(name);
+        let r = srs_raw(envoy.port, &raw);
+        assert_eq!(
+            r.status_and_code(),
+            (403, "AuthencationFailed".into()),
+            "{name}"
+        );
+        let msg = r.json()["Error"]["Message"].as_str().unwrap().to_string();
+        assert_eq!(msg, "play token: missing parameter `t`", "{name}");
+    }
+    assert!(rx.received().is_empty(), "a refused play reaches nobody");
+
+    let (t, k) = ks_token(PLAY_KEY, "test1", now_s() + 600);
+    for (name, event) in [("on_play.http", "play"), ("on_stop.http", "play_end")] {
+        rx.clear();
+        let raw = with_param(&capture(name), &format!("?t={t}&k={k}&x=y"));
+        let r = srs_raw(envoy.port, &raw);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"0"[..]), "{name}");
+        let got = rx.received();
+        assert_eq!(got.len(), 1, "{name}");
+        let (target, body) = target_and_body(&raw);
+        assert_eq!(got[0].body, body, "{name}: byte for byte");
+        assert_eq!(got[0].path, target);
+        assert_eq!(got[0].header("user-agent"), Some("SRS/6.0.157(Hang)"));
+        assert_eq!(got[0].header("x-callback-guard-format"), Some("srs"));
+        assert_eq!(
+            got[0].header("x-callback-guard-event"),
+            Some(event),
+            "{name}"
+        );
+        assert_eq!(got[0].header("x-callback-guard-key-id"), Some("viewers"));
+        assert!(got[0]
+            .header("x-callback-guard-verified")
+            .unwrap()
+            .ends_with("play_token"));
+    }
+    // A push token on a play, an expired play token.
+    rx.clear();
+    let (pt, pk) = ks_token(KS_KEY, "test1", now_s() + 600);
+    let r = srs_raw(
+        envoy.port,
+        &with_param(&capture("on_play.http"), &format!("?t={pt}&k={pk}")),
+    );
+    assert_eq!(r.status_and_code(), (403, "AuthencationFailed".into()));
+    let (et, ek) = ks_token(PLAY_KEY, "test1", now_s() - 3600);
+    let expired = format!("?t={et}&k={ek}");
+    let r = srs_raw(envoy.port, &with_param(&capture("on_play.http"), &expired));
+    assert_eq!(r.status_and_code(), (403, "AuthencationFailed".into()));
+    assert_eq!(r.json()["Error"]["Message"], "play token expired");
+    assert!(rx.received().is_empty());
+    let r = srs_raw(envoy.port, &with_param(&capture("on_stop.http"), &expired));
+    assert_eq!(r.status, 200, "a play's end is not bound by the expiry");
+    assert_eq!(rx.received().len(), 1);
 }
 
 /// Sends a request as SRS does (a new connection, `Connection: Keep-Alive`)

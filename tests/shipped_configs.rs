@@ -130,7 +130,11 @@ fn the_shipped_plugin_configurations_are_valid() {
             .as_str()
             .unwrap()
             .to_string();
-        let env = |k: &str| (k == "CALLBACK_GUARD_PUSH_KEY").then(|| "shippedKey0123".to_string());
+        let env = |k: &str| match k {
+            "CALLBACK_GUARD_PUSH_KEY" => Some("shippedKey0123".to_string()),
+            "CALLBACK_GUARD_PLAY_KEY" => Some("shippedPlayKey456".to_string()),
+            _ => None,
+        };
         if let Err(e) = callback_guard::Config::from_json(value.as_bytes(), &env) {
             panic!("{name}: {e:?}");
         }
