@@ -208,8 +208,9 @@ soak: wasm $(ENVOY_DEP)
 	SOAK_REQUESTS=$(SOAK_REQUESTS) SOAK_SECONDS=$(SOAK_SECONDS) \
 	  $(CARGO) test --release --test soak -- --ignored --nocapture
 
-# Two real nginx-rtmp ingest servers and ffmpeg behind Envoy + callback-guard
-# (envoy/nginx-rtmp.yaml); installs nginx, libnginx-mod-rtmp and ffmpeg when missing.
+# Two real nginx-rtmp ingest servers and ffmpeg (pushers and players) behind Envoy +
+# callback-guard (envoy/nginx-rtmp.yaml): pushes, playback, on_update liveness; installs
+# nginx, libnginx-mod-rtmp, ffmpeg and etcd-server when missing.
 test-rtmp: wasm bins $(ENVOY_DEP)
 	./scripts/test-rtmp.sh
 

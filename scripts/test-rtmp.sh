@@ -3,9 +3,10 @@
 # with ffmpeg pushing a generated stream. Everything runs on 127.0.0.1.
 #
 #   ffmpeg --rtmp--> nginx-rtmp A / B --on_publish(_done), on_update--> Envoy + callback-guard
-#                                         (envoy/nginx-rtmp.yaml) --> callback-receiver
+#   ffmpeg <--rtmp-- (players)         --on_play(_done)-->   (envoy/nginx-rtmp.yaml) --> callback-receiver
 #
-# Cases (a)-(e) run envoy/nginx-rtmp.yaml as shipped. The liveness cases (f)-(j) run
+# Cases (a)-(e) run envoy/nginx-rtmp.yaml as shipped; so do the playback cases (k)-(n),
+# with ffmpeg as the player and URLs minted by `callback-guard sign --for play`. The liveness cases (f)-(j) run
 # two more Envoys with the same filter chain but `duplicate_streams.ttl_s` 6 s: one
 # on the shared-data store, one on an etcd store (a single etcd member started
 # here). Each nginx also listens on extra ports whose `application live` posts
@@ -99,9 +100,10 @@ wait_port() { # port what
   die "$2 did not listen on 127.0.0.1:$1"
 }
 
-# A fresh push key for this run; Envoy reads it from its environment.
+# A fresh push key and play key for this run; Envoy reads them from its environment.
 CALLBACK_GUARD_PUSH_KEY="rtmp$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-export CALLBACK_GUARD_PUSH_KEY
+CALLBACK_GUARD_PLAY_KEY="view$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+export CALLBACK_GUARD_PUSH_KEY CALLBACK_GUARD_PLAY_KEY
 
 "$RECEIVER" --listen "127.0.0.1:$P_RX" --quiet >"$TMP/receiver.log" 2>&1 &
 pids+=($!)
@@ -197,6 +199,7 @@ wait_envoy etcd "$P_ETCD_ADMIN"
 # ports listed above. `other` is an application nginx serves but callback-guard does
 # not know. rtmp_server PORT ENVOY_PORT [UPDATE_EVERY]: one `server` block; with
 # UPDATE_EVERY, `application live` also posts on_update to that Envoy that often.
+# `application live` posts on_play and on_play_done too (playback is protected).
 rtmp_server() {
   local update=""
   [ -n "${3:-}" ] && update="
@@ -208,7 +211,9 @@ rtmp_server() {
     application live {
       live on;
       on_publish http://127.0.0.1:$2/callback;
-      on_publish_done http://127.0.0.1:$2/callback;$update
+      on_publish_done http://127.0.0.1:$2/callback;
+      on_play http://127.0.0.1:$2/callback;
+      on_play_done http://127.0.0.1:$2/callback;$update
     }
     application other {
       live on;
@@ -258,6 +263,12 @@ sign() { # app stream port [expires-at]
   "$CLI" sign --scheme ks_md5 --key-env CALLBACK_GUARD_PUSH_KEY --app "$1" --stream "$2" \
     "${exp[@]}" --url "rtmp://127.0.0.1:$3/$1"
 }
+sign_play() { # app stream port [expires-at]: a play URL, with the play key
+  local exp=(--expires-in 300)
+  [ -n "${4:-}" ] && exp=(--expires-at "$4")
+  "$CLI" sign --for play --scheme ks_md5 --key-env CALLBACK_GUARD_PLAY_KEY --app "$1" \
+    --stream "$2" "${exp[@]}" --url "rtmp://127.0.0.1:$3/$1"
+}
 
 # push NAME URL SECONDS: a generated stream, bounded; output in $TMP/ffmpeg-NAME.log.
 ffmpeg_args() { # URL SECONDS
@@ -273,6 +284,14 @@ push() {
 push_bg() {
   ffmpeg_args "$2" "$3"
   timeout "$(($3 + 15))" ffmpeg "${ffargs[@]}" >"$TMP/ffmpeg-$1.log" 2>&1 &
+}
+
+# play NAME URL [SECONDS]: ffmpeg as a player for 2 s (or SECONDS) of the stream, bounded;
+# returns ffmpeg's exit status (124 when it was still waiting after 15 s); output in
+# $TMP/ffmpeg-NAME.log.
+play() {
+  timeout 15 ffmpeg -hide_banner -nostdin -loglevel warning -i "$2" -t "${3:-2}" -f null - \
+    >"$TMP/ffmpeg-$1.log" 2>&1
 }
 
 # What reached the receiver: one line per callback,
@@ -409,6 +428,100 @@ check "B's start for cam4 was not forwarded" wait_received "^start primary .*tcu
 check "B's end for cam4 was not forwarded" wait_received "^end primary .*tcurl=rtmp://127.0.0.1:$P_B/live&.*call=publish_done&name=cam4&" 1
 result "(e) after A's push ended, B pushes the same stream"
 
+# ---- playback: on_play / on_play_done with play tokens -----------------------------
+# cam10 is pushed on A for PUSH_S while viewers play it with URLs minted by
+# `sign --for play`; cam12 is pushed by nobody.
+clear_received
+PUSH_S=16
+url=$(sign live cam10 "$P_A")
+push_bg k-pusher "$url" "$PUSH_S"
+pusher=$!
+pids+=("$pusher")
+p_why=""
+wait_received '^start primary .*call=publish&name=cam10&' 1 ||
+  p_why+="  - the pusher's start for cam10 was not forwarded"$'\n'
+sleep 1 # a keyframe or two in nginx before the first viewer
+
+# (k) Two viewers at once, each with a signed play URL.
+view=$(sign_play live cam10 "$P_A")
+play k-viewer1 "$view" &
+v1=$!
+play k-viewer2 "$view" &
+v2=$!
+wait "$v1"
+rc1=$?
+wait "$v2"
+rc2=$?
+check "viewer 1's ffmpeg exited $rc1, want 0" test "$rc1" -eq 0
+check "viewer 2's ffmpeg exited $rc2, want 0" test "$rc2" -eq 0
+check "not two plays of cam10 forwarded (event play, key viewers)" \
+  wait_received '^play viewers .*call=play&name=cam10&.*t=[0-9]{10}&k=[0-9a-f]{16}' 2
+check "not two play_done of cam10 forwarded (event play_end)" \
+  wait_received '^play_end viewers .*call=play_done&name=cam10&' 2
+check "the two plays of cam10 did not come from two nginx clients" \
+  test "$(received | grep -E '^play viewers .*name=cam10&' | grep -oE 'clientid=[0-9]+' | sort -u | wc -l)" -eq 2
+check "the pusher stopped while viewers played" kill -0 "$pusher"
+[ -z "$why" ] && { echo "  nginx-rtmp posted for a viewer:"; received | grep -E '^play' | head -n 2 | sed 's/^/    /'; }
+result "(k) signed play URL plays, a second viewer of the same stream too: both ffmpeg exit 0, play and play_done forwarded"
+
+# (l) Forged, expired, wrong-stream and push-key tokens: each player is refused.
+clear_received
+before=$(grep -c 'code=AuthencationFailed .*stream="cam10" event=play ' "$TMP/envoy-main.log")
+forged="${view%k=*}k=0123456789abcdef"
+expired=$(sign_play live cam10 "$P_A" "$(($(date +%s) - 3600))")
+other=$(sign_play live cam11 "$P_A")
+other="${view%%\?*}?${other#*\?}" # cam11's token on cam10's URL
+pushkey=$(sign live cam10 "$P_A")
+for spec in "forged $forged" "expired $expired" "wrong-stream $other" "push-key $pushkey"; do
+  read -r what u <<<"$spec"
+  play "l-$what" "$u"
+  rc=$?
+  check "the $what player's ffmpeg exited $rc, want a prompt failure (not 0, not 124)" \
+    test "$rc" -ne 0 -a "$rc" -ne 124
+  check "the pusher stopped after the $what play" kill -0 "$pusher"
+done
+after=$(grep -c 'code=AuthencationFailed .*stream="cam10" event=play ' "$TMP/envoy-main.log")
+check "Envoy refused $((after - before)) plays of cam10 with AuthencationFailed, want 4" \
+  test "$((after - before))" -eq 4
+grep -q 'stream="cam10" event=play reason=play token expired' "$TMP/envoy-main.log" ||
+  why+="  - Envoy's log does not say the cam10 play token expired"$'\n'
+grep -q 'stream="cam10" event=play reason=play token signature does not match: it is a push token' \
+  "$TMP/envoy-main.log" || why+="  - Envoy's log does not name the push token played"$'\n'
+check "a refused play reached the receiver" test "$(received | grep -c '^play')" -eq 0
+result "(l) forged, expired, wrong-stream and push-key play tokens refused: ffmpeg fails for each, nothing forwarded"
+
+# (m) cam12: nobody pushes it. A signed play is let through (nginx-rtmp then keeps the
+# player waiting for a stream: ffmpeg is still there when its 3 s are up), a forged one
+# is refused at once.
+clear_received
+timeout 3 ffmpeg -hide_banner -nostdin -loglevel warning -i "$(sign_play live cam12 "$P_A")" \
+  -t 2 -f null - >"$TMP/ffmpeg-m-signed.log" 2>&1
+rc=$?
+check "the signed cam12 player's ffmpeg exited $rc, want 124 (still waiting, not refused)" test "$rc" -eq 124
+check "the signed play of cam12 was not forwarded" wait_received '^play viewers .*call=play&name=cam12&' 1
+u=$(sign_play live cam12 "$P_A")
+play n-forged "${u%k=*}k=fedcba9876543210"
+rc=$?
+check "the forged cam12 player's ffmpeg exited $rc, want a prompt failure" test "$rc" -ne 0 -a "$rc" -ne 124
+grep -q 'code=AuthencationFailed .*stream="cam12" event=play ' "$TMP/envoy-main.log" ||
+  why+="  - no AuthencationFailed for the forged cam12 play in Envoy's log"$'\n'
+check "the forged play of cam12 was forwarded" test "$(received | grep -c '^play viewers .*call=play&name=cam12&')" -eq 1
+result "(m) a play of a stream nobody pushes is decided by the token alone"
+
+# (n) The publisher ran its whole time: exit 0, its start and end forwarded, never a duplicate.
+wait "$pusher"
+rc=$?
+keep=()
+for q in "${pids[@]}"; do [ "$q" = "$pusher" ] || keep+=("$q"); done
+pids=("${keep[@]}")
+why=$p_why
+check "the pusher's ffmpeg exited $rc, want 0 (its push was cut)" test "$rc" -eq 0
+check "the pusher's publish_done for cam10 was not forwarded" \
+  wait_received '^end primary .*call=publish_done&name=cam10&' 1
+refused_cam10=$(grep -c 'code=[A-Za-z]* .*stream="cam10" reason=' "$TMP/envoy-main.log")
+check "Envoy refused $refused_cam10 push callbacks of cam10, want 0" test "$refused_cam10" -eq 0
+result "(n) the publisher is unaffected by viewers, allowed or refused: its $PUSH_S s push ran whole, start and end forwarded"
+
 # ---- liveness: on_update renews a live push's reservation --------------------------
 # The `live` (shared-data) and `etcd` Envoys keep a reservation ttl_s (6 s) after the
 # last start or update. Five pushes start on ingest A at once, each its own stream,
@@ -480,6 +593,10 @@ for spec in "f cam5 $P_AU" "g cam6 $P_AN" "h cam9 $P_AS" "i cam7 $P_AE" "j cam8 
   lcheck "$c" "A's start for $name was not forwarded" wait_received "$(started "$port" "$name")" 1
 done
 echo "  liveness pushes on A started ($(since) s); ttl_s $TTL_S, B pushes at 9 s and 10 s"
+# (o) A viewer of cam5 on A:P_AU, where on_update comes every 2 s: nginx-rtmp posts
+# update_play for it, checked like a play's end and forwarded as play_update.
+play o-viewer "$(sign_play live cam5 "$P_AU")" 5 &
+o_viewer=$!
 
 # (h) At 9 s, cam9 on B. B's push lasts past A's first update, so that B holds the
 # stream then (its publish_done would free it).
@@ -564,11 +681,21 @@ echo "  cam5 update_publish forwarded: $n5, at time= $cadence(s since publish); 
 echo "  cam9: A's ffmpeg exited $h_rc at $h_done s, after nginx ended the push; its last lines:"
 tail -n 3 "$TMP/ffmpeg-live-A-cam9.log" | sed 's/^/    /'
 received | grep -E "^update primary .*name=cam5&" | head -n 1 | sed 's/^/    first update: /'
+wait "$o_viewer"
+o_rc=$?
+why=""
+check "the cam5 viewer's ffmpeg exited $o_rc, want 0" test "$o_rc" -eq 0
+check "no update_play of the cam5 viewer was forwarded as play_update" \
+  wait_received "^play_update viewers .*tcurl=rtmp://127.0.0.1:$P_AU/live&.*call=update_play&time=[0-9]+&timestamp=[0-9]+&name=cam5&" 1
+check "the cam5 viewer's play or play_done was not forwarded" \
+  wait_received "^play(_end)? viewers .*tcurl=rtmp://127.0.0.1:$P_AU/live&.*call=play(_done)?&name=cam5&" 2
+lwhy[o]=$why
 lresult f "(f) shared-data, on_update every 2 s: A's 15 s push stays reserved past ttl_s 6 s (B at 10 s refused, ExistStreamName), updates forwarded, B pushes after A's end"
 lresult g "(g) control, shared-data, no on_update: B at 10 s admitted while A is still live (the reservation lapsed)"
 lresult h "(h) shared-data, on_update every 12 s > ttl_s: B at 9 s admitted (lapsed), A's first update refused (ExistStreamName) and nginx ends A's push"
 lresult i "(i) etcd store, on_update every 2 s: A's 15 s push stays reserved past ttl_s 6 s, B at 10 s refused, B pushes after A's end"
 lresult j "(j) control, etcd store, no on_update: B at 10 s admitted while A is still live"
+lresult o "(o) a viewer of a live push with on_update: its update_play are forwarded as play_update, the viewer plays on"
 
 # ---- summary ----------------------------------------------------------------------
 if [ "$failed" -gt 0 ]; then
