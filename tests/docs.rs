@@ -433,6 +433,11 @@ const EVERY_KEY: &str = r#"{
       {"id": "k2", "secret_env": "DOCS_TEST_KEY"}
     ]
   },
+  "play_auth": {
+    "scheme": "ks_md5",
+    "clock_skew_s": 30,
+    "keys": [{"id": "v1", "secret": "play0key1", "apps": ["live"], "domains": ["push.example.com"]}]
+  },
   "callback_auth": {
     "allow_cidrs": ["127.0.0.0/8"],
     "trusted_xff_hops": 1,
@@ -477,12 +482,17 @@ fn secret_envs(v: &Value, webhook: bool, out: &mut BTreeMap<String, String>) {
             for (k, v) in m {
                 if k == "secret_env" {
                     if let Some(name) = v.as_str() {
+                        // One value per variable (play keys must differ from push
+                        // keys): its name's letters and digits, 16 to 32 of them, a
+                        // key for either scheme.
                         let value = if webhook {
-                            "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+                            "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_string()
                         } else {
-                            "0123456789abcdef0123"
+                            let alnum: String =
+                                name.chars().filter(char::is_ascii_alphanumeric).collect();
+                            format!("{alnum:0<16}").chars().take(32).collect()
                         };
-                        out.insert(name.to_string(), value.to_string());
+                        out.insert(name.to_string(), value);
                     }
                 }
                 secret_envs(v, webhook || k == "webhook_signature", out);
