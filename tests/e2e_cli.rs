@@ -60,12 +60,33 @@ fn cli_headers(line: &serde_json::Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The play key of the play cases (apart from the push key, KS_KEY).
+const PLAY_KEY: &str = "cliPlayKey0123456";
+
+/// SRS's on_play for `stream` with a token signed by `key`.
+fn on_play(stream: &str, key: &str) -> String {
+    let (t, k) = ks_token(key, stream, now_s() + 600);
+    json!({"server_id":"vid-cli","service_id":"s1","action":"on_play","client_id":"c1",
+        "ip":"127.0.0.1","vhost":"__defaultVhost__","app":"live","stream":stream,
+        "tcUrl":"rtmp://127.0.0.1:1935/live","param":format!("?t={t}&k={k}"),"pageUrl":"",
+        "stream_url":format!("/live/{stream}"),"stream_id":"vid-x"})
+    .to_string()
+}
+
 #[test]
 fn check_says_what_the_filter_does_with_the_same_headers() {
     let open = json!({"apps": ["live"]});
     let guarded = base_config();
     let mut observe = base_config();
     observe["mode"] = json!("observe");
+    let mut plays = base_config();
+    plays["formats"] = json!(["srs"]);
+    plays["play_auth"] =
+        json!({"scheme": "ks_md5", "keys": [{"id": "viewers", "secret": PLAY_KEY}]});
+    let mut plays_observed = plays.clone();
+    plays_observed["mode"] = json!("observe");
+    let mut srs_no_play = base_config();
+    srs_no_play["formats"] = json!(["srs"]);
     // (config, body, CLI exit, forwarded by Envoy)
     let cases = [
         (
@@ -96,6 +117,17 @@ fn check_says_what_the_filter_does_with_the_same_headers() {
             &observe,
             v2("PubStart", "cli-observed-ok", Some("s1"), KS_KEY),
             0,
+            true,
+        ),
+        // Plays (issue 22): SRS's on_play with a play token, a push token, and
+        // no play_auth at all; observe mode's marked forward of a bad play.
+        (&plays, on_play("cli-play", PLAY_KEY), 0, true),
+        (&plays, on_play("cli-play-push", KS_KEY), 1, false),
+        (&srs_no_play, on_play("cli-play-off", PLAY_KEY), 1, false),
+        (
+            &plays_observed,
+            on_play("cli-play-obs", "forgedKey1"),
+            3,
             true,
         ),
     ];
