@@ -12,8 +12,9 @@
 # and with each of those Envoys, live, in front of callback-receiver:
 #   3. a forged callback -> 403 AuthencationFailed (so the body reached the filter: the flag
 #      is in force), a signed one -> 200 from the receiver, /stats/prometheus shows
-#      callback_guard_requests_rejected{code="AuthencationFailed"} 1 and the store_errors
-#      counters with a kind label; envoy-gateway: a route of another HTTPRoute on the same
+#      callback_guard_requests_rejected{code="AuthencationFailed"} 1, the play refusal
+#      counters with the same code label (callback_guard_plays_rejected{code=...}) and the
+#      store_errors counters with a kind label; envoy-gateway: a route of another HTTPRoute on the same
 #      listener -> 200 (the RBAC filter is scoped to the callback routes);
 #   4. the manifest's own sender CIDRs (placeholders, not 127.0.0.1): 403, sender refused;
 #   5. allow_on_headers_stop_iteration removed: 500 InternalError and Envoy's critical line;
@@ -27,7 +28,8 @@
 # and, against edited copies of the manifests (extract.py must refuse them):
 #   7. istio: proxyStatsMatcher prefix "callback_guard" (without "wasmcustom.") keeps no counter;
 #   8. envoy-gateway: a wrong filter, listener or route name in the EnvoyPatchPolicy, the
-#      RBAC patch left out, failure_policy left out, a stats tag left out.
+#      RBAC patch left out, failure_policy left out, a stats tag left out, the code tag's
+#      regex without plays_rejected (istio too).
 #
 # envoy-gateway-native (callback-guard's native module, EnvoyExtensionPolicy dynamicModules):
 # extract.py builds the DynamicModuleFilter Envoy Gateway would (module.local.filename = a
@@ -255,6 +257,13 @@ live_suite() { # mesh
   else
     bad "$mesh/$v: kind-labelled counter: $(grep '^callback_guard_store_errors' <<<"$m" | head -3 | tr '\n' ' ')"
   fi
+  # Plays are counted apart (callback_guard_plays_*), their refusals under the same code tag.
+  n=$(grep -c '^callback_guard_plays_rejected{code="' <<<"$m" || true)
+  if [ "$n" -gt 0 ] && ! grep -q '^callback_guard_plays_rejected_' <<<"$m" && grep -q '^callback_guard_plays_forwarded{} ' <<<"$m"; then
+    ok "$mesh/$v: /stats/prometheus: callback_guard_plays_forwarded and $n callback_guard_plays_rejected{code=...} series, e.g. $(grep -m1 '^callback_guard_plays_rejected{' <<<"$m")"
+  else
+    bad "$mesh/$v: play counters: $(grep '^callback_guard_plays_' <<<"$m" | head -3 | tr '\n' ' ')"
+  fi
   if [ "$mesh" != istio ]; then
     before=$(received)
     r=$(forged /other)
@@ -451,6 +460,8 @@ if [ -f "$NATIVE_SRC" ]; then
   refuse envoy-gateway-native envoyextensionpolicy.yaml "    filterName: callback_guard    #=>    filterName: guard             #" "filterName not the module's filter"
 fi
 refuse istio stats-bootstrap-configmap.yaml "store_errors=>store_error" "stats tag kind regex changed"
+refuse istio stats-bootstrap-configmap.yaml "(?:requests|plays)_rejected=>requests_rejected" "stats tag code regex without plays_rejected"
+refuse envoy-gateway envoyproxy.yaml "(?:requests|plays)_rejected=>requests_rejected" "stats tag code regex without plays_rejected"
 
 echo
 echo "selftest: wall time $(( $(date +%s) - T0 )) s, Envoys: $(for e in "${envoys[@]}"; do printf '%s ' "$(envoy_version "$e")"; done)(native module: $(for e in "${native_envoys[@]}"; do printf '%s ' "$(envoy_version "$e")"; done))"

@@ -8,6 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use callback_guard::lifecycle::Metric;
 use serde_json::json;
 use support::*;
 
@@ -242,6 +243,205 @@ fn refusals_are_one_metric_with_the_code_as_a_label() {
         text.contains("callback_guard_store_errors{kind=\"contended\"}"),
         "store errors by kind"
     );
+    // Every counter the filter defines is exported from the start, a per-code or
+    // per-kind one only as a series of its labelled metric (plays too).
+    for m in Metric::all() {
+        let series = match m {
+            Metric::Rejected(c) => rejected_series(c.as_str()),
+            Metric::PlayRejected(c) => plays_rejected_series(c.as_str()),
+            Metric::StoreError(k) => format!("callback_guard_store_errors{{kind=\"{k}\"}}"),
+            _ => format!("{}{{}}", m.name().replace('.', "_")),
+        };
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{series} "))),
+            "{} is not exported as {series}",
+            m.name()
+        );
+    }
+    assert!(
+        !text.contains("callback_guard_plays_rejected_"),
+        "no per-code metric names for plays"
+    );
+}
+
+/// The play key of [`shipped_with_play_auth`]: a viewer's token, not a push's.
+const PLAY_KEY: &str = "playKey456";
+
+/// The shipped config (stats tags and all) with plays checked: `play_auth`
+/// with its own key, and nginx-rtmp forms next to KLS JSON.
+fn shipped_with_play_auth() -> String {
+    let yaml = shipped_yaml();
+    let apps = "\"apps\": [\"live\"],";
+    assert_eq!(
+        yaml.matches(apps).count(),
+        1,
+        "{}: the plugin configuration's apps line changed",
+        shipped_config_path().display()
+    );
+    yaml.replace(
+        apps,
+        &format!(
+            "{apps} \"formats\": [\"kls_v2\", \"nginx_rtmp\"], \"play_auth\": \
+             {{\"scheme\": \"ks_md5\", \"keys\": [{{\"id\": \"viewer\", \"secret\": \"{PLAY_KEY}\"}}]}},"
+        ),
+    )
+}
+
+/// nginx-rtmp's `on_play` (`call=play`) of a viewer of live/cam1, its token
+/// signed with `key`.
+fn nginx_play(key: &str) -> String {
+    let token = callback_guard::auth::token::sign(
+        callback_guard::config::Scheme::KsMd5,
+        key.as_bytes(),
+        "live",
+        "cam1",
+        now_s() + 600,
+    );
+    format!(
+        "app=live&flashver=x&swfurl=&tcurl=rtmp://127.0.0.1:1935/live&pageurl=&addr=127.0.0.1\
+         &clientid=3&call=play&name=cam1&start=4294965296&duration=0&reset=0&{token}"
+    )
+}
+
+/// Plays (viewers' callbacks) are counted apart from pushes, with the same
+/// `code` label: a forwarded play moves `plays_forwarded`, a refused one
+/// `plays_rejected{code=...}`, and neither moves the push counters
+/// (`requests_forwarded`, `requests_rejected`); `requests_received` counts
+/// both. Pushes then move only the push counters.
+#[test]
+fn plays_are_counted_apart_from_pushes_with_the_code_as_a_label() {
+    let rx = Receiver::start();
+    let Some(envoy) = start_shipped(shipped_with_play_auth(), &rx, KS_KEY) else {
+        return;
+    };
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let sum = |s: &std::collections::BTreeMap<String, u64>, prefix: &str| -> u64 {
+        s.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    let moved = |a: &std::collections::BTreeMap<String, u64>,
+                 b: &std::collections::BTreeMap<String, u64>,
+                 prefix: &str| sum(b, prefix) - sum(a, prefix);
+    let before = settled_series(envoy.admin);
+    for (prefix, what) in [
+        ("callback_guard_plays_forwarded{}", "plays_forwarded"),
+        (
+            plays_rejected_series("AuthencationFailed").as_str(),
+            "plays_rejected{code=\"AuthencationFailed\"}",
+        ),
+    ] {
+        assert!(
+            before.contains_key(prefix),
+            "{what} is not exported: {before:?}"
+        );
+    }
+
+    // A viewer's play with a play token: forwarded.
+    let r = http1(
+        envoy.port,
+        "POST",
+        "/callback",
+        &form,
+        nginx_play(PLAY_KEY).as_bytes(),
+    );
+    assert_eq!(r.status, 200, "a signed play is forwarded");
+    let got = rx.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("x-callback-guard-event"), Some("play"));
+    // A play with a push token (signed with the push key): refused.
+    let r = http1(
+        envoy.port,
+        "POST",
+        "/callback",
+        &form,
+        nginx_play(KS_KEY).as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "AuthencationFailed".to_string()),
+        "a play with a push token"
+    );
+    assert_eq!(
+        rx.received().len(),
+        1,
+        "the refused play never reached the upstream"
+    );
+
+    let plays = settled_series(envoy.admin);
+    let of = |prefix: &str| moved(&before, &plays, prefix);
+    assert_eq!(of("callback_guard_plays_forwarded{}"), 1, "plays_forwarded");
+    assert_eq!(
+        of(&plays_rejected_series("AuthencationFailed")),
+        1,
+        "plays_rejected{{code=\"AuthencationFailed\"}}"
+    );
+    assert_eq!(
+        of("callback_guard_plays_rejected{"),
+        1,
+        "no other play refusal"
+    );
+    assert_eq!(
+        of("callback_guard_requests_forwarded{}"),
+        0,
+        "requests_forwarded: plays apart"
+    );
+    assert_eq!(
+        of("callback_guard_requests_rejected{"),
+        0,
+        "requests_rejected: plays apart"
+    );
+    assert_eq!(
+        of("callback_guard_requests_received{}"),
+        2,
+        "requests_received counts plays too"
+    );
+
+    // Pushes, on the same Envoy: a signed start forwarded, a forged one refused,
+    // counted as requests and never as plays.
+    let stream = unique_stream("push");
+    assert_eq!(
+        post(&envoy, &v2("PubStart", &stream, Some("s1"), KS_KEY), &[]).status,
+        200
+    );
+    let r = post(&envoy, &v2("PubStart", &stream, Some("s2"), "forged"), &[]);
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "AuthencationFailed".to_string())
+    );
+    let pushes = settled_series(envoy.admin);
+    let of = |prefix: &str| moved(&plays, &pushes, prefix);
+    assert_eq!(
+        of("callback_guard_requests_forwarded{}"),
+        1,
+        "requests_forwarded"
+    );
+    assert_eq!(
+        of(&rejected_series("AuthencationFailed")),
+        1,
+        "requests_rejected{{code=\"AuthencationFailed\"}}"
+    );
+    assert_eq!(
+        of("callback_guard_requests_rejected{"),
+        1,
+        "no other refusal"
+    );
+    assert_eq!(
+        of("callback_guard_requests_received{}"),
+        2,
+        "requests_received"
+    );
+    assert_eq!(
+        of("callback_guard_plays_forwarded{}"),
+        0,
+        "plays_forwarded: pushes apart"
+    );
+    assert_eq!(
+        of("callback_guard_plays_rejected{"),
+        0,
+        "plays_rejected: pushes apart"
+    );
 }
 
 /// Observe mode forwards every callback; one that enforce mode refuses is
@@ -355,7 +555,17 @@ fn the_grafana_dashboard_queries_metrics_that_exist() {
         .flat_map(|p| p["targets"].as_array().unwrap().iter())
         .map(|t| t["expr"].as_str().unwrap().to_string())
         .collect();
-    assert!(exprs.len() >= 8, "{exprs:?}");
+    assert!(exprs.len() >= 14, "{exprs:?}");
+    // The Plays panel: plays forwarded, and refused by code.
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e.contains("callback_guard_plays_forwarded"))
+            && exprs
+                .iter()
+                .any(|e| e.contains("by (code)") && e.contains("callback_guard_plays_rejected")),
+        "{exprs:?}"
+    );
     let Some(stack) = Shipped::start() else {
         return;
     };
@@ -390,16 +600,25 @@ fn the_grafana_dashboard_queries_metrics_that_exist() {
             );
             checked += 1;
         }
+        // A panel grouped by a label: the metric it queries carries that label.
         for label in ["code", "kind"] {
             if e.contains(&format!("by ({label})")) {
-                assert!(
-                    stats.contains(&format!("{{{label}=\"")),
-                    "no `{label}` label for {e}"
-                );
+                for name in e
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("callback_guard_"))
+                {
+                    assert!(
+                        stats
+                            .lines()
+                            .any(|l| l.starts_with(&format!("{name}{{{label}=\""))),
+                        "no `{label}` label on {name} for {e}"
+                    );
+                }
             }
         }
     }
-    // The native build has no VM: the three VM reload panels stay empty.
-    let expected = if native() { 6 } else { 7 };
+    // Every query but store latency's two (etcd only); the native build has no VM:
+    // its three VM reload queries stay empty.
+    let expected = if native() { 10 } else { 13 };
     assert!(checked >= expected, "{checked}");
 }

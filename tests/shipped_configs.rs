@@ -342,3 +342,107 @@ fn every_shipped_config_has_the_edge_settings_of_envoy_yaml() {
         );
     }
 }
+
+/// The `stats_tags` of a bootstrap, as (tag name, regex) pairs.
+fn stats_tags(bootstrap: &serde_json::Value) -> Vec<(String, String)> {
+    bootstrap["stats_config"]["stats_tags"]
+        .as_array()
+        .map(|tags| {
+            tags.iter()
+                .map(|t| {
+                    (
+                        t["tag_name"].as_str().unwrap_or_default().to_string(),
+                        t["regex"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The stats tags of envoy/envoy.yaml are in every shipped config and manifest,
+/// regexes included (the native module's on its stat prefix): one `code` label on
+/// both refusal counters, `requests_rejected` and `plays_rejected`, and `kind` on
+/// store errors. A config that lost one shows
+/// `callback_guard_plays_rejected_AuthencationFailed` instead of a label, and the
+/// dashboard's panels grouped by code go empty. (tests/e2e_production.rs checks the
+/// labels on a real Envoy; deploy/selftest.sh the manifests.)
+#[test]
+fn every_shipped_config_has_the_stats_tags_of_envoy_yaml() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = stats_tags(&load(&root.join("envoy/envoy.yaml")));
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        source,
+        pairs(&[
+            (
+                "code",
+                r"^wasmcustom\.callback_guard\.(?:requests|plays)_rejected(\.(\w+))$"
+            ),
+            (
+                "kind",
+                r"^wasmcustom\.callback_guard\.store_errors(\.(\w+))$"
+            ),
+        ]),
+        "envoy/envoy.yaml: the tags tests/e2e_production.rs checks on a real Envoy"
+    );
+    let native: Vec<(String, String)> = source
+        .iter()
+        .map(|(t, r)| {
+            (
+                t.clone(),
+                r.replace(r"^wasmcustom\.", r"^dynamicmodulescustom\."),
+            )
+        })
+        .collect();
+    assert_ne!(native, source);
+
+    let mut configs = vec![
+        ("envoy/nginx-rtmp.yaml", &source),
+        ("envoy/srs.yaml", &source),
+        ("envoy/envoy-native.yaml", &native),
+    ];
+    for (generated, want) in [
+        ("envoy/envoy.docker.yaml", &source),
+        ("envoy/envoy.docker-native.yaml", &native),
+        ("envoy/envoy.fleet.docker.yaml", &source),
+    ] {
+        if root.join(generated).exists() {
+            configs.push((generated, want));
+        } else if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true and {generated} is missing: `make test` generates it");
+        }
+    }
+    for (path, want) in configs {
+        assert_eq!(
+            &stats_tags(&load(&root.join(path))),
+            want,
+            "{path}: stats tags"
+        );
+    }
+
+    // The manifests: a bootstrap merged by Envoy Gateway (YAML in a string), and
+    // Istio's bootstrap override (JSON in a ConfigMap).
+    for (path, want) in [
+        ("deploy/envoy-gateway/envoyproxy.yaml", &source),
+        ("deploy/envoy-gateway-native/envoyproxy.yaml", &native),
+    ] {
+        let doc = load(&root.join(path));
+        let value = doc["spec"]["bootstrap"]["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{path}: spec.bootstrap.value"));
+        let bootstrap: serde_json::Value = serde_yaml::from_str(value).unwrap();
+        assert_eq!(&stats_tags(&bootstrap), want, "{path}: stats tags");
+    }
+    let path = "deploy/istio/stats-bootstrap-configmap.yaml";
+    let doc = load(&root.join(path));
+    let value = doc["data"]["custom_bootstrap.json"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path}: data.custom_bootstrap.json"));
+    let bootstrap: serde_json::Value = serde_json::from_str(value).unwrap();
+    assert_eq!(stats_tags(&bootstrap), source, "{path}: stats tags");
+}

@@ -1173,6 +1173,44 @@ pub fn rejected_series(code: &str) -> String {
     format!("callback_guard_requests_rejected{{code=\"{code}\"}}")
 }
 
+/// The series of a play refusal counter in the shipped configs (the same
+/// `code` tag as [`rejected_series`]).
+pub fn plays_rejected_series(code: &str) -> String {
+    format!("callback_guard_plays_rejected{{code=\"{code}\"}}")
+}
+
+/// Every `callback_guard_*` sample of `/stats/prometheus` at the admin port,
+/// series (`name{labels}`) to value, read once none has changed for three
+/// ticks (at most 10 s; see [`counter_at`]). Counters that only differ
+/// between two such reads have moved by exactly that much.
+pub fn settled_series(admin: u16) -> std::collections::BTreeMap<String, u64> {
+    let read = || -> std::collections::BTreeMap<String, u64> {
+        let stats = http1(admin, "GET", "/stats/prometheus", &[], b"");
+        String::from_utf8_lossy(&stats.body)
+            .lines()
+            .filter(|l| l.starts_with("callback_guard_"))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = read();
+    let mut held = Instant::now();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = read();
+        if now != last {
+            last = now;
+            held = Instant::now();
+        } else if held.elapsed() >= Duration::from_millis(750) {
+            break;
+        }
+    }
+    last
+}
+
 /// The filter hands its counters to Envoy once per tick (250 ms), so a value
 /// is read once it has held for three ticks (at most 10 s).
 pub fn counter_at(admin: u16, name: &str) -> u64 {
