@@ -694,6 +694,39 @@ fn plays_are_counted_apart_and_never_ask_the_registry() {
     }
 }
 
+/// On the etcd store too, a play never calls the registry: answered by its
+/// token alone, at once, with nothing sent to etcd.
+#[test]
+fn plays_never_call_etcd() {
+    let play_key = "play789";
+    let p = etcd_plugin(&format!(
+        r#","formats":["srs"],"play_auth":{{"scheme":"ks_md5","keys":[{{"id":"v1","secret":"{play_key}"}}]}}"#
+    ));
+    let q = token::sign(Scheme::KsMd5, play_key.as_bytes(), "live", "cam1", NOW + 60);
+    for action in ["on_play", "on_stop"] {
+        let page = if action == "on_play" {
+            r#""pageUrl":"","#
+        } else {
+            ""
+        };
+        let body = format!(
+            r#"{{"server_id":"vid-1","service_id":"s1","action":"{action}","client_id":"c3","ip":"127.0.0.1","vhost":"__defaultVhost__","app":"live","stream":"cam1","tcUrl":"rtmp://127.0.0.1:1935/live","param":"?{q}",{page}"stream_url":"/live/cam1","stream_id":"vid-2"}}"#
+        );
+        let mut h = Host::for_plugin(&p);
+        let mut st = Stream::new();
+        assert_eq!(
+            h.post(&p, &mut st, body.as_bytes(), &[]),
+            Flow::Continue,
+            "{action}"
+        );
+        h.response_code = Some(200);
+        h.run(&p, &mut st, Event::End);
+        assert!(h.etcd.is_empty(), "{action}: {:?}", h.etcd);
+        assert_eq!(h.counted(Metric::PlayForwarded), 1, "{action}");
+        assert!(!st.busy());
+    }
+}
+
 #[test]
 fn configure_gives_one_line_for_a_bad_configuration_and_warns_in_observe_mode() {
     let err = Plugin::configure(br#"{"apps": 3}"#, &|_: &str| None, Level::Info).unwrap_err();
