@@ -366,7 +366,7 @@ fn check_inner(
     }
     .map_err(|e| match e {
         CallbackError::UnknownCall => dialect_off(config),
-        CallbackError::QueryInStream(event) if token_auth(config, event).is_some() => {
+        CallbackError::QueryInStream(event) if token_auth(config, Purpose::of(event)).is_some() => {
             let mut r = Rejection::new(Code::AuthencationFailed, e.to_string());
             r.event = Some(event);
             r
@@ -409,7 +409,7 @@ fn check_inner(
         }
     }
 
-    let key_id = match token_auth(config, cb.event) {
+    let key_id = match token_auth(config, Purpose::of(cb.event)) {
         Some(ta) => {
             let id = auth::token::verify(ta, &cb, now_s)
                 .map_err(|e| auth_rejection(other_purpose(config, &cb, e)).about(&cb))?;
@@ -488,10 +488,10 @@ fn parse_json_dialect(
     })
 }
 
-/// The token check of a callback about `event`: `play_auth` for a play,
-/// `push_auth` for everything else.
-fn token_auth(config: &Config, event: Event) -> Option<&crate::config::TokenAuth> {
-    match Purpose::of(event) {
+/// The token check of `purpose`: `play_auth` for plays, `push_auth` for
+/// everything else.
+fn token_auth(config: &Config, purpose: Purpose) -> Option<&crate::config::TokenAuth> {
+    match purpose {
         Purpose::Push => config.push_auth.as_ref(),
         Purpose::Play => config.play_auth.as_ref(),
     }
@@ -504,20 +504,11 @@ fn other_purpose(config: &Config, cb: &Callback, e: AuthError) -> AuthError {
     let AuthError::Token(purpose, TokenError::BadSignature) = e else {
         return e;
     };
-    match token_auth(config, other_event(cb.event)) {
+    match token_auth(config, purpose.other()) {
         Some(other) if auth::token::signed_by(other, cb) => {
             AuthError::Token(purpose, TokenError::OtherPurpose)
         }
         _ => e,
-    }
-}
-
-/// An event of the other purpose, to look up its token check.
-fn other_event(event: Event) -> Event {
-    if event.is_play() {
-        Event::Start
-    } else {
-        Event::Play
     }
 }
 

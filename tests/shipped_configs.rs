@@ -21,12 +21,52 @@ fn chain(doc: &serde_json::Value) -> Vec<serde_json::Value> {
 }
 
 /// The guard's filter with the parts a deployment changes blanked out.
+/// The filter entry with what may differ between configs replaced: the plugin
+/// configuration, the module's path, and `host_env_keys` (which must list
+/// exactly the configuration's `secret_env` names, checked here).
 fn shape(filter: &serde_json::Value) -> serde_json::Value {
     let mut f = filter.clone();
     let cfg = &mut f["typed_config"]["config"];
+    let plugin: serde_json::Value =
+        serde_json::from_str(cfg["configuration"]["value"].as_str().unwrap()).unwrap();
+    let mut wanted = Vec::new();
+    secret_envs(&plugin, &mut wanted);
+    let keys = &mut cfg["vm_config"]["environment_variables"]["host_env_keys"];
+    let mut listed: Vec<String> = keys
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    listed.sort();
+    wanted.sort();
+    wanted.dedup();
+    assert_eq!(
+        listed, wanted,
+        "host_env_keys lists exactly the secret_env names"
+    );
+    *keys = "<secret_env names>".into();
     cfg["configuration"]["value"] = "<plugin configuration>".into();
     cfg["vm_config"]["code"]["local"]["filename"] = "<module>".into();
     f
+}
+
+/// Every `secret_env` name in a plugin configuration.
+fn secret_envs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v.as_str()) {
+                    ("secret_env", Some(name)) => out.push(name.to_string()),
+                    _ => secret_envs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| secret_envs(v, out)),
+        _ => {}
+    }
 }
 
 fn check_one_filter(path: &Path) -> serde_json::Value {

@@ -313,16 +313,17 @@ fn main() -> ExitCode {
             };
             let expires =
                 expires_at.unwrap_or_else(|| now_s().saturating_add(expires_in.unwrap_or(0)));
-            match sign(
+            let mint = Mint {
                 purpose,
                 scheme,
-                &key,
-                &app,
-                &stream,
+                key: &key,
+                app: &app,
+                stream: &stream,
                 expires,
-                kid.as_deref(),
-                url.as_deref(),
-            ) {
+                kid: kid.as_deref(),
+                url: url.as_deref(),
+            };
+            match sign(&mint) {
                 Ok(out) => {
                     println!("{out}");
                     ExitCode::SUCCESS
@@ -336,17 +337,31 @@ fn main() -> ExitCode {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn sign(
+/// What `sign` is asked to mint.
+#[derive(Clone, Copy)]
+struct Mint<'a> {
     purpose: Purpose,
     scheme: Scheme,
-    key: &str,
-    app: &str,
-    stream: &str,
+    key: &'a str,
+    app: &'a str,
+    stream: &'a str,
     expires: u64,
-    kid: Option<&str>,
-    url: Option<&str>,
-) -> Result<String, String> {
+    kid: Option<&'a str>,
+    url: Option<&'a str>,
+}
+
+/// The token's query, or the whole URL with `--url`.
+fn sign(m: &Mint<'_>) -> Result<String, String> {
+    let Mint {
+        purpose,
+        scheme,
+        key,
+        app,
+        stream,
+        expires,
+        kid,
+        url,
+    } = *m;
     let p = purpose.as_str();
     match scheme {
         Scheme::KsMd5 => {
