@@ -1195,31 +1195,23 @@ pub fn settled_series(admin: u16) -> std::collections::BTreeMap<String, u64> {
             })
             .collect()
     };
+    settled(read)
+}
+
+/// The filter hands its counters to Envoy once per tick (250 ms), so a value
+/// is read once it has held for three ticks (at most 10 s).
+pub fn counter_at(admin: u16, name: &str) -> u64 {
+    settled(|| counter_now(admin, name))
+}
+
+/// `read()` once its answer has held for three ticks (750 ms), or after 10 s.
+fn settled<T: PartialEq>(read: impl Fn() -> T) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = read();
     let mut held = Instant::now();
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         let now = read();
-        if now != last {
-            last = now;
-            held = Instant::now();
-        } else if held.elapsed() >= Duration::from_millis(750) {
-            break;
-        }
-    }
-    last
-}
-
-/// The filter hands its counters to Envoy once per tick (250 ms), so a value
-/// is read once it has held for three ticks (at most 10 s).
-pub fn counter_at(admin: u16, name: &str) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = counter_now(admin, name);
-    let mut held = Instant::now();
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = counter_now(admin, name);
         if now != last {
             last = now;
             held = Instant::now();
