@@ -161,6 +161,54 @@ fn benches(c: &mut Criterion) {
         &srs_body,
         true,
     );
+
+    // Plays (issue 22): an nginx-rtmp play against a publish of the same
+    // shape, and a play with a push token (refused after a second check that
+    // names the mix-up).
+    let play_key = "play0key7";
+    let mut plays = ks.clone();
+    plays.formats.nginx_rtmp = true;
+    let play_cfg = format!(
+        r#"{{"play_auth":{{"scheme":"ks_md5","keys":[{{"id":"v1","secret":"{play_key}"}}]}}}}"#
+    );
+    plays.play_auth = Config::from_json(play_cfg.as_bytes(), &|_: &str| None)
+        .unwrap()
+        .play_auth;
+    let nginx = |call: &str, own: &str, key: &str| {
+        let q = token::sign(Scheme::KsMd5, key.as_bytes(), "live", "cam1", NOW + 3600);
+        format!(
+            "app=live&flashver=LNX%209,0,124,2&swfurl=&tcurl=rtmp://127.0.0.1:1935/live&pageurl=&addr=127.0.0.1&clientid=3&call={call}&name=cam1{own}&{q}"
+        )
+    };
+    let form_ct = "application/x-www-form-urlencoded";
+    let publish = nginx("publish", "&type=live", KS_KEY);
+    run(
+        c,
+        "nginx_publish_ks_md5",
+        &plays,
+        form_ct,
+        publish.as_bytes(),
+        true,
+    );
+    let own = "&start=4294965296&duration=0&reset=0";
+    let play = nginx("play", own, play_key);
+    run(
+        c,
+        "nginx_play_ks_md5",
+        &plays,
+        form_ct,
+        play.as_bytes(),
+        true,
+    );
+    let push_token = nginx("play", own, KS_KEY);
+    run(
+        c,
+        "nginx_play_push_token_refused",
+        &plays,
+        form_ct,
+        push_token.as_bytes(),
+        false,
+    );
 }
 
 /// SRS's captured on_publish (tests/fixtures/srs/on_publish.http), with `param`.
