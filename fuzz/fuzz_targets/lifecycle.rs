@@ -18,12 +18,27 @@ use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]
 enum Step {
-    Headers { end: bool, length: Option<u16>, get: bool },
-    Body { grow: u16, end: bool },
+    Headers {
+        end: bool,
+        length: Option<u16>,
+        get: bool,
+    },
+    Body {
+        grow: u16,
+        end: bool,
+    },
     Trailers,
-    Tick { received: u16 },
-    Etcd { status: Option<u16>, body: Vec<u8>, late: bool },
-    End { status: Option<u16> },
+    Tick {
+        received: u16,
+    },
+    Etcd {
+        status: Option<u16>,
+        body: Vec<u8>,
+        late: bool,
+    },
+    End {
+        status: Option<u16>,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -81,7 +96,10 @@ impl Host<'_> {
         st.handle(self.p, e);
         while let Some(effect) = st.poll() {
             if self.seen.ended
-                && matches!(effect, Effect::Reply { .. } | Effect::Resume | Effect::Write(_))
+                && matches!(
+                    effect,
+                    Effect::Reply { .. } | Effect::Resume | Effect::Write(_)
+                )
             {
                 self.seen.after_end += 1;
             }
@@ -123,7 +141,12 @@ impl Host<'_> {
                 }
                 Effect::Etcd { .. } => {
                     if self.input.send_fails {
-                        st.handle(self.p, Event::EtcdSendFailed { now_ms: self.now_ms });
+                        st.handle(
+                            self.p,
+                            Event::EtcdSendFailed {
+                                now_ms: self.now_ms,
+                            },
+                        );
                     }
                 }
                 Effect::Count(Metric::Forwarded) => self.seen.forwarded += 1,
@@ -164,7 +187,10 @@ fuzz_target!(|input: Input| {
                 }
                 headers_seen = true;
                 let mut headers = vec![
-                    (":method".to_string(), if *get { "GET" } else { "POST" }.to_string()),
+                    (
+                        ":method".to_string(),
+                        if *get { "GET" } else { "POST" }.to_string(),
+                    ),
                     (":path".to_string(), "/callback".to_string()),
                     ("content-type".to_string(), "application/json".to_string()),
                 ];
@@ -172,7 +198,14 @@ fuzz_target!(|input: Input| {
                     headers.push(("content-length".to_string(), n.to_string()));
                 }
                 h.total = 40;
-                h.run(&mut st, Event::Headers { headers, bytes: 40, end_of_stream: *end });
+                h.run(
+                    &mut st,
+                    Event::Headers {
+                        headers,
+                        bytes: 40,
+                        end_of_stream: *end,
+                    },
+                );
             }
             Step::Body { grow, end } => {
                 if !headers_seen {
@@ -180,7 +213,13 @@ fuzz_target!(|input: Input| {
                 }
                 size = size.saturating_add(usize::from(*grow));
                 h.total = 40 + size;
-                h.run(&mut st, Event::Body { size, end_of_stream: *end });
+                h.run(
+                    &mut st,
+                    Event::Body {
+                        size,
+                        end_of_stream: *end,
+                    },
+                );
             }
             Step::Trailers => {
                 if headers_seen {
@@ -196,7 +235,13 @@ fuzz_target!(|input: Input| {
                     h.now_ms += 1000;
                 }
                 let answer = status.map(|s| (s, &body[..]));
-                h.run(&mut st, Event::Etcd { answer, now_ms: h.now_ms });
+                h.run(
+                    &mut st,
+                    Event::Etcd {
+                        answer,
+                        now_ms: h.now_ms,
+                    },
+                );
             }
             Step::End { status } => {
                 h.response = status.map(i64::from);
