@@ -858,7 +858,7 @@ fuzz_target!(|input: Input| {
         if let Some(x) = &r.xff {
             req.headers.push(("x-forwarded-for".into(), x.clone()));
         }
-        req.source = r.source.map(|ip| std::net::IpAddr::from(ip));
+        req.source = r.source.map(std::net::IpAddr::from);
         let v = cg_fuzz::check(&config, &req, now, &store, &watched);
         // A token of the other purpose opens nothing that is token-checked:
         // play and push keys are kept apart by the configuration.
