@@ -173,7 +173,14 @@ impl OwnedRequest {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+    // The first byte before the slice compare: every `==` on slices is a
+    // memcmp that libFuzzer intercepts and profiles, which made this scan
+    // the targets' hottest spot.
+    let Some(&first) = needle.first() else {
+        return false;
+    };
+    hay.windows(needle.len())
+        .any(|w| w[0] == first && w == needle)
 }
 
 /// The configuration's `Debug` output shows none of `secrets`.
@@ -225,11 +232,12 @@ pub fn check_verdict(config: &Config, req: &OwnedRequest, v: &Verdict, secrets: 
             assert_eq!(j["Error"]["Message"], r.message.as_str());
             assert_eq!(j["RequestId"], "rid-1");
             check_purpose(config, r);
-            let sent = req.all_bytes();
+            // A secret may show only as an echo of what the sender sent
+            // (the short message is searched first, the request only then).
             for s in secrets {
-                if s.len() >= 6 && !contains(&sent, s) {
+                if s.len() >= 6 && contains(r.message.as_bytes(), s) {
                     assert!(
-                        !contains(r.message.as_bytes(), s),
+                        contains(&req.all_bytes(), s),
                         "a secret shows in the message {:?}",
                         r.message
                     );
