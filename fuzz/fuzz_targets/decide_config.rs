@@ -4,33 +4,48 @@
 //! valid and invalid values, secrets inline or from the environment, or raw
 //! bytes as configuration text) and up to eight requests decided in order on
 //! one registry. Bodies are raw bytes or callbacks built from the spec's seed
-//! shapes, and can carry correctly signed push tokens, shared keys and
-//! webhook signatures made with the configuration's own keys, so the fuzzer
-//! gets past every check to the registry and the forward path.
+//! shapes (KLS JSON, KLS and nginx-rtmp forms with every push and play
+//! `call`, SRS hooks with every action), and can carry correctly signed push
+//! or play tokens, shared keys and webhook signatures made with the
+//! configuration's own keys, so the fuzzer gets past every check to the
+//! registry and the forward path.
+//!
+//! Beyond the shared oracles: a token signed with a key of the other purpose
+//! (a push token on a play, a play token on a push) never gets a callback
+//! forwarded when its own purpose is token-checked.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use callback_guard::auth::{token, webhook};
 use callback_guard::config::{Config, Scheme};
 use callback_guard::registry::MemoryStore;
+use callback_guard::Verdict;
 use cg_fuzz::OwnedRequest;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Map, Value};
 
-/// Distinctive secrets the oracle watches for.
-const SECRETS: [&str; 5] = [
+/// Distinctive secrets the oracle watches for (the last three are meant for
+/// play keys).
+const SECRETS: [&str; 8] = [
     "fuzzKs0123456789",
     "second0Key42",
     "hmacKey-0123456789abcdef",
     "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     "sharedKey-fuzz-9",
+    "fuzzPlay01234567",
+    "play0second",
+    "playHmacKey-0123456789",
 ];
-const ENV_VARS: [&str; 3] = ["CG_FUZZ_A", "CG_FUZZ_B", "CG_FUZZ_UNSET"];
+/// The secrets a play key's `Fixed(n)` picks from: mostly its own, and one
+/// push secret (a configuration that mixes them up is an error).
+const PLAY_SECRETS: [&str; 4] = [SECRETS[5], SECRETS[6], SECRETS[7], SECRETS[0]];
+const ENV_VARS: [&str; 4] = ["CG_FUZZ_A", "CG_FUZZ_B", "CG_FUZZ_UNSET", "CG_FUZZ_P"];
 
 fn env(name: &str) -> Option<String> {
     match name {
         "CG_FUZZ_A" => Some(SECRETS[0].into()),
         "CG_FUZZ_B" => Some(SECRETS[2].into()),
+        "CG_FUZZ_P" => Some(SECRETS[5].into()),
         "CG_FUZZ_EMPTY" => Some(String::new()),
         _ => None,
     }
@@ -92,15 +107,30 @@ struct FConfig {
     dup: Option<(Option<bool>, Option<u32>, Option<u32>)>,
     max_event_age_s: Option<u32>,
     unknown_key: bool,
+    /// push_auth's shape: hmac_sha256 or ks_md5, keys, clock skew.
+    play_auth: Option<(bool, Vec<FKey>, Option<u32>)>,
 }
 
-fn key_json(k: &FKey, i: usize, placed: &mut Vec<&'static str>) -> Value {
+/// Which keys a generated key list is for: ids `k0…` and any secret for
+/// push_auth and the sender checks, ids `p0…` and play secrets for play_auth.
+#[derive(Clone, Copy, PartialEq)]
+enum KeysFor {
+    Push,
+    Play,
+}
+
+fn key_json(k: &FKey, i: usize, placed: &mut Vec<&'static str>, keys_for: KeysFor) -> Value {
     let mut m = Map::new();
+    let prefix = if keys_for == KeysFor::Play { "p" } else { "k" };
     m.insert(
         "id".into(),
-        json!(k.id.as_ref().map_or(format!("k{i}"), Name::text)),
+        json!(k.id.as_ref().map_or(format!("{prefix}{i}"), Name::text)),
     );
-    let fixed = |n: u8| SECRETS[n as usize % SECRETS.len()];
+    let table: &[&'static str] = match keys_for {
+        KeysFor::Push => &SECRETS,
+        KeysFor::Play => &PLAY_SECRETS,
+    };
+    let fixed = |n: u8| table[n as usize % table.len()];
     let var = |n: u8| ENV_VARS[n as usize % ENV_VARS.len()];
     match &k.secret {
         SecretSrc::Fixed(n) => {
@@ -159,7 +189,13 @@ impl FConfig {
                 .collect();
             m.insert("formats".into(), json!(names));
         }
-        if let Some((hmac, keys, skew)) = &self.push_auth {
+        for (section, auth, keys_for) in [
+            ("push_auth", &self.push_auth, KeysFor::Push),
+            ("play_auth", &self.play_auth, KeysFor::Play),
+        ] {
+            let Some((hmac, keys, skew)) = auth else {
+                continue;
+            };
             let mut pa = Map::new();
             pa.insert(
                 "scheme".into(),
@@ -168,13 +204,13 @@ impl FConfig {
             let ks: Vec<Value> = keys
                 .iter()
                 .enumerate()
-                .map(|(i, k)| key_json(k, i, &mut placed))
+                .map(|(i, k)| key_json(k, i, &mut placed, keys_for))
                 .collect();
             pa.insert("keys".into(), Value::Array(ks));
             if let Some(s) = skew {
                 pa.insert("clock_skew_s".into(), json!(s));
             }
-            m.insert("push_auth".into(), Value::Object(pa));
+            m.insert(section.into(), Value::Object(pa));
         }
         let mut ca = Map::new();
         if let Some(cidrs) = &self.allow_cidrs {
@@ -205,7 +241,7 @@ impl FConfig {
             let ks: Vec<Value> = keys
                 .iter()
                 .enumerate()
-                .map(|(i, k)| key_json(k, i, &mut placed))
+                .map(|(i, k)| key_json(k, i, &mut placed, KeysFor::Push))
                 .collect();
             sk.insert("keys".into(), Value::Array(ks));
             ca.insert("shared_key".into(), Value::Object(sk));
@@ -215,7 +251,7 @@ impl FConfig {
             let ks: Vec<Value> = keys
                 .iter()
                 .enumerate()
-                .map(|(i, k)| key_json(k, i, &mut placed))
+                .map(|(i, k)| key_json(k, i, &mut placed, KeysFor::Push))
                 .collect();
             w.insert("keys".into(), Value::Array(ks));
             if let Some(t) = tol {
@@ -252,7 +288,9 @@ impl FConfig {
 #[derive(Arbitrary, Debug)]
 enum Token {
     None,
-    /// Signed with the configuration's key `key`, expiring `expiry` s from now.
+    /// Signed with the configuration's key `key`, expiring `expiry` s from
+    /// now: a key of the callback's own purpose (push_auth for a push,
+    /// play_auth for a play), or with `other_purpose` of the other one.
     Signed {
         key: u8,
         other_scheme: bool,
@@ -260,8 +298,69 @@ enum Token {
         kid: bool,
         flip: Option<u8>,
         t_as_number: bool,
+        other_purpose: bool,
     },
     Raw(String, String),
+}
+
+/// A form's `call`: KLS old version, nginx-rtmp's pushes and plays.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Call {
+    UserPublish,
+    UserPublishDone,
+    Publish,
+    PublishDone,
+    UpdatePublish,
+    Play,
+    PlayDone,
+    UpdatePlay,
+}
+
+impl Call {
+    fn text(self) -> &'static str {
+        match self {
+            Call::UserPublish => "user_publish",
+            Call::UserPublishDone => "user_publish_done",
+            Call::Publish => "publish",
+            Call::PublishDone => "publish_done",
+            Call::UpdatePublish => "update_publish",
+            Call::Play => "play",
+            Call::PlayDone => "play_done",
+            Call::UpdatePlay => "update_play",
+        }
+    }
+
+    fn nginx(self) -> bool {
+        !matches!(self, Call::UserPublish | Call::UserPublishDone)
+    }
+
+    fn play(self) -> bool {
+        matches!(self, Call::Play | Call::PlayDone | Call::UpdatePlay)
+    }
+}
+
+/// An SRS hook's `action`.
+#[derive(Arbitrary, Debug)]
+enum Action {
+    Publish,
+    Unpublish,
+    Hls,
+    Play,
+    Stop,
+    Other(String),
+}
+
+impl Action {
+    fn text(&self) -> &str {
+        match self {
+            Action::Publish => "on_publish",
+            Action::Unpublish => "on_unpublish",
+            Action::Hls => "on_hls",
+            Action::Play => "on_play",
+            Action::Stop => "on_stop",
+            Action::Other(s) => s,
+        }
+    }
 }
 
 #[derive(Arbitrary, Debug)]
@@ -287,8 +386,7 @@ enum Body {
         extra: Vec<(String, String)>,
     },
     Form {
-        nginx: bool,
-        start: bool,
+        call: Call,
         app: Name,
         stream: Name,
         domain: Option<Name>,
@@ -297,6 +395,43 @@ enum Body {
         place: TokenPlace,
         extra: Vec<(String, String)>,
     },
+    /// An SRS hook shaped like SRS 6's (tests/fixtures/srs).
+    Srs {
+        action: Action,
+        app: Name,
+        stream: Name,
+        vhost: Option<Name>,
+        client: Option<Name>,
+        token: Token,
+        /// on_play's `pageUrl` (SRS always sends it on a play).
+        page_url: bool,
+        extra: Vec<(String, String)>,
+    },
+}
+
+impl Body {
+    /// Whether the body is a play callback, by the spec's names (written out
+    /// here), and whether it carries a correctly made token of the other
+    /// purpose.
+    fn purpose(&self) -> (bool, bool) {
+        let (play, token) = match self {
+            Body::Raw(_) => return (false, false),
+            Body::V2 { token, .. } => (false, token),
+            Body::Form { call, token, .. } => (call.play(), token),
+            Body::Srs { action, token, .. } => {
+                (matches!(action.text(), "on_play" | "on_stop"), token)
+            }
+        };
+        let crossed = matches!(
+            token,
+            Token::Signed {
+                other_purpose: true,
+                flip: None,
+                ..
+            }
+        );
+        (play, crossed)
+    }
 }
 
 #[derive(Arbitrary, Debug)]
@@ -342,7 +477,16 @@ struct Input {
     requests: Vec<FReq>,
 }
 
-fn sign_token(cfg: &Config, t: &Token, app: &str, stream: &str, now: u64) -> Vec<(String, String)> {
+/// A token for a callback about `app`/`stream`; `play` says whether the
+/// callback is a play (whose own keys are play_auth's).
+fn sign_token(
+    cfg: &Config,
+    t: &Token,
+    app: &str,
+    stream: &str,
+    now: u64,
+    play: bool,
+) -> Vec<(String, String)> {
     match t {
         Token::None => Vec::new(),
         Token::Raw(t, k) => vec![("t".into(), t.clone()), ("k".into(), k.clone())],
@@ -353,8 +497,14 @@ fn sign_token(cfg: &Config, t: &Token, app: &str, stream: &str, now: u64) -> Vec
             kid,
             flip,
             t_as_number: _,
+            other_purpose,
         } => {
-            let Some(pa) = &cfg.push_auth else {
+            let auth = if play != *other_purpose {
+                &cfg.play_auth
+            } else {
+                &cfg.push_auth
+            };
+            let Some(pa) = auth else {
                 return Vec::new();
             };
             if pa.keys.is_empty() {
@@ -454,7 +604,7 @@ fn build_body(cfg: &Config, b: &Body, now: u64) -> Vec<u8> {
                 m.insert("Sequence".into(), json!(s.text()));
             }
             let num = t_as_number(token);
-            let params: Map<String, Value> = sign_token(cfg, token, &app, &stream, now)
+            let params: Map<String, Value> = sign_token(cfg, token, &app, &stream, now, false)
                 .into_iter()
                 .map(|(k, v)| {
                     let val = match (k.as_str(), num, v.parse::<u64>()) {
@@ -479,8 +629,7 @@ fn build_body(cfg: &Config, b: &Body, now: u64) -> Vec<u8> {
             Value::Object(m).to_string().into_bytes()
         }
         Body::Form {
-            nginx,
-            start,
+            call,
             app,
             stream,
             domain,
@@ -493,13 +642,8 @@ fn build_body(cfg: &Config, b: &Body, now: u64) -> Vec<u8> {
             let host = domain
                 .as_ref()
                 .map_or("push.example.com".into(), Name::text);
-            let call = match (nginx, start) {
-                (false, true) => "user_publish",
-                (false, false) => "user_publish_done",
-                (true, true) => "publish",
-                (true, false) => "publish_done",
-            };
-            let tok = sign_token(cfg, token, &app, &stream, now);
+            let nginx = &call.nginx();
+            let tok = sign_token(cfg, token, &app, &stream, now, call.play());
             let tq = query(&tok);
             let mut tcurl = format!("rtmp://{host}/{app}");
             let mut name = stream.clone();
@@ -515,8 +659,18 @@ fn build_body(cfg: &Config, b: &Body, now: u64) -> Vec<u8> {
             }
             pairs.push(("name".into(), name));
             pairs.push(("tcurl".into(), tcurl));
-            pairs.push(("call".into(), call.into()));
+            pairs.push(("call".into(), call.text().into()));
             pairs.push(("swfurl".into(), "nil".into()));
+            // nginx-rtmp's own fields of the call (as Debian's module sends them).
+            let own: &[(&str, &str)] = match call {
+                Call::Play => &[("start", "4294965296"), ("duration", "0"), ("reset", "0")],
+                Call::Publish => &[("type", "live")],
+                Call::UpdatePlay | Call::UpdatePublish => &[("time", "4"), ("timestamp", "4000")],
+                _ => &[],
+            };
+            for (k, v) in own {
+                pairs.push(((*k).into(), (*v).into()));
+            }
             if let Some(s) = session {
                 if *nginx {
                     pairs.push(("clientid".into(), s.text()));
@@ -527,6 +681,63 @@ fn build_body(cfg: &Config, b: &Body, now: u64) -> Vec<u8> {
             }
             pairs.extend(extra.iter().take(4).cloned());
             query(&pairs).into_bytes()
+        }
+        Body::Srs {
+            action,
+            app,
+            stream,
+            vhost,
+            client,
+            token,
+            page_url,
+            extra,
+        } => {
+            let (app, stream) = (app.text(), stream.text());
+            let play = matches!(action.text(), "on_play" | "on_stop");
+            let tok = sign_token(cfg, token, &app, &stream, now, play);
+            let param = if tok.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", query(&tok))
+            };
+            let mut m = Map::new();
+            m.insert("server_id".into(), json!("vid-i562442"));
+            m.insert("service_id".into(), json!("41vb31bg"));
+            m.insert("action".into(), json!(action.text()));
+            m.insert(
+                "client_id".into(),
+                json!(client.as_ref().map_or("5643425w".into(), Name::text)),
+            );
+            m.insert("ip".into(), json!("127.0.0.1"));
+            m.insert(
+                "vhost".into(),
+                json!(vhost.as_ref().map_or("__defaultVhost__".into(), Name::text)),
+            );
+            m.insert("app".into(), json!(app));
+            m.insert(
+                "tcUrl".into(),
+                json!(format!("rtmp://127.0.0.1:19350/{app}")),
+            );
+            m.insert("stream".into(), json!(stream));
+            m.insert("param".into(), json!(param));
+            if *page_url {
+                m.insert("pageUrl".into(), json!(""));
+            }
+            m.insert("stream_url".into(), json!(format!("/{app}/{stream}")));
+            m.insert("stream_id".into(), json!("vid-91o0auf"));
+            if let Action::Hls = action {
+                m.insert("duration".into(), json!(10.0));
+                m.insert("cwd".into(), json!("/srs"));
+                m.insert("file".into(), json!("./objs/nginx/html/live/s-1.ts"));
+                m.insert("url".into(), json!("live/s-1.ts"));
+                m.insert("m3u8".into(), json!("./objs/nginx/html/live/s.m3u8"));
+                m.insert("m3u8_url".into(), json!("live/s.m3u8"));
+                m.insert("seq_no".into(), json!(1));
+            }
+            for (k, v) in extra.iter().take(4) {
+                m.entry(k.clone()).or_insert(json!(v));
+            }
+            Value::Object(m).to_string().into_bytes()
         }
     }
 }
@@ -647,7 +858,28 @@ fuzz_target!(|input: Input| {
         if let Some(x) = &r.xff {
             req.headers.push(("x-forwarded-for".into(), x.clone()));
         }
-        req.source = r.source.map(|ip| std::net::IpAddr::from(ip));
-        cg_fuzz::check(&config, &req, now, &store, &watched);
+        req.source = r.source.map(std::net::IpAddr::from);
+        let v = cg_fuzz::check(&config, &req, now, &store, &watched);
+        // A token of the other purpose opens nothing that is token-checked:
+        // play and push keys are kept apart by the configuration.
+        let (play, crossed) = r.body.purpose();
+        let checked = if play {
+            config.play_auth.is_some()
+        } else {
+            config.push_auth.is_some()
+        };
+        if crossed && checked {
+            if let Verdict::Forward(f) = &v {
+                // (A token placed where the parser does not look leaves the
+                // body's event as built; the event is what counts.)
+                if cg_fuzz::is_play_event(f.event) == play {
+                    panic!(
+                        "a {} token opened a {:?}: {f:?}",
+                        if play { "push" } else { "play" },
+                        f.event
+                    );
+                }
+            }
+        }
     }
 });

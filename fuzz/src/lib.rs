@@ -8,6 +8,11 @@
 //!   the same app, stream and event that a standard parser of the body sees
 //!   (serde_json / form_urlencoded, and Go's case-insensitive JSON field
 //!   matching) — two readers must never disagree on a forwarded callback;
+//! - a forwarded play (nginx-rtmp `play`, `play_done`, `update_play`; SRS
+//!   `on_play`, `on_stop`) needs `play_auth`: its key id is a play key's,
+//!   `verified` names `play_token` (never `push_token` nor the registry), and
+//!   it holds no reservation; a refusal that names a push or play token is
+//!   about a callback of that purpose;
 //! - deciding the same request again on the same registry gives the same
 //!   verdict (a CDN retry is idempotent).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -27,6 +32,23 @@ pub const NOW: u64 = 1_700_000_000;
 pub const KS_KEY: &str = "fuzzKs0123456789";
 /// Shared key of the fixed configurations.
 pub const SHARED: &str = "fuzzSharedKey-77";
+/// ks_md5 play key (`viewer`) of the fixed play configuration; its push key
+/// is [`KS_KEY`] (`main`).
+pub const PLAY_KEY: &str = "fuzzPlay01234567";
+/// A second ks_md5 play key (`viewer-scoped`), for app `live` on host
+/// `127.0.0.1` only.
+pub const PLAY_SCOPED_KEY: &str = "play0scoped";
+/// hmac_sha256 play key (`hviewer`) of the fixed configuration without push_auth.
+pub const PLAY_HMAC_KEY: &str = "fuzzPlayHmac-0123456789";
+/// Every secret of the fixed configurations, watched in messages and Debug.
+pub const FIXED_SECRETS: [&str; 6] = [
+    KS_KEY,
+    "other0key",
+    SHARED,
+    PLAY_KEY,
+    PLAY_SCOPED_KEY,
+    PLAY_HMAC_KEY,
+];
 
 /// The core fields of a KLS new-version body, written out here rather than
 /// taken from the parser, so that the oracle does not inherit its mistakes.
@@ -71,11 +93,26 @@ fn build_fixed_configs() -> Vec<Config> {
         r#"{"formats":["nginx_rtmp","kls_v2"],"duplicate_streams":{"max_streams":1,"ttl_s":1}}"#.to_string(),
         // SRS as the only JSON dialect (a body without NotifyType is SRS), a tiny registry
         r#"{"formats":["srs","kls_v1"],"duplicate_streams":{"max_streams":2,"ttl_s":1}}"#.to_string(),
+        // plays: nginx-rtmp and SRS, push and play keys apart (ks_md5 both),
+        // a scoped play key, the registry on (plays must never touch it)
+        format!(
+            r#"{{"formats":["nginx_rtmp","srs"],
+               "push_auth":{{"scheme":"ks_md5","keys":[{{"id":"main","secret":"{KS_KEY}"}}]}},
+               "play_auth":{{"scheme":"ks_md5","clock_skew_s":30,"keys":[{{"id":"viewer","secret":"{PLAY_KEY}"}},
+                 {{"id":"viewer-scoped","secret":"{PLAY_SCOPED_KEY}","apps":["live"],"domains":["127.0.0.1"]}}]}}}}"#
+        ),
+        // plays checked with hmac_sha256 keys, pushes not token-checked, KLS
+        // JSON beside SRS, apps, the registry off
+        format!(
+            r#"{{"formats":["kls_v2","nginx_rtmp","srs"],"apps":["live"],"duplicate_streams":{{"reject":false}},
+               "play_auth":{{"scheme":"hmac_sha256","keys":[{{"id":"hviewer","secret":"{PLAY_HMAC_KEY}"}}]}}}}"#
+        ),
     ]
     .iter()
     .map(|j| {
         let c = Config::from_json(j.as_bytes(), &env).expect("fixed fuzz configuration is valid");
-        check_debug(&c, &[KS_KEY.as_bytes(), b"other0key"]);
+        let secrets: Vec<&[u8]> = FIXED_SECRETS.iter().map(|s| s.as_bytes()).collect();
+        check_debug(&c, &secrets);
         c
     })
     .collect()
@@ -136,7 +173,14 @@ impl OwnedRequest {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+    // The first byte before the slice compare: every `==` on slices is a
+    // memcmp that libFuzzer intercepts and profiles, which made this scan
+    // the targets' hottest spot.
+    let Some(&first) = needle.first() else {
+        return false;
+    };
+    hay.windows(needle.len())
+        .any(|w| w[0] == first && w == needle)
 }
 
 /// The configuration's `Debug` output shows none of `secrets`.
@@ -187,11 +231,13 @@ pub fn check_verdict(config: &Config, req: &OwnedRequest, v: &Verdict, secrets: 
             assert_eq!(j["Error"]["Code"], r.code.as_str());
             assert_eq!(j["Error"]["Message"], r.message.as_str());
             assert_eq!(j["RequestId"], "rid-1");
-            let sent = req.all_bytes();
+            check_purpose(config, r);
+            // A secret may show only as an echo of what the sender sent
+            // (the short message is searched first, the request only then).
             for s in secrets {
-                if s.len() >= 6 && !contains(&sent, s) {
+                if s.len() >= 6 && contains(r.message.as_bytes(), s) {
                     assert!(
-                        !contains(r.message.as_bytes(), s),
+                        contains(&req.all_bytes(), s),
                         "a secret shows in the message {:?}",
                         r.message
                     );
@@ -208,21 +254,41 @@ pub fn check_verdict(config: &Config, req: &OwnedRequest, v: &Verdict, secrets: 
             if let Some(apps) = &config.apps {
                 assert!(apps.contains(&f.app), "app not in `apps` forwarded");
             }
-            match (&config.push_auth, &f.key_id) {
+            // The key that opened it is of the callback's own purpose: a play
+            // is checked with play_auth, anything else with push_auth.
+            let play = is_play_event(f.event);
+            assert!(
+                !play || config.play_auth.is_some(),
+                "a {:?} was forwarded without play_auth",
+                f.event
+            );
+            let (auth, section) = if play {
+                (&config.play_auth, "play_auth")
+            } else {
+                (&config.push_auth, "push_auth")
+            };
+            match (auth, &f.key_id) {
                 (None, None) => {}
-                (Some(pa), Some(id)) => assert!(pa.keys.iter().any(|k| &k.id == id)),
-                (pa, id) => panic!("push_auth {} but key id {id:?}", pa.is_some()),
+                (Some(a), Some(id)) => assert!(
+                    a.keys.iter().any(|k| &k.id == id),
+                    "key id {id:?} of a forwarded {:?} is not a {section} key",
+                    f.event
+                ),
+                (a, id) => panic!("{section} {} but key id {id:?}", a.is_some()),
             }
             let ca = &config.callback_auth;
             for (on, name) in [
                 (ca.allow_cidrs.is_some(), "sender_cidr"),
                 (ca.shared_key.is_some(), "shared_key"),
                 (ca.webhook_signature.is_some(), "webhook_signature"),
-                (config.push_auth.is_some(), "push_token"),
+                (!play && config.push_auth.is_some(), "push_token"),
+                (play, "play_token"),
                 // SRS's on_hls is forwarded before the registry answers
-                // (SRS queues its hooks), so it never claims the registry.
+                // (SRS queues its hooks), so it never claims the registry;
+                // plays never touch it.
                 (
                     config.duplicate_streams.reject
+                        && !play
                         && !(f.format == Format::Srs && f.event == Event::Update),
                     "stream_registry",
                 ),
@@ -231,7 +297,7 @@ pub fn check_verdict(config: &Config, req: &OwnedRequest, v: &Verdict, secrets: 
                 assert_eq!(f.verified.contains(&name), on, "verified {:?}", f.verified);
             }
             // A forwarded start holds a claim on its stream, to give back if
-            // the upstream refuses it; an end, or the registry off, none.
+            // the upstream refuses it; an end, a play, or the registry off, none.
             assert_eq!(
                 f.reservation.is_some(),
                 config.duplicate_streams.reject && f.event == Event::Start,
@@ -239,6 +305,9 @@ pub fn check_verdict(config: &Config, req: &OwnedRequest, v: &Verdict, secrets: 
                 f.reservation,
                 f.event
             );
+            if play {
+                assert!(f.reservation.is_none() && f.registry_error.is_none());
+            }
             for (name, value) in f.headers() {
                 assert!(
                     value.bytes().all(|b| (0x21..0x7f).contains(&b)),
@@ -263,6 +332,61 @@ pub fn check_verdict(config: &Config, req: &OwnedRequest, v: &Verdict, secrets: 
                 }
             }
         }
+    }
+}
+
+/// Whether an event is a viewer's (nginx-rtmp `play`, `play_done`,
+/// `update_play`; SRS `on_play`, `on_stop`), written out here rather than
+/// taken from `Event::is_play`.
+pub fn is_play_event(event: Event) -> bool {
+    match event {
+        Event::Start | Event::End | Event::Update => false,
+        Event::Play | Event::PlayEnd | Event::PlayUpdate => true,
+    }
+}
+
+/// A refusal about a token is about a callback of that token's purpose, and
+/// says "it is a push token" (or play) only when the other purpose's check is
+/// configured; without play_auth a play never gets as far as a token check.
+fn check_purpose(config: &Config, r: &callback_guard::verdict::Rejection) {
+    let play = r.event.is_some_and(is_play_event);
+    assert_eq!(play, r.is_play(), "Rejection::is_play for {:?}", r.event);
+    let m = &r.message;
+    if m.starts_with("play token") {
+        assert!(play, "a play token refusal about {:?}: {m:?}", r.event);
+        assert!(
+            config.play_auth.is_some(),
+            "play token checked without play_auth"
+        );
+    }
+    if m.starts_with("push token") {
+        assert!(
+            r.event.is_some() && !play,
+            "a push token refusal about {:?}: {m:?}",
+            r.event
+        );
+        assert!(
+            config.push_auth.is_some(),
+            "push token checked without push_auth"
+        );
+    }
+    // (Matched from the start: a message may echo a field's name, which
+    // the sender chooses.)
+    if m.starts_with("play token signature does not match: it is a push token") {
+        assert!(play && config.push_auth.is_some(), "{m:?}");
+    }
+    if m.starts_with("push token signature does not match: it is a play token") {
+        assert!(!play && config.play_auth.is_some(), "{m:?}");
+    }
+    if play && config.play_auth.is_none() {
+        assert!(
+            matches!(
+                r.code,
+                reply::Code::InvalidParameterValue | reply::Code::UnsupportedMediaType
+            ),
+            "a play without play_auth refused {:?}: {m:?}",
+            r.code
+        );
     }
 }
 
@@ -346,7 +470,10 @@ fn json_agrees(body: &[u8], app: &str, stream: &str, event: Event) {
     let notify = match event {
         Event::Start => "PubStart",
         Event::End => "PubEnd",
-        Event::Update => panic!("a JSON callback has no update event"),
+        Event::Update => panic!("a KLS JSON callback has no update event"),
+        Event::Play | Event::PlayEnd | Event::PlayUpdate => {
+            panic!("a KLS JSON callback has no play event ({event:?})")
+        }
     };
     assert_eq!(v["NotifyType"], notify);
     // Every core field is named by exactly one member, whoever reads it:
@@ -386,6 +513,7 @@ pub const SRS_FIELDS: &[&str] = &[
     "m3u8",
     "m3u8_url",
     "seq_no",
+    "pageUrl",
 ];
 
 fn srs_agrees(body: &[u8], app: &str, stream: &str, event: Event) {
@@ -398,8 +526,15 @@ fn srs_agrees(body: &[u8], app: &str, stream: &str, event: Event) {
         Event::Start => "on_publish",
         Event::End => "on_unpublish",
         Event::Update => "on_hls",
+        Event::Play => "on_play",
+        Event::PlayEnd => "on_stop",
+        Event::PlayUpdate => panic!("SRS has no play update hook"),
     };
     assert_eq!(v["action"], action);
+    if event == Event::Play {
+        // SRS's on_play carries the player's page URL, as a string.
+        assert!(v["pageUrl"].is_string(), "an on_play without pageUrl");
+    }
     assert!(v.get("NotifyType").is_none(), "an SRS body with NotifyType");
     // The session's parts are strings SRS sent.
     assert!(v["server_id"].is_string() && v["client_id"].is_string());
@@ -417,6 +552,51 @@ fn srs_agrees(body: &[u8], app: &str, stream: &str, event: Event) {
         );
     }
 }
+
+/// The fields of a KLS old-version form, written out here.
+pub const KLS_FORM_FIELDS: &[&str] = &[
+    "app",
+    "name",
+    "tcurl",
+    "call",
+    "vdoid",
+    "close_mode",
+    "swfurl",
+    "flashver",
+];
+/// nginx-rtmp's own fields of `on_publish` / `on_update` forms.
+pub const NGINX_PUSH_FIELDS: &[&str] = &[
+    "app",
+    "name",
+    "tcurl",
+    "call",
+    "addr",
+    "clientid",
+    "type",
+    "flashver",
+    "swfurl",
+    "pageurl",
+    "time",
+    "timestamp",
+];
+/// nginx-rtmp's own fields of `on_play` / `on_play_done` / `update_play`
+/// forms (a play carries the player's `start`, `duration` and `reset`).
+pub const NGINX_PLAY_FIELDS: &[&str] = &[
+    "app",
+    "name",
+    "tcurl",
+    "call",
+    "addr",
+    "clientid",
+    "flashver",
+    "swfurl",
+    "pageurl",
+    "time",
+    "timestamp",
+    "start",
+    "duration",
+    "reset",
+];
 
 fn form_agrees(body: &[u8], format: Format, app: &str, stream: &str, event: Event) {
     let pairs: Vec<(String, String)> = form_urlencoded::parse(body)
@@ -449,10 +629,28 @@ fn form_agrees(body: &[u8], format: Format, app: &str, stream: &str, event: Even
         (Format::NginxRtmp, Event::Start) => "publish",
         (Format::NginxRtmp, Event::End) => "publish_done",
         (Format::NginxRtmp, Event::Update) => "update_publish",
+        (Format::NginxRtmp, Event::Play) => "play",
+        (Format::NginxRtmp, Event::PlayEnd) => "play_done",
+        (Format::NginxRtmp, Event::PlayUpdate) => "update_play",
         (Format::KlsV1, Event::Update) => panic!("a KLS form has no update event"),
+        (Format::KlsV1, Event::Play | Event::PlayEnd | Event::PlayUpdate) => {
+            panic!("a KLS form has no play event")
+        }
         (Format::KlsV2 | Format::Srs, _) => unreachable!(),
     };
     assert_eq!(call, expected);
+    // The dialect's own fields are given at most once: a second one would
+    // be read by some other reader instead (a player's `start` arg beside
+    // nginx-rtmp's, say).
+    let own: &[&str] = match (format, is_play_event(event)) {
+        (Format::KlsV1, _) => KLS_FORM_FIELDS,
+        (_, false) => NGINX_PUSH_FIELDS,
+        (_, true) => NGINX_PLAY_FIELDS,
+    };
+    for f in own {
+        let n = pairs.iter().filter(|(k, _)| k == f).count();
+        assert!(n <= 1, "`{f}` given {n} times in a forwarded {call} form");
+    }
 }
 
 /// Runs one body through every fixed configuration (a fresh registry each),
@@ -460,7 +658,7 @@ fn form_agrees(body: &[u8], format: Format, app: &str, stream: &str, event: Even
 /// KLS's old-version sender posts. Each is decided twice: at once (a retry)
 /// and later, after its reservation may have expired.
 pub fn run_body(content_type: &str, body: &[u8]) {
-    let secrets: [&[u8]; 3] = [KS_KEY.as_bytes(), b"other0key", SHARED.as_bytes()];
+    let secrets: Vec<&[u8]> = FIXED_SECRETS.iter().map(|s| s.as_bytes()).collect();
     let labelled = OwnedRequest::post(content_type, body);
     let mut unlabelled = labelled.clone();
     unlabelled.content_type = None;
