@@ -1214,11 +1214,15 @@ fn validate_token_auth(
     })
 }
 
-/// Play keys must be apart from push keys: a secret in both would let a play
-/// token open a push (and a push token play), and an id in both would make
-/// `x-callback-guard-key-id` say nothing about which was used. Compared in
-/// constant time, like every secret; the message names ids, never secrets.
+/// Play keys must be apart from push keys: a key that signs what a push key
+/// signs ([`crate::auth::token::signs_alike`]: the same secret, a `ks_md5`
+/// secret that begins with the other, one HMAC key in two spellings) would
+/// let a play token open a push (and a push token play), and an id in both
+/// would make `x-callback-guard-key-id` say nothing about which was used.
+/// Checked once, when the configuration loads; the message names ids, never
+/// secrets.
 fn keep_apart(push: &TokenAuth, play: &TokenAuth, errs: &mut Vec<ConfigError>) {
+    use crate::auth::token::{signs_alike, Alike};
     for (i, k) in play.keys.iter().enumerate() {
         if push.keys.iter().any(|p| p.id == k.id) {
             errs.push(ConfigError::new(
@@ -1229,15 +1233,31 @@ fn keep_apart(push: &TokenAuth, play: &TokenAuth, errs: &mut Vec<ConfigError>) {
                 ),
             ));
         }
-        if let Some(p) = push
-            .keys
-            .iter()
-            .find(|p| p.secret.matches(k.secret.expose()))
-        {
+        let alike = push.keys.iter().find_map(|p| {
+            signs_alike(
+                push.scheme,
+                p.secret.expose(),
+                play.scheme,
+                k.secret.expose(),
+            )
+            .map(|a| (p, a))
+        });
+        if let Some((p, alike)) = alike {
+            let (how, why) = match alike {
+                Alike::Same => ("has the same secret as", "a play token could open a push"),
+                Alike::Prefix => (
+                    "has a secret that begins with, or is the beginning of, the secret of",
+                    "ks_md5 signs md5(key + stream + t), so a play token for one stream would be a push token for another",
+                ),
+                Alike::SameHmacKey => (
+                    "is the same HMAC key (but for zero bytes at its end, or hashed) as",
+                    "a play token could open a push",
+                ),
+            };
             errs.push(ConfigError::new(
                 format!("play_auth.keys[{i}]"),
                 format!(
-                    "key `{}` has the same secret as push_auth key `{}`: a play token could open a push; give play keys their own secrets",
+                    "key `{}` {how} push_auth key `{}`: {why}; give play keys their own secrets",
                     k.id, p.id
                 ),
             ));

@@ -1121,13 +1121,13 @@ impl Stream {
                     },
                 );
             }
-            return self.reject(
-                plugin,
-                &Rejection::new(
-                    Code::InternalError,
-                    "the verified headers could not be written",
-                ),
+            let mut r = Rejection::new(
+                Code::InternalError,
+                "the verified headers could not be written",
             );
+            // A play refused so is still counted as a play.
+            r.event = Some(f.event);
+            return self.reject(plugin, &r);
         }
         self.phase = Phase::Decided;
         self.emit(Effect::Count(if f.event.is_play() {

@@ -128,13 +128,11 @@ fn thousands_of_push_params_parse_with_repeats_checked() {
 }
 
 /// lifecycle oracle "plays are counted apart" (issue 22): a signed play
-/// whose verified headers cannot be written is refused 500, and counted
+/// whose verified headers cannot be written is refused 500, and was counted
 /// `requests_rejected.InternalError` instead of `plays_rejected.InternalError`:
-/// `Stream::forwarded` refuses with a `Rejection::new(…)`, which carries no
-/// event, so `Rejection::is_play` is false. Every other refusal of a play is
-/// a play's.
+/// `Stream::forwarded` refused with a `Rejection::new(…)`, which carried no
+/// event. It now carries the forward's.
 #[test]
-#[ignore = "core bug, not fixed yet: a play refused after its headers failed to write is counted as a push refusal"]
 fn a_play_whose_headers_cannot_be_written_counts_as_a_play() {
     use callback_guard::auth::token;
     use callback_guard::config::Scheme;
@@ -220,84 +218,53 @@ fn a_play_whose_headers_cannot_be_written_counts_as_a_play() {
 }
 
 /// Found while writing decide_config's cross-purpose oracle (issue 22):
-/// play keys are kept apart from push keys by comparing secrets for
+/// play keys were kept apart from push keys by comparing secrets for
 /// equality, but ks_md5 signs `md5(key + stream + t)`, a plain
 /// concatenation. A play secret that extends a push secret (`pushKey1` and
-/// `pushKey1c`) is accepted, and a play token for stream `am1` is then a
-/// valid push token for stream `cam1`: a viewer holding a play URL can push.
-/// Either fix holds the test: the configuration refused (a play secret
-/// starting with a push secret, or the reverse, under ks_md5), or the push
-/// refused.
+/// `pushKey1c`) was accepted, and a play token for stream `am1` was then a
+/// valid push token for stream `cam1`: a viewer holding a play URL could
+/// push. Such keys are now refused when the configuration loads, both ways.
 #[test]
-#[ignore = "core gap, not fixed yet: ks_md5 play and push secrets where one extends the other are accepted"]
 fn a_ks_md5_play_secret_extending_a_push_secret_opens_no_push() {
     use callback_guard::auth::token;
     use callback_guard::config::Scheme;
 
-    let json = br#"{"formats":["nginx_rtmp"],
-        "push_auth":{"scheme":"ks_md5","keys":[{"id":"pusher","secret":"pushKey1"}]},
-        "play_auth":{"scheme":"ks_md5","keys":[{"id":"viewer","secret":"pushKey1c"}]}}"#;
-    let Ok(config) = Config::from_json(json, &|_: &str| None) else {
-        return; // refused: fixed in the configuration
-    };
-    // A play URL for stream `am1`, as `callback-guard sign --for play` mints it.
-    let play = token::sign(Scheme::KsMd5, b"pushKey1c", "live", "am1", NOW + 600);
-    let form = |call: &str, name: &str, own: &str| {
-        format!(
-            "app=live&flashver=&swfurl=&tcurl=rtmp://127.0.0.1:1935/live&pageurl=&addr=127.0.0.1&clientid=3&call={call}&name={name}{own}&{play}"
-        )
-    };
-    let ct = "application/x-www-form-urlencoded";
-    let v = run(
-        &config,
-        ct,
-        form("play", "am1", "&start=0&duration=0&reset=0").as_bytes(),
+    // The tokens are the same: the reason for the refusal.
+    assert_eq!(
+        token::sign(Scheme::KsMd5, b"pushKey1c", "live", "am1", NOW + 600),
+        token::sign(Scheme::KsMd5, b"pushKey1", "live", "cam1", NOW + 600)
     );
-    assert!(matches!(v, Verdict::Forward(_)), "the play itself: {v:?}");
-    // The same t and k on a publish of `cam1`.
-    match run(
-        &config,
-        ct,
-        form("publish", "cam1", "&type=live").as_bytes(),
-    ) {
-        Verdict::Reject(r) => assert_eq!(r.code, Code::AuthencationFailed),
-        Verdict::Forward(f) => panic!("a play token opened a push: {f:?}"),
+    for (push, play) in [("pushKey1", "pushKey1c"), ("pushKey1c", "pushKey1")] {
+        let json = format!(
+            r#"{{"formats":["nginx_rtmp"],
+            "push_auth":{{"scheme":"ks_md5","keys":[{{"id":"pusher","secret":"{push}"}}]}},
+            "play_auth":{{"scheme":"ks_md5","keys":[{{"id":"viewer","secret":"{play}"}}]}}}}"#
+        );
+        let errs = Config::from_json(json.as_bytes(), &|_: &str| None).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "play_auth.keys[0]");
+        let msg = errs[0].to_string();
+        assert!(
+            msg.contains("`viewer`") && msg.contains("`pusher`") && msg.contains("begins with"),
+            "{msg}"
+        );
+        assert!(!msg.contains("pushKey1"), "no secret in the message: {msg}");
     }
 }
 
 /// The same gap under hmac_sha256: HMAC pads a key shorter than its block
 /// with zero bytes, so `K` and `K\0` are the same key. A play secret equal
-/// to a push secret but for a trailing NUL is accepted (the secrets differ
-/// as bytes), and every push token then opens a play, for the same app and
-/// stream.
+/// to a push secret but for a trailing NUL was accepted (the secrets differ
+/// as bytes), and every push token then opened a play. Refused now, as is a
+/// key over 64 bytes beside its SHA-256 (the key HMAC then uses).
 #[test]
-#[ignore = "core gap, not fixed yet: hmac_sha256 secrets equal up to trailing NUL bytes are kept apart as different"]
 fn hmac_secrets_equal_up_to_trailing_nul_bytes_are_the_same_key() {
-    use callback_guard::auth::token;
-    use callback_guard::config::Scheme;
-
     let json = br#"{"formats":["nginx_rtmp"],
         "push_auth":{"scheme":"hmac_sha256","keys":[{"id":"pusher","secret":"pushHmacKey-0123456789"}]},
         "play_auth":{"scheme":"hmac_sha256","keys":[{"id":"viewer","secret":"pushHmacKey-0123456789\u0000"}]}}"#;
-    let Ok(config) = Config::from_json(json, &|_: &str| None) else {
-        return; // refused: fixed in the configuration
-    };
-    let push = token::sign(
-        Scheme::HmacSha256,
-        b"pushHmacKey-0123456789",
-        "live",
-        "cam1",
-        NOW + 600,
-    );
-    let play = format!(
-        "app=live&flashver=&swfurl=&tcurl=rtmp://127.0.0.1:1935/live&pageurl=&addr=127.0.0.1&clientid=3&call=play&name=cam1&start=0&duration=0&reset=0&{push}"
-    );
-    match run(
-        &config,
-        "application/x-www-form-urlencoded",
-        play.as_bytes(),
-    ) {
-        Verdict::Reject(r) => assert_eq!(r.code, Code::AuthencationFailed),
-        Verdict::Forward(f) => panic!("a push token opened a play: {f:?}"),
-    }
+    let errs = Config::from_json(json, &|_: &str| None).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key, "play_auth.keys[0]");
+    assert!(errs[0].problem.contains("the same HMAC key"), "{}", errs[0]);
+    assert!(!errs[0].to_string().contains("pushHmacKey"), "{}", errs[0]);
 }

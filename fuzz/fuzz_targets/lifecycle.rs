@@ -317,17 +317,6 @@ fuzz_target!(|input: Input| {
         }
         // Plays are counted apart: the headers said what the request is.
         match s.event.as_deref() {
-            // KNOWN core bug (found by this oracle, issue 22): a play whose
-            // verified headers cannot be written is refused 500 and counted
-            // `requests_rejected.InternalError`, not `plays_rejected.…`
-            // (lifecycle's `forwarded` refuses with a `Rejection::new`, which
-            // has no event). Replayed by tests/fuzz_regressions.rs
-            // `a_play_whose_headers_cannot_be_written_counts_as_a_play`
-            // (ignored until the fix); drop this arm with the fix.
-            Some("play" | "play_end" | "play_update")
-                if input.fail_writes
-                    && s.forwarded == 0
-                    && s.rejected_codes == [callback_guard::reply::Code::InternalError] => {}
             Some("play" | "play_end" | "play_update") => assert_eq!(
                 s.forwarded + s.rejected,
                 0,

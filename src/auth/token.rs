@@ -141,6 +141,54 @@ fn hmac_input(mac: &mut HmacSha256, app: &str, stream: &str, t: &str) {
     mac.update(t.as_bytes());
 }
 
+/// Why a key of one purpose would sign what a key of the other signs
+/// (see [`signs_alike`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alike {
+    /// The same bytes.
+    Same,
+    /// `ks_md5` hashes `key + stream + t` without a separator: when one key
+    /// begins with the other (`K` and `Kc`), the token of stream `am1` under
+    /// `Kc` is the token of stream `cam1` under `K`.
+    Prefix,
+    /// HMAC pads a key shorter than its 64-byte block with zero bytes and
+    /// hashes a longer one first: `K` and `K\0` (or a long key and its
+    /// SHA-256) are one HMAC key.
+    SameHmacKey,
+}
+
+/// Whether a token signed with key `a` (scheme `sa`) can pass as one signed
+/// with key `b` (scheme `sb`), for some app, stream and expiry: the
+/// configuration refuses a play key and a push key that do, since a play
+/// token must never open a push, nor a push token a play. Keys of two
+/// schemes never do: the token's parameters differ (`k`, `sign`).
+pub fn signs_alike(sa: Scheme, a: &[u8], sb: Scheme, b: &[u8]) -> Option<Alike> {
+    if a == b {
+        return Some(Alike::Same);
+    }
+    match (sa, sb) {
+        (Scheme::KsMd5, Scheme::KsMd5) if a.starts_with(b) || b.starts_with(a) => {
+            Some(Alike::Prefix)
+        }
+        (Scheme::HmacSha256, Scheme::HmacSha256) if hmac_block(a) == hmac_block(b) => {
+            Some(Alike::SameHmacKey)
+        }
+        _ => None,
+    }
+}
+
+/// The key HMAC-SHA256 actually uses, without its zero padding: the key
+/// itself, or its SHA-256 when longer than the 64-byte block (RFC 2104).
+fn hmac_block(key: &[u8]) -> Vec<u8> {
+    let block = if key.len() > 64 {
+        Sha256::digest(key).to_vec()
+    } else {
+        key.to_vec()
+    };
+    let end = block.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    block[..end].to_vec()
+}
+
 /// Mints a token's query string (`t=…&k=…` or `t=…&sign=…`), for
 /// `callback-guard sign`: the same for a push or a play token, whose
 /// purpose is the key's.
@@ -475,6 +523,50 @@ mod tests {
             AuthError::Token(Purpose::Play, TokenError::OtherPurpose).to_string(),
             "play token signature does not match: it is a push token, and push tokens never open a play (mint play URLs with `callback-guard sign --for play`)"
         );
+    }
+
+    #[test]
+    fn keys_that_sign_alike_are_told() {
+        use Scheme::{HmacSha256 as H, KsMd5 as K};
+        assert_eq!(signs_alike(K, b"abc", K, b"abc"), Some(Alike::Same));
+        assert_eq!(signs_alike(K, b"abc", H, b"abc"), Some(Alike::Same));
+        assert_eq!(
+            signs_alike(K, b"pushKey1", K, b"pushKey1c"),
+            Some(Alike::Prefix)
+        );
+        assert_eq!(
+            signs_alike(K, b"pushKey1c", K, b"pushKey1"),
+            Some(Alike::Prefix)
+        );
+        assert_eq!(signs_alike(K, b"pushKey1", K, b"playKey1"), None);
+        // ks_md5's concatenation, shown: the tokens are the same.
+        assert_eq!(
+            sign(K, b"pushKey1c", "live", "am1", NOW),
+            sign(K, b"pushKey1", "live", "cam1", NOW)
+        );
+        // A prefix under two schemes is no threat: `k` is not `sign`.
+        assert_eq!(
+            signs_alike(K, b"pushKey1", H, b"pushKey1c-0123456789"),
+            None
+        );
+        let k = b"0123456789abcdef-push";
+        let mut nul = k.to_vec();
+        nul.push(0);
+        assert_eq!(signs_alike(H, k, H, &nul), Some(Alike::SameHmacKey));
+        assert_eq!(
+            sign(H, k, "live", "s", NOW),
+            sign(H, &nul, "live", "s", NOW)
+        );
+        let long = [7u8; 80];
+        let hashed = Sha256::digest(long);
+        assert_eq!(signs_alike(H, &long, H, &hashed), Some(Alike::SameHmacKey));
+        assert_eq!(
+            sign(H, &long, "live", "s", NOW),
+            sign(H, &hashed, "live", "s", NOW)
+        );
+        assert_eq!(signs_alike(H, k, H, b"0123456789abcdef-play"), None);
+        // An HMAC prefix is another key.
+        assert_eq!(signs_alike(H, k, H, b"0123456789abcdef-push2"), None);
     }
 
     #[test]
