@@ -158,12 +158,55 @@ pub fn wasm_path() -> PathBuf {
     p
 }
 
+/// A port nobody listens on, for a process the test starts next.
+///
+/// Not `bind(0)`: that port comes from the kernel's ephemeral range, where
+/// any outgoing connection (Envoy to its upstream, a client to Envoy) may
+/// take it as its local port before the child binds it, and two threads of
+/// one test binary may be handed the same port. Ports below the ephemeral
+/// range are never taken by outgoing connections, and this process hands
+/// each out once. Falls back to `bind(0)` when the range starts too low.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (ephemeral_low.saturating_sub(12000).max(1024), ephemeral_low);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    if high - low >= 4000 {
+        // A start that differs per process and per call, so concurrent test
+        // binaries walk the range from different places.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+        let span = u32::from(high - low);
+        for i in 0..span {
+            let port = low + ((seed.wrapping_add(i.wrapping_mul(7919))) % span) as u16;
+            if given.contains(&port) {
+                continue;
+            }
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
+                return port;
+            }
+        }
+    }
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 fn wait_port(port: u16, what: &str) {
@@ -204,12 +247,29 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_callback-receiver"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--quiet"])
-            .stdout(Stdio::null())
+        Receiver::start_with(&[])
+    }
+
+    /// A receiver started with extra arguments (e.g. `--no-store`). It binds
+    /// port 0 itself and says which port it got: no race for the port.
+    pub fn start_with(args: &[&str]) -> Receiver {
+        let mut all = vec!["--listen", "127.0.0.1:0", "--quiet"];
+        all.extend_from_slice(args);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_callback-receiver"))
+            .args(&all)
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        // Its one line in quiet mode: "callback-receiver listening on 127.0.0.1:P".
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the receiver did not say its port: {line:?}"));
         wait_port(port, "receiver");
         Receiver { port, child }
     }
@@ -899,21 +959,6 @@ pub fn base_config() -> serde_json::Value {
 // ---- hardening: keep-alive client, process facts (soak, log scan) ------------------
 
 impl Receiver {
-    /// A receiver started with extra arguments (e.g. `--no-store`).
-    pub fn start_with(args: &[&str]) -> Receiver {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut all = vec!["--listen", listen.as_str(), "--quiet"];
-        all.extend_from_slice(args);
-        let child = Command::new(env!("CARGO_BIN_EXE_callback-receiver"))
-            .args(&all)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_port(port, "receiver");
-        Receiver { port, child }
-    }
-
     /// Callbacks received so far (`GET /__count`).
     pub fn count(&self) -> u64 {
         let r = http1(self.port, "GET", "/__count", &[], b"");
