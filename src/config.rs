@@ -774,6 +774,13 @@ impl Config {
                     .to_string(),
             );
         }
+        if self.play_auth.is_some() && self.push_auth.is_none() {
+            w.push(
+                "push_auth: not set while play_auth is, so viewers need a signed play URL \
+                 but publishers need no push token"
+                    .to_string(),
+            );
+        }
         if !self.duplicate_streams.reject && self.duplicate_streams.etcd.is_some() {
             w.push(
                 "duplicate_streams.store: unused, since duplicate_streams.reject is false"
@@ -2040,6 +2047,22 @@ mod tests {
             let w = parse_ok(&format!(r#"{{"formats":["{f}"],{PUSH_KS},{play}}}"#)).warnings();
             assert!(w.is_empty(), "{f}: {w:?}");
         }
+    }
+
+    #[test]
+    fn warns_when_plays_are_signed_and_pushes_are_not() {
+        let play = r#""play_auth":{"scheme":"ks_md5","keys":[{"id":"v","secret":"playkey1"}]}"#;
+        let auth = r#""callback_auth":{"allow_cidrs":["10.0.0.0/8"]}"#;
+        let w = parse_ok(&format!(r#"{{"formats":["nginx_rtmp"],{auth},{play}}}"#)).warnings();
+        assert_eq!(
+            w,
+            ["push_auth: not set while play_auth is, so viewers need a signed play URL but publishers need no push token"]
+        );
+        let w = parse_ok(&format!(
+            r#"{{"formats":["nginx_rtmp"],{auth},{PUSH_KS},{play}}}"#
+        ))
+        .warnings();
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]
